@@ -1,0 +1,1 @@
+"""Data: synthetic chest CT, manifests (decathlon datalists), datasets with a caching choice."""

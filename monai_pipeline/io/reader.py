@@ -1,0 +1,240 @@
+"""Reading CT volumes with SimpleITK, and a MONAI ``ImageReader`` around it.
+
+:func:`read_ct` is the single entry point: NIfTI (.nii, .nii.gz), NRRD, MHA/MHD, a single DICOM file or a
+DICOM series folder in, a 3D ``sitk.Image`` in Hounsfield units out. :class:`SimpleITKReader` plugs the same
+function into ``monai.transforms.LoadImage``/``LoadImaged`` so that every MONAI transform downstream sees a
+correct RAS ``affine``, ``original_affine`` and ``spatial_shape`` (array axis order x, y, z).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+from monai.data import ImageReader
+from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
+
+from monai_pipeline.errors import InputError
+from monai_pipeline.io import dicom
+from monai_pipeline.io.geometry import Geometry, sitk_to_xyz_array
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+NONUNIFORM_CHOICES = ("error", "resample")
+
+
+@dataclass
+class ReadOptions:
+    """How to treat awkward inputs.
+
+    series_uid: SeriesInstanceUID to read from a folder holding several series (default: CT with most slices).
+    allow_non_ct: read a series whose Modality is not CT (default: refuse).
+    nonuniform: ``"error"`` (default) or ``"resample"`` (warn and interpolate to the median slice spacing)
+        for series with non-uniform spacing or missing slices.
+    allow_gantry_tilt: read a tilted series anyway (warn; the grid is then only approximately right).
+    """
+
+    series_uid: str | None = None
+    allow_non_ct: bool = False
+    nonuniform: str = "error"
+    allow_gantry_tilt: bool = False
+
+    def __post_init__(self):
+        if self.nonuniform not in NONUNIFORM_CHOICES:
+            raise ValueError(f"nonuniform must be one of {NONUNIFORM_CHOICES}, got {self.nonuniform!r}")
+
+
+@dataclass
+class CTVolume:
+    """A CT volume in HU plus where it came from (no patient identity)."""
+
+    image: sitk.Image
+    source: str
+    series_instance_uid: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def geometry(self) -> Geometry:
+        return Geometry.from_sitk(self.image)
+
+
+def is_image_path(path: str | Path) -> bool:
+    p = Path(path)
+    return p.is_dir() or str(p).lower().endswith(IMAGE_SUFFIXES)
+
+
+def read_ct(path: str | Path, options: ReadOptions | None = None) -> CTVolume:
+    """Read a CT volume (HU, 3D) from an image file, a single DICOM file or a DICOM series folder.
+
+    Raises :class:`InputError` naming ``path`` for anything that cannot be read as one 3D CT grid.
+    """
+    options = options or ReadOptions()
+    p = Path(path)
+    if not p.exists():
+        raise InputError(p, "does not exist")
+    if p.is_dir():
+        return _read_dicom_folder(p, options)
+    if p.suffix.lower() == ".dcm" or _looks_like_dicom(p):
+        return _read_dicom_file(p, options)
+    if not str(p).lower().endswith(IMAGE_SUFFIXES):
+        raise InputError(p, "unsupported file type", hint="expected .nii, .nii.gz, .nrrd, .mha, .mhd, .dcm "
+                         "or a DICOM folder")
+    try:
+        image = sitk.ReadImage(str(p))
+    except RuntimeError as err:
+        raise InputError(p, f"not a readable image ({_first_line(err)})") from err
+    _require_3d(p, image)
+    return CTVolume(image=image, source=str(p))
+
+
+def _first_line(err: Exception) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if "rror" in ln or "annot" in ln or "nable" in ln]
+    return (useful or lines or [err.__class__.__name__])[-1][:200]
+
+
+def _looks_like_dicom(p: Path) -> bool:
+    return p.is_file() and dicom._is_dicom_file(str(p)) and not str(p).lower().endswith(IMAGE_SUFFIXES[:-1])
+
+
+def _require_3d(p: Path, image: sitk.Image) -> None:
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(p, f"must be a single-channel 3D image, got {image.GetDimension()}D with "
+                         f"{image.GetNumberOfComponentsPerPixel()} component(s)")
+
+
+def _read_dicom_file(p: Path, options: ReadOptions) -> CTVolume:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(p), stop_before_pixels=True)
+    except Exception as err:  # noqa: BLE001
+        raise InputError(p, f"unreadable DICOM header ({err.__class__.__name__})") from err
+    modality = str(ds.get("Modality", ""))
+    if modality != dicom.CT_MODALITY and not options.allow_non_ct:
+        raise InputError(p, f"modality is {modality or '<none>'}, not CT", hint="pass allow_non_ct/--force")
+    if "PixelData" not in pydicom.dcmread(str(p), specific_tags=["PixelData"]):
+        raise InputError(p, "has no pixel data")
+    try:
+        image = sitk.ReadImage(str(p))
+    except RuntimeError as err:
+        raise InputError(p, f"pixel data not readable ({_first_line(err)})") from err
+    if image.GetDimension() == 2:
+        image = sitk.JoinSeries(image)
+    _require_3d(p, image)
+    if image.GetSize()[2] == 1 and ds.get("SliceThickness"):
+        sp = list(image.GetSpacing())
+        sp[2] = float(ds.SliceThickness)
+        image.SetSpacing(sp)
+    return CTVolume(image=image, source=str(p), series_instance_uid=str(ds.get("SeriesInstanceUID", "")))
+
+
+def _read_dicom_folder(folder: Path, options: ReadOptions) -> CTVolume:
+    series = dicom.scan_folder(folder)
+    info = dicom.choose_series(folder, series, options.series_uid, options.allow_non_ct)
+    check = dicom.check_series_geometry(folder, info)
+    notes: list[str] = []
+    tilt = [m for m in check.problems if m.startswith("gantry tilt")]
+    spacing_problems = [m for m in check.problems if not m.startswith("gantry tilt")]
+    if tilt:
+        if not options.allow_gantry_tilt:
+            raise InputError(folder, tilt[0], hint="pass allow_gantry_tilt to read it anyway")
+        logger.warning("%s: %s; read anyway", folder, tilt[0])
+        notes.extend(tilt)
+    if spacing_problems:
+        if options.nonuniform == "error":
+            raise InputError(folder, spacing_problems[0], hint="pass nonuniform='resample' to interpolate")
+        logger.warning("%s: %s; resampling to %.3f mm", folder, spacing_problems[0], check.spacing)
+        notes.extend(spacing_problems)
+        image = _read_resampled(folder, info, check)
+    else:
+        files = dicom.gdcm_sorted_files(folder, info)
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(files)
+        try:
+            image = reader.Execute()
+        except RuntimeError as err:
+            raise InputError(folder, f"pixel data not readable ({_first_line(err)})") from err
+        if image.GetDimension() == 2:
+            image = sitk.JoinSeries(image)
+    _require_3d(folder, image)
+    return CTVolume(image=image, source=str(folder), series_instance_uid=info.series_instance_uid, notes=notes)
+
+
+def _read_resampled(folder: Path, info: dicom.SeriesInfo, check: dicom.SeriesCheck) -> sitk.Image:
+    """Read slices one by one (HU) and interpolate linearly along the normal to uniform spacing."""
+    ordered = info.sorted_slices()
+    slices = [sitk.ReadImage(s.path, sitk.sitkFloat32) for s in ordered]
+    stack = np.stack([sitk.GetArrayFromImage(s).reshape(s.GetSize()[1], s.GetSize()[0]) for s in slices])
+    pos = check.positions
+    n_new = int(round((pos[-1] - pos[0]) / check.spacing)) + 1
+    new_pos = pos[0] + np.arange(n_new) * check.spacing
+    hi = np.clip(np.searchsorted(pos, new_pos, side="left"), 1, len(pos) - 1)
+    lo = hi - 1
+    w = ((new_pos - pos[lo]) / (pos[hi] - pos[lo])).clip(0, 1).astype(np.float32)[:, None, None]
+    vol = stack[lo] * (1 - w) + stack[hi] * w  # (z, y, x)
+    image = sitk.GetImageFromArray(vol.astype(np.float32))
+    iop = ordered[0].orientation
+    direction = np.stack([iop[:3], iop[3:], np.cross(iop[:3], iop[3:])], axis=1)
+    px = slices[0].GetSpacing()
+    image.SetSpacing((px[0], px[1], check.spacing))
+    image.SetOrigin(tuple(ordered[0].position))
+    image.SetDirection(tuple(direction.reshape(-1)))
+    return image
+
+
+def volume_meta(volume: CTVolume) -> dict[str, Any]:
+    """MONAI metadata for a volume: RAS affines, spatial shape (x, y, z), spacing (mm) and the LPS geometry."""
+    geom = volume.geometry
+    affine = geom.ras_affine()
+    return {
+        MetaKeys.ORIGINAL_AFFINE: affine,
+        MetaKeys.AFFINE: affine.copy(),
+        MetaKeys.SPATIAL_SHAPE: np.asarray(geom.size),
+        MetaKeys.SPACE: SpaceKeys.RAS,
+        MetaKeys.ORIGINAL_CHANNEL_DIM: float("nan"),
+        "spacing": np.asarray(geom.spacing),
+        "source_geometry": geom.to_dict(),
+        "series_instance_uid": volume.series_instance_uid,
+    }
+
+
+class SimpleITKReader(ImageReader):
+    """MONAI ``ImageReader`` backed by :func:`read_ct`.
+
+    Use as ``LoadImaged(keys, reader=SimpleITKReader())``. The data array is in (x, y, z) index order and
+    ``affine`` maps (i, j, k) to RAS millimetres, as MONAI's own ``ITKReader`` does. ``dtype`` is the array's
+    dtype (default float32: HU).
+    """
+
+    def __init__(self, options: ReadOptions | None = None, dtype: Any = np.float32, **kwargs: Any):
+        super().__init__()
+        if kwargs:
+            options = ReadOptions(**kwargs) if options is None else options
+        self.options = options or ReadOptions()
+        self.dtype = dtype
+
+    def verify_suffix(self, filename: Sequence[str | Path] | str | Path) -> bool:
+        return all(is_image_path(f) for f in ensure_tuple(filename))
+
+    def read(self, data: Sequence[str | Path] | str | Path, **kwargs: Any) -> CTVolume | list[CTVolume]:
+        vols = [read_ct(f, self.options) for f in ensure_tuple(data)]
+        return vols if len(vols) > 1 else vols[0]
+
+    def get_data(self, img: CTVolume | Sequence[CTVolume]) -> tuple[np.ndarray, dict]:
+        vols = list(ensure_tuple(img))
+        arrays = [sitk_to_xyz_array(v.image).astype(self.dtype, copy=False) for v in vols]
+        meta = volume_meta(vols[0])
+        if len(arrays) == 1:
+            return arrays[0], meta
+        for v in vols[1:]:
+            if not v.geometry.matches(vols[0].geometry):
+                raise InputError(v.source, f"geometry differs from {vols[0].source}")
+        meta[MetaKeys.ORIGINAL_CHANNEL_DIM] = 0
+        return np.stack(arrays), meta

@@ -1,0 +1,61 @@
+"""Writing masks and images atomically, in the exact geometry of a reference image."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from monai_pipeline.io.geometry import Geometry, xyz_array_to_sitk
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffixes) and rename it over ``path`` on success.
+
+    A crash or exception leaves ``path`` untouched (either the old file or nothing), never a partial file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes) or ".tmp"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=".part" + suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    with atomic_path(path) as tmp:
+        write(tmp)
+    return Path(path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def write_image(image: sitk.Image, path: str | Path, compress: bool = True) -> Path:
+    """Write a SimpleITK image atomically (format from the suffix of ``path``)."""
+    return atomic_write(path, lambda tmp: sitk.WriteImage(image, str(tmp), compress))
+
+
+def write_mask(mask_xyz: np.ndarray, geometry: Geometry, path: str | Path) -> Path:
+    """Write a label array (x, y, z order) as uint8 NIfTI with exactly ``geometry`` (size, spacing, origin,
+    direction of the input the user gave)."""
+    mask = np.asarray(mask_xyz)
+    if tuple(mask.shape) != geometry.size:
+        raise ValueError(f"mask shape must equal the reference size {geometry.size}, got {mask.shape}")
+    if mask.min(initial=0) < 0 or mask.max(initial=0) > 255:
+        raise ValueError("mask labels must lie in 0..255")
+    image = xyz_array_to_sitk(mask.astype(np.uint8, copy=False), geometry)
+    return write_image(image, path)
