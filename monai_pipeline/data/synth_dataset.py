@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from monai_pipeline.data.manifest import relpath, write_manifest
-from monai_pipeline.data.synthetic import SynthConfig, SynthCase, generate_case, nodules_to_json
+from monai_pipeline.data.synthetic import SynthCase, SynthConfig, generate_case, nodules_to_json
 from monai_pipeline.io.dicom_writer import write_ct_series
 from monai_pipeline.io.geometry import Geometry
 from monai_pipeline.io.writer import atomic_write_text, write_image

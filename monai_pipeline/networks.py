@@ -1,0 +1,94 @@
+"""Networks chosen by configuration, and the self-describing model file.
+
+A model file (``model.pt``) is a plain dict of tensors and primitives, loadable with
+``torch.load(path, weights_only=True)`` on any machine: the weights, the network spec
+(``{"name", "kwargs"}``), the whole pipeline configuration (preprocessing, inference, post-processing),
+label names, and the versions of the software that made it.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.networks.nets import BasicUNet, DynUNet, SegResNet, UNet
+
+from monai_pipeline.errors import InputError
+
+MODEL_FORMAT = "monai-pipeline-model/1"
+_NETWORKS = {"UNet": UNet, "SegResNet": SegResNet, "DynUNet": DynUNet, "BasicUNet": BasicUNet}
+
+
+def build_network(spec: dict[str, Any]) -> torch.nn.Module:
+    """``{"name": "UNet", "kwargs": {...}}`` -> an instance of the MONAI network."""
+    name = spec.get("name")
+    if name not in _NETWORKS:
+        raise ValueError(f"network name must be one of {sorted(_NETWORKS)}, got {name!r}")
+    kwargs = dict(spec.get("kwargs", {}))
+    for key in ("channels", "strides", "kernel_size", "upsample_kernel_size", "blocks_down", "blocks_up", "features"):
+        if key in kwargs and isinstance(kwargs[key], list):
+            kwargs[key] = tuple(tuple(v) if isinstance(v, list) else v for v in kwargs[key])
+    return _NETWORKS[name](**kwargs)
+
+
+def versions() -> dict[str, str]:
+    import monai
+    import numpy
+    import SimpleITK
+
+    from monai_pipeline import __version__
+
+    return {"monai_pipeline": __version__, "monai": monai.__version__, "torch": torch.__version__,
+            "numpy": numpy.__version__, "SimpleITK": SimpleITK.Version_VersionString(),
+            "python": platform.python_version()}
+
+
+def unwrap(network: torch.nn.Module) -> torch.nn.Module:
+    return network.module if hasattr(network, "module") else network
+
+
+def make_model_file(network: torch.nn.Module, config: dict, extra: dict | None = None) -> dict:
+    state = {k: v.detach().cpu() for k, v in unwrap(network).state_dict().items()}
+    plain = json.loads(json.dumps({"network": config["network"], "config": config,
+                                   "labels": config.get("labels", {"0": "background", "1": "foreground"}),
+                                   "versions": {k: str(v) for k, v in versions().items()}, **(extra or {})}))
+    return {"format": MODEL_FORMAT, "state_dict": state, **plain}
+
+
+def save_model_file(path: str | Path, network: torch.nn.Module, config: dict, extra: dict | None = None) -> Path:
+    from monai_pipeline.io.writer import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(make_model_file(network, config, extra), tmp)
+    return Path(path)
+
+
+def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """Load a model file with ``weights_only=True``; returns (network in eval mode on ``device``, the dict).
+
+    Also accepts a MONAI bundle checkpoint (a bare state dict) when a ``network`` spec is found beside it in a
+    ``model.json`` (see the bundle docs), for symmetry with ``bundles/*/models/model.pt``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "model file does not exist")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - report any unpickling problem as a bad input
+        raise InputError(path, f"not a loadable model file ({err.__class__.__name__})") from err
+    if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
+        sidecar = path.with_name("model.json")
+        if isinstance(blob, dict) and sidecar.is_file():
+            desc = json.loads(sidecar.read_text())
+            blob = {"format": MODEL_FORMAT, "state_dict": blob, **desc}
+        else:
+            raise InputError(path, f"not a {MODEL_FORMAT} file (no 'format' key and no model.json beside it)")
+    net = build_network(blob["network"])
+    try:
+        net.load_state_dict(blob["state_dict"])
+    except RuntimeError as err:
+        raise InputError(path, f"weights do not fit the network spec ({str(err).splitlines()[0]})") from err
+    return net.to(device).eval(), blob
