@@ -51,6 +51,18 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def resample_to_grid(array_net: np.ndarray, affine_ras: np.ndarray, geometry: Geometry,
+                     interpolator: int = sitk.sitkNearestNeighbor, pixel: int = sitk.sitkUInt8) -> sitk.Image:
+    """Resample an (x, y, z) array on the network grid (voxel-to-RAS ``affine_ras``) onto ``geometry``.
+
+    One resampling inverts orientation, spacing and crop at once; voxels outside the network grid get 0.
+    """
+    from monai_pipeline.io.geometry import xyz_array_to_sitk
+
+    src = xyz_array_to_sitk(array_net, Geometry.from_ras_affine(affine_ras, array_net.shape))
+    return sitk.Resample(src, geometry.empty_image(pixel), sitk.Transform(), interpolator, 0, pixel)
+
+
 @dataclass
 class Prediction:
     case_id: str
@@ -111,8 +123,11 @@ class Predictor:
     def prepare(self, volume: CTVolume) -> dict:
         """Preprocessed network input (MetaTensor with the affine of the cropped, resampled RAS grid)."""
         arr = sitk_to_xyz_array(volume.image).astype(np.float32, copy=False)
-        data = {"image": MetaTensor(torch.from_numpy(arr), meta=volume_meta(volume))}
-        return self.preprocess(data)
+        data = self.preprocess({"image": MetaTensor(torch.from_numpy(arr), meta=volume_meta(volume))})
+        if min(data["image"].shape[1:]) == 0:
+            thr = self.cfg["preprocessing"]["body_threshold_hu"]
+            raise InputError(volume.source, f"no voxel above {thr} HU to crop the body to (is this a CT in HU?)")
+        return data
 
     @torch.no_grad()
     def logits(self, image: torch.Tensor) -> torch.Tensor:
@@ -129,14 +144,6 @@ class Predictor:
                 acc = out if acc is None else acc + out
         return (acc / len(flips))[0]
 
-    def to_input_grid(self, label_net: np.ndarray, affine_ras: np.ndarray, geometry: Geometry,
-                      interpolator: int = sitk.sitkNearestNeighbor, pixel: int = sitk.sitkUInt8) -> sitk.Image:
-        """Resample an array on the network grid (affine RAS) onto the input's grid."""
-        from monai_pipeline.io.geometry import xyz_array_to_sitk
-
-        src = xyz_array_to_sitk(label_net, Geometry.from_ras_affine(affine_ras, label_net.shape))
-        return sitk.Resample(src, geometry.empty_image(pixel), sitk.Transform(), interpolator, 0, pixel)
-
     def predict(self, volume: CTVolume, case_id: str = "case", save_prob: bool = False) -> Prediction:
         t0 = time.perf_counter()
         data = self.prepare(volume)
@@ -147,11 +154,11 @@ class Predictor:
         label_net = torch.argmax(probs, dim=0).to(torch.uint8).cpu().numpy()
         affine = np.asarray(img.affine, dtype=np.float64)
         geom = volume.geometry
-        mask = sitk_to_xyz_array(self.to_input_grid(label_net, affine, geom))
+        mask = sitk_to_xyz_array(resample_to_grid(label_net, affine, geom))
         prob_img = None
         if save_prob:
             fg = probs[1:].sum(0).float().cpu().numpy().astype(np.float32)
-            prob_img = self.to_input_grid(fg, affine, geom, sitk.sitkLinear, sitk.sitkFloat32)
+            prob_img = resample_to_grid(fg, affine, geom, sitk.sitkLinear, sitk.sitkFloat32)
         del probs
         t3 = time.perf_counter()
         mask = postprocess_from_config(mask, geom.spacing, self.cfg["postprocess"])

@@ -116,6 +116,8 @@ def _read_dicom_file(p: Path, options: ReadOptions) -> CTVolume:
         ds = pydicom.dcmread(str(p), stop_before_pixels=True)
     except Exception as err:  # noqa: BLE001
         raise InputError(p, f"unreadable DICOM header ({err.__class__.__name__})") from err
+    if "Rows" not in ds or "SOPClassUID" not in ds:
+        raise InputError(p, "is not a DICOM image file (no SOPClassUID/Rows: damaged or not an image)")
     modality = str(ds.get("Modality", ""))
     if modality != dicom.CT_MODALITY and not options.allow_non_ct:
         raise InputError(p, f"modality is {modality or '<none>'}, not CT", hint="pass allow_non_ct/--force")

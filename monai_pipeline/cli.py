@@ -1,0 +1,316 @@
+"""``monai-pipeline``: the command line. Only this module parses arguments; the work lives in the library.
+
+Errors in the input or configuration print one line (``monai-pipeline: error: <file>: <problem>``) and exit
+with code 2; a batch in which some cases failed exits with 1 after finishing the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from monai_pipeline import __version__
+
+logger = logging.getLogger("monai_pipeline")
+EXIT_INPUT, EXIT_PARTIAL = 2, 1
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"shard must look like I/N (e.g. 0/4), got {text!r}") from err
+    if not (n >= 1 and 0 <= i < n):
+        raise argparse.ArgumentTypeError(f"shard must satisfy 0 <= I < N, got {text!r}")
+    return i, n
+
+
+def _overlap(text: str) -> float:
+    v = float(text)
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"overlap must be >= 0 and < 1, got {v}")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _device(text: str) -> str:
+    if text not in ("cpu", "cuda", "auto") and not text.startswith("cuda:"):
+        raise argparse.ArgumentTypeError(f"device must be cpu, cuda, cuda:N or auto, got {text!r}")
+    return text
+
+
+def _add_read_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("reading DICOM")
+    g.add_argument("--series-uid", help="SeriesInstanceUID to read from a folder holding several series")
+    g.add_argument("--force", action="store_true", help="read series whose modality is not CT")
+    g.add_argument("--resample-nonuniform", action="store_true",
+                   help="interpolate series with non-uniform spacing / missing slices instead of refusing them")
+    g.add_argument("--allow-gantry-tilt", action="store_true", help="read tilted series anyway (approximate grid)")
+
+
+def _read_options(args):
+    from monai_pipeline.io.reader import ReadOptions
+
+    return ReadOptions(series_uid=args.series_uid, allow_non_ct=args.force,
+                       nonuniform="resample" if args.resample_nonuniform else "error",
+                       allow_gantry_tilt=args.allow_gantry_tilt)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="monai-pipeline", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"monai-pipeline {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("synth", help="generate synthetic chest CT cases with nodule labels")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--cases", required=True, type=_positive_int)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--format", choices=("nifti", "dicom", "both"), default="nifti")
+    s.add_argument("--matrix", type=_positive_int, default=512, help="in-plane size in voxels (default 512)")
+    s.add_argument("--extent-mm", type=float, default=300.0, help="cranio-caudal coverage in mm (default 300)")
+    s.add_argument("--min-diameter-mm", type=float, default=3.0)
+    s.add_argument("--pngs", type=int, default=2, help="PNG previews for the first N cases (default 2)")
+
+    s = sub.add_parser("manifest", help="build a decathlon-style manifest with patient-level folds")
+    s.add_argument("--images", required=True, type=Path)
+    s.add_argument("--labels", type=Path)
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--folds", type=_positive_int, default=5)
+    s.add_argument("--test-fraction", type=float, default=0.0)
+    s.add_argument("--patient-sep", help="case ids are <patient><SEP><suffix>; split on SEP for the patient id")
+    s.add_argument("--seed", type=int, default=0)
+
+    s = sub.add_parser("convert", help="read a CT (DICOM folder/file, NRRD, MHA, NIfTI) and write NIfTI")
+    s.add_argument("--input", required=True, type=Path)
+    s.add_argument("--out", required=True, type=Path)
+    _add_read_options(s)
+
+    s = sub.add_parser("train", help="train a 3D segmentation network on a manifest")
+    s.add_argument("--manifest", required=True, type=Path)
+    s.add_argument("--out", required=True, type=Path, help="run folder")
+    s.add_argument("--config", type=Path, help="YAML/JSON merged over the default configuration")
+    s.add_argument("--fold", type=int)
+    s.add_argument("--epochs", type=_positive_int)
+    s.add_argument("--device", type=_device, default="auto")
+    s.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    s.add_argument("--no-progress", action="store_true")
+
+    s = sub.add_parser("infer", help="sliding-window inference; masks in each input's own geometry")
+    s.add_argument("--model", required=True, type=Path)
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", nargs="+", help="NIfTI/NRRD/MHA files or DICOM series folders")
+    src.add_argument("--manifest", type=Path)
+    s.add_argument("--sections", default="test", help="manifest sections, comma separated (default: test)")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--device", type=_device, default="auto")
+    s.add_argument("--stitch-device", type=_device, help="where full-volume outputs are accumulated (e.g. cpu)")
+    s.add_argument("--overlap", type=_overlap)
+    s.add_argument("--sw-batch-size", type=_positive_int)
+    s.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8 flips)")
+    s.add_argument("--no-bf16", action="store_true", help="disable bf16 autocast on CPU")
+    s.add_argument("--save-prob", action="store_true", help="also write <case>_prob.nii.gz (foreground probability)")
+    s.add_argument("--shard", type=_shard, help="process the I-th of N slices of the case list, e.g. 0/4")
+    s.add_argument("--no-progress", action="store_true")
+    _add_read_options(s)
+
+    s = sub.add_parser("postprocess", help="clean masks and write lesion tables")
+    s.add_argument("--input", nargs="+", required=True, type=Path, help="mask files")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--image", nargs="*", type=Path, help="CT images (same order) for mean HU")
+    s.add_argument("--min-volume-mm3", type=float, default=10.0)
+    s.add_argument("--keep-largest", action="store_true")
+    s.add_argument("--fill-holes", action="store_true")
+    s.add_argument("--opening-mm", type=float, default=0.0)
+    s.add_argument("--closing-mm", type=float, default=0.0)
+
+    s = sub.add_parser("evaluate", help="Dice, IoU, HD95, ASSD and lesion detection against a manifest")
+    s.add_argument("--pred", required=True, type=Path)
+    s.add_argument("--manifest", required=True, type=Path)
+    s.add_argument("--out", type=Path, help="report folder (default: --pred)")
+    s.add_argument("--min-overlap", type=float, default=0.0, help="fraction of a lesion to cover to detect it")
+
+    s = sub.add_parser("demo", help="the embedded default: synthesize, train, infer, evaluate (CPU)")
+    s.add_argument("--out", type=Path, default=Path("demo_output"))
+    s.add_argument("--cases", type=_positive_int, default=None)
+    s.add_argument("--epochs", type=_positive_int, default=None)
+    s.add_argument("--quick", action="store_true", help="a tiny run for smoke tests (minutes less, Dice not meaningful)")
+
+    s = sub.add_parser("lidc-convert", help="LIDC-IDRI (TCIA layout) to NIfTI images, consensus masks, manifest")
+    s.add_argument("--input", required=True, type=Path)
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--xml", type=Path, help="folder of XML files to match by SeriesInstanceUID (default: beside the CT)")
+    s.add_argument("--consensus", type=float, default=0.5)
+    s.add_argument("--min-diameter-mm", type=float, default=3.0)
+    s.add_argument("--min-readers", type=_positive_int, default=1)
+    s.add_argument("--per-reader", action="store_true")
+    s.add_argument("--workers", type=_positive_int, default=1)
+    s.add_argument("--folds", type=_positive_int, default=5)
+    s.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _cmd_synth(a) -> int:
+    from monai_pipeline.data.synth_dataset import synthesize
+    from monai_pipeline.data.synthetic import SynthConfig
+
+    cfg = SynthConfig(matrix=a.matrix, extent_z_mm=a.extent_mm, diameter_mm=(a.min_diameter_mm, 30.0))
+    m = synthesize(a.out, a.cases, a.seed, a.format, cfg, pngs=a.pngs)
+    print(f"wrote {a.cases} case(s) and {m}")
+    return 0
+
+
+def _cmd_manifest(a) -> int:
+    from monai_pipeline.data.manifest import build_manifest
+
+    print(build_manifest(a.images, a.labels, a.out, a.folds, a.test_fraction, a.patient_sep, a.seed))
+    return 0
+
+
+def _cmd_convert(a) -> int:
+    from monai_pipeline.io import read_ct, write_image
+
+    vol = read_ct(a.input, _read_options(a))
+    write_image(vol.image, a.out)
+    g = vol.geometry
+    print(f"{a.out}: size {g.size}, spacing {tuple(round(s, 4) for s in g.spacing)} mm")
+    return 0
+
+
+def _cmd_train(a) -> int:
+    from monai_pipeline.config import load_config
+    from monai_pipeline.training import train
+
+    cfg = load_config(a.config)
+    path = train(a.manifest, a.out, cfg, fold=a.fold, epochs=a.epochs, device=None if a.device == "auto" else a.device,
+                 resume=a.resume, progress=not a.no_progress)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"model: {path}")
+    return 0
+
+
+def _cmd_infer(a) -> int:
+    from monai_pipeline.inference import (
+        Predictor,
+        cases_from_inputs,
+        cases_from_manifest,
+        run_batch,
+        write_prediction,
+    )
+
+    cases = (cases_from_inputs(a.input) if a.input else
+             cases_from_manifest(a.manifest, tuple(s.strip() for s in a.sections.split(","))))
+    predictor = Predictor(a.model, device=None if a.device == "auto" else a.device, overlap=a.overlap,
+                          sw_batch_size=a.sw_batch_size, tta=a.tta or None, bf16=False if a.no_bf16 else None,
+                          stitch_device=a.stitch_device, read_options=_read_options(a))
+    if len(cases) == 1 and a.shard is None:
+        # a single input is all-or-nothing: a bad input exits 2 and writes nothing
+        cid, path = cases[0]
+        pred = predictor.predict(predictor.load(path), cid, save_prob=a.save_prob)
+        write_prediction(pred, a.out)
+        print(f"{a.out / (cid + '.nii.gz')}: {len(pred.lesions)} lesion(s)")
+        return 0
+    summary = run_batch(predictor, cases, a.out, shard=a.shard, save_prob=a.save_prob, progress=not a.no_progress)
+    print(f"done {summary.done}, skipped {summary.skipped}, failed {summary.failed}")
+    for cid, reason in summary.failures:
+        print(f"failed: {cid}: {reason}", file=sys.stderr)
+    return EXIT_PARTIAL if summary.failed else 0
+
+
+def _cmd_postprocess(a) -> int:
+    from monai_pipeline.errors import InputError
+    from monai_pipeline.io import read_ct, sitk_to_xyz_array, write_mask
+    from monai_pipeline.postprocess import lesion_table, postprocess_mask, write_lesion_csv
+
+    if a.image and len(a.image) != len(a.input):
+        raise InputError(None, f"--image must give one CT per mask ({len(a.input)}), got {len(a.image)}")
+    for i, path in enumerate(a.input):
+        vol = read_ct(path)
+        g = vol.geometry
+        hu = None
+        if a.image:
+            img = read_ct(a.image[i])
+            if not img.geometry.matches(g):
+                raise InputError(a.image[i], f"grid differs from the mask {path}")
+            hu = sitk_to_xyz_array(img.image)
+        mask = postprocess_mask(sitk_to_xyz_array(vol.image), g.spacing, a.min_volume_mm3, a.keep_largest,
+                                a.fill_holes, a.opening_mm, a.closing_mm)
+        from monai_pipeline.data.manifest import case_id_from_path
+
+        cid = case_id_from_path(path)
+        write_mask(mask, g, a.out / f"{cid}.nii.gz")
+        rows = lesion_table(mask, g, hu)
+        write_lesion_csv(rows, a.out / f"{cid}_lesions.csv")
+        print(f"{cid}: {len(rows)} lesion(s)")
+    return 0
+
+
+def _cmd_evaluate(a) -> int:
+    from monai_pipeline.evaluation import evaluate_folder, format_table
+
+    res = evaluate_folder(a.pred, a.manifest, a.out, min_overlap=a.min_overlap)
+    print(format_table(res))
+    d = res["metrics"]["dice"]
+    print(f"mean Dice {d['mean']:.4f} (95% CI {d['ci95_low']:.4f}-{d['ci95_high']:.4f}) over {res['n_cases']} case(s); "
+          f"lesion sensitivity {res['lesion_sensitivity_pooled']:.3f}, "
+          f"{res['lesion_false_positives_per_scan']:.2f} false positives per scan")
+    return 0
+
+
+def _cmd_demo(a) -> int:
+    from monai_pipeline.demo import run_demo
+
+    run_demo(a.out, n_cases=a.cases, epochs=a.epochs, quick=a.quick)
+    return 0
+
+
+def _cmd_lidc(a) -> int:
+    from monai_pipeline.lidc.convert import convert_lidc
+
+    summary = convert_lidc(a.input, a.out, xml_dir=a.xml, consensus=a.consensus, min_diameter_mm=a.min_diameter_mm,
+                           min_readers=a.min_readers, per_reader=a.per_reader, workers=a.workers, n_folds=a.folds,
+                           progress=not a.no_progress)
+    print(f"converted {summary['converted']}, skipped {summary['skipped']}, failed {summary['failed']}; "
+          f"{summary['nodules']} nodule(s) -> {a.out}")
+    return EXIT_PARTIAL if summary["failed"] else 0
+
+
+COMMANDS = {"synth": _cmd_synth, "manifest": _cmd_manifest, "convert": _cmd_convert, "train": _cmd_train,
+            "infer": _cmd_infer, "postprocess": _cmd_postprocess, "evaluate": _cmd_evaluate, "demo": _cmd_demo,
+            "lidc-convert": _cmd_lidc}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("monai", "ignite", "PIL", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
+    from monai_pipeline.errors import PipelineError
+
+    try:
+        return COMMANDS[args.command](args)
+    except PipelineError as err:
+        print(f"monai-pipeline: error: {err}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("monai-pipeline: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

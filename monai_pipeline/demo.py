@@ -1,0 +1,78 @@
+"""``monai-pipeline demo``: the embedded default, end to end on the CPU.
+
+Synthesises chest CT cases, trains a small 3D UNet on patches, predicts the held-out test cases in their own
+geometry, post-processes, evaluates, and writes masks, PNG overlays and a training curve under ``OUT/``:
+``data/`` (cases + manifest), ``run/`` (model.pt, logs, training_curve.png), ``predictions/`` (masks, lesion
+tables, png/), ``report/`` (metrics.csv, summary.json, dice.png). The last line printed is the mean Dice.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from monai_pipeline.config import load_config
+from monai_pipeline.data.synthetic import SynthConfig
+
+logger = logging.getLogger(__name__)
+
+#: the synthetic data of the demo: 256x256 slices (a smaller field of view than a clinical 512 matrix, same
+#: anatomy and spacings), 120 mm of the chest, nodules of 5 mm and more
+DEMO_SYNTH = SynthConfig(matrix=256, spacing_xy=(0.6, 0.9), spacing_z=(1.0, 2.5), extent_z_mm=120.0,
+                         n_nodules=(2, 4), diameter_mm=(5.0, 25.0))
+DEMO_CASES, DEMO_TEST = 16, 4
+
+
+def demo_config(quick: bool = False) -> dict:
+    overlay = yaml.safe_load(resources.files("monai_pipeline").joinpath("configs/demo.yaml").read_text())
+    cfg = load_config(overlay)
+    if quick:
+        cfg = load_config(overlay, {"training": {"epochs": 2, "val_interval": 1},
+                                    "network": {"kwargs": {**cfg["network"]["kwargs"], "channels": [8, 16, 32],
+                                                           "strides": [2, 2]}}})
+    return cfg
+
+
+def run_demo(out: str | Path, n_cases: int | None = None, epochs: int | None = None, quick: bool = False) -> dict:
+    from monai_pipeline.data.synth_dataset import synthesize
+    from monai_pipeline.evaluation import evaluate_folder, format_table
+    from monai_pipeline.inference import Predictor, cases_from_manifest, run_batch
+    from monai_pipeline.training import latest_checkpoint, train
+
+    out = Path(out)
+    t0 = time.time()
+    n_cases = n_cases or (5 if quick else DEMO_CASES)
+    n_test = 1 if quick else DEMO_TEST
+    synth_cfg = SynthConfig(**{**DEMO_SYNTH.__dict__, **({"matrix": 128, "extent_z_mm": 60.0} if quick else {})})
+    manifest = out / "data" / "manifest.json"
+    if not manifest.exists():
+        print(f"[1/4] synthesising {n_cases} chest CT cases -> {out / 'data'}")
+        synthesize(out / "data", n_cases, seed=2026, fmt="nifti", cfg=synth_cfg, n_test=n_test, n_val=1, pngs=2)
+    cfg = demo_config(quick)
+    run = out / "run"
+    model = run / "model.pt"
+    if not model.exists():
+        resume = latest_checkpoint(run) is not None
+        print(f"[2/4] training a 3D UNet on patches ({'resuming' if resume else 'CPU'}) -> {run}")
+        train(manifest, run, cfg, epochs=epochs, device="cpu", resume=resume)
+    preds = out / "predictions"
+    print(f"[3/4] sliding-window inference on the held-out test cases -> {preds}")
+    from monai_pipeline.data.manifest import load_manifest
+
+    truth = {e["case_id"]: e["label"] for e in load_manifest(manifest, "test")}
+    run_batch(Predictor(model, device="cpu"), cases_from_manifest(manifest, ("test",)), preds, overlays=truth)
+    print(f"[4/4] evaluation -> {out / 'report'}")
+    if (out / "report").exists():
+        shutil.rmtree(out / "report")
+    res = evaluate_folder(preds, manifest, out / "report", sections=("test",))
+    print(format_table(res))
+    print(f"outputs: masks {preds}/*.nii.gz, overlays {preds}/png/, curve {run}/training_curve.png, "
+          f"report {out / 'report'}; {time.time() - t0:.0f} s in all")
+    d = res["metrics"]["dice"]
+    print(f"demo: mean Dice on {res['n_cases']} held-out synthetic cases (nodules >= 5 mm): {d['mean']:.3f}")
+    return res

@@ -1,0 +1,33 @@
+"""Test helpers: tiny configs and model files, CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+TINY_NET = {"name": "UNet", "kwargs": {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [8, 16, 32],
+                                       "strides": [2, 2], "num_res_units": 1, "norm": "batch"}}
+TINY_OVERLAY = {
+    "network": TINY_NET,
+    "patch": {"size": [32, 32, 24], "num_samples": 2},
+    "training": {"epochs": 6, "batch_size": 2, "val_interval": 2, "cache": "memory", "lr": 0.003},
+    "inference": {"roi_size": [48, 48, 32], "overlap": 0.25, "sw_batch_size": 2, "bf16": False},
+    "preprocessing": {"target_spacing": [1.2, 1.2, 2.0]},
+}
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    e = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "monai_pipeline.cli", *map(str, args)], capture_output=True,
+                          text=True, env=e, timeout=timeout)
+
+
+def tiny_model_file(path: Path, overlay: dict | None = None) -> Path:
+    """An untrained, tiny model file (enough for geometry and batch-mechanics tests)."""
+    from monai_pipeline.config import load_config
+    from monai_pipeline.networks import build_network, save_model_file
+
+    cfg = load_config(TINY_OVERLAY, overlay)
+    return save_model_file(path, build_network(cfg["network"]), cfg)

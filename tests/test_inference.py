@@ -1,0 +1,121 @@
+"""Inference lands in the input's own geometry: a non-RAS, anisotropic input, checked in mm with nibabel."""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from monai_pipeline.inference import Predictor, is_complete, shard_cases, write_prediction
+from tests.conftest import physical_points_lps
+from tests.helpers import run_cli, tiny_model_file
+
+SPHERES = [((12.0, -30.0, 40.0), 6.0), ((-20.0, -10.0, 60.0), 8.0), ((5.0, 15.0, 52.0), 5.0)]  # (centre mm LPS, r mm)
+
+
+class Oracle(torch.nn.Module):
+    """Two-class logits from the normalised intensity: foreground above -480 HU, halfway between the air
+    (-1000) and the spheres (40), so interpolation shrinks or grows nothing (window -1000..400 -> 0..1)."""
+
+    def forward(self, x):
+        t = (-480.0 + 1000.0) / 1400.0
+        return torch.cat([-(x - t) * 40, (x - t) * 40], dim=1)
+
+
+def _phantom(path):
+    """Air with three soft-tissue spheres; stored with a permuted, flipped direction and 0.7/0.9/2.5 mm."""
+    d = np.array([[0.0, 0.0, -1.0], [-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # columns: i -> -y, j -> +z, k -> -x
+    spacing = np.array([2.5, 0.7, 0.9])
+    size = (40, 110, 100)
+    origin = np.array([45.0, 40.0, 0.0])  # i: y 40 -> -57.5, j: z 0 -> 77, k: x 45 -> -45 (mm)
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in size], indexing="ij"), -1).reshape(-1, 3)
+    pts = idx * spacing @ d.T + origin
+    hu = np.full(len(pts), -1000.0)
+    for c, r in SPHERES:
+        hu[np.linalg.norm(pts - np.asarray(c), axis=1) <= r] = 40.0
+    img = sitk.GetImageFromArray(hu.reshape(size).transpose(2, 1, 0).astype(np.int16))
+    img.SetSpacing(tuple(spacing))
+    img.SetOrigin(tuple(origin))
+    img.SetDirection(tuple(d.reshape(-1)))
+    sitk.WriteImage(img, str(path))
+    return img
+
+
+def test_mask_overlays_spheres_in_mm(tmp_path):
+    img = _phantom(tmp_path / "phantom.nii.gz")
+    model = tiny_model_file(tmp_path / "model.pt", {"preprocessing": {"target_spacing": [1.0, 1.0, 1.5]}})
+    pred = Predictor(model, device="cpu")
+    pred.network = Oracle()
+    p = pred.predict(pred.load(tmp_path / "phantom.nii.gz"), "phantom")
+    write_prediction(p, tmp_path / "out")
+    out = tmp_path / "out" / "phantom.nii.gz"
+    mask = sitk.ReadImage(str(out))
+    assert mask.GetSize() == img.GetSize() and mask.GetPixelID() == sitk.sitkUInt8
+    np.testing.assert_allclose(mask.GetOrigin(), img.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(mask.GetDirection(), img.GetDirection(), atol=1e-6)
+    np.testing.assert_allclose(mask.GetSpacing(), img.GetSpacing(), atol=1e-6)
+    pts = physical_points_lps(out)
+    truth = sitk.GetArrayFromImage(img).transpose(2, 1, 0) > 0
+    truth_pts = physical_points_lps(tmp_path / "phantom.nii.gz", truth.astype(np.uint8))
+    assert 2 * np.sum(truth & (p.mask > 0)) / (truth.sum() + (p.mask > 0).sum()) > 0.85
+    assert len(p.lesions) == 3
+    for c, r in SPHERES:
+        near = pts[np.linalg.norm(pts - np.asarray(c), axis=1) <= r + 3]
+        ref = truth_pts[np.linalg.norm(truth_pts - np.asarray(c), axis=1) <= r + 3]
+        vol = len(near) * float(np.prod(img.GetSpacing()))
+        np.testing.assert_allclose(ref.mean(axis=0), c, atol=0.2)  # the phantom itself, via nibabel
+        np.testing.assert_allclose(near.mean(axis=0), ref.mean(axis=0), atol=0.8)
+        assert abs(vol - 4 / 3 * np.pi * r ** 3) / (4 / 3 * np.pi * r ** 3) < 0.25
+        row = min(p.lesions, key=lambda row: np.linalg.norm(
+            np.array([row["centroid_x_mm"], row["centroid_y_mm"], row["centroid_z_mm"]]) - c))
+        assert abs(row["equivalent_diameter_mm"] - 2 * r) < 1.5
+        assert -150 < row["mean_hu"] <= 40  # sphere (40 HU) with a rim of partial air voxels, not air (-1000)
+    assert is_complete(tmp_path / "out", "phantom")
+
+
+def test_tta_and_probability_map(tmp_path):
+    _phantom(tmp_path / "phantom.nii.gz")
+    model = tiny_model_file(tmp_path / "model.pt")
+    pred = Predictor(model, device="cpu", tta=True)
+    pred.network = Oracle()
+    p = pred.predict(pred.load(tmp_path / "phantom.nii.gz"), "phantom", save_prob=True)
+    prob = sitk.GetArrayFromImage(p.prob)
+    assert prob.dtype == np.float32 and 0 <= prob.min() and prob.max() <= 1.0 + 1e-5
+    assert len(p.lesions) == 3
+
+
+def test_infer_cli_on_dicom_series_matches_series_geometry(tmp_path):
+    from monai_pipeline.data.synthetic import SynthConfig, generate_case
+    from monai_pipeline.io import Geometry, read_ct
+    from monai_pipeline.io.dicom_writer import write_ct_series
+
+    case = generate_case(2, SynthConfig(matrix=64, extent_z_mm=40.0), orientation="axial_ff")
+    write_ct_series(case.image, tmp_path / "series")
+    model = tiny_model_file(tmp_path / "model.pt")
+    r = run_cli("infer", "--model", model, "--input", tmp_path / "series", "--out", tmp_path / "out", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    mask = sitk.ReadImage(str(tmp_path / "out" / "series.nii.gz"))
+    assert Geometry.from_sitk(mask).matches(read_ct(tmp_path / "series").geometry, atol_mm=1e-4)
+    assert (tmp_path / "out" / "series_lesions.csv").read_text().startswith("lesion,volume_mm3")
+
+
+def test_shards_cover_every_case_once():
+    cases = [(f"c{i:02d}", f"/x/c{i}.nii.gz") for i in range(11)]
+    parts = [shard_cases(cases, (i, 3)) for i in range(3)]
+    flat = sorted(c for p in parts for c in p)
+    assert flat == sorted(cases)
+    assert max(len(p) for p in parts) - min(len(p) for p in parts) <= 1
+
+
+def test_bad_single_input_exits_2_without_output(tmp_path):
+    model = tiny_model_file(tmp_path / "model.pt")
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(b"\x00" * 100)
+    r = run_cli("infer", "--model", model, "--input", bad, "--out", tmp_path / "out", "--device", "cpu")
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and str(bad) in r.stderr
+    assert not (tmp_path / "out").exists()
+    r = run_cli("infer", "--model", tmp_path / "nope.pt", "--input", bad, "--out", tmp_path / "out")
+    assert r.returncode == 2 and "model file does not exist" in r.stderr
+    r = run_cli("infer", "--model", model, "--input", bad, "--out", tmp_path / "out", "--overlap", "1.5")
+    assert r.returncode == 2 and "overlap must be >= 0 and < 1, got 1.5" in r.stderr
