@@ -1,0 +1,294 @@
+"""``monai-pipeline lidc-convert``: a TCIA LIDC-IDRI download -> NIfTI images, consensus labels, per-reader
+masks, ``nodules.csv`` and a manifest with patient-level folds.
+
+Resumable (a case whose ``cases/<case_id>.json`` record and files check out is skipped), parallel over
+cases, one line per problem in ``convert.log``; a failing case never stops the others.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import multiprocessing
+import os
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from monai_pipeline.errors import InputError, PipelineError
+from monai_pipeline.io import dicom
+from monai_pipeline.io.geometry import Geometry, xyz_array_to_sitk
+from monai_pipeline.io.writer import atomic_write_text, write_image, write_mask
+from monai_pipeline.lidc.nodules import SliceIndex, build_nodules, median_characteristics
+from monai_pipeline.lidc.xml import CHARACTERISTICS, parse_read, read_series_uid
+
+logger = logging.getLogger(__name__)
+
+NODULE_FIELDS = ("case_id", "patient_id", "series_instance_uid", "nodule", "n_readers", "readers",
+                 "consensus_volume_mm3", "diameter_mm", "equivalent_diameter_mm", "centroid_x_mm", "centroid_y_mm",
+                 "centroid_z_mm", *(f"{c}_median" for c in CHARACTERISTICS))
+
+
+@dataclass
+class CaseTask:
+    case_id: str
+    patient_id: str
+    series_uid: str
+    folder: str
+    xml: str
+    out: str
+    consensus: float
+    min_diameter_mm: float
+    min_readers: int
+    per_reader: bool
+
+
+def _dicom_folders(root: Path) -> list[Path]:
+    """Folders that directly hold DICOM files (checked on one file per folder)."""
+    out = []
+    for d, _, names in os.walk(root):
+        files = [n for n in names if not n.endswith(".xml") and not n.startswith(".")]
+        if any(n.lower().endswith(".dcm") for n in files) or (files and dicom._is_dicom_file(os.path.join(d, files[0]))):
+            out.append(Path(d))
+    return sorted(out)
+
+
+def discover(root: str | Path, xml_dir: str | Path | None = None) -> tuple[list[dict], list[str]]:
+    """Match CT series to their XML read by SeriesInstanceUID. Returns (series records, notes)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(root, "LIDC root folder does not exist")
+    notes: list[str] = []
+    xml_by_series: dict[str, list[str]] = defaultdict(list)
+    for x in sorted(Path(xml_dir or root).rglob("*.xml")):
+        try:
+            info = read_series_uid(x)
+        except InputError as err:
+            notes.append(str(err))
+            continue
+        if info is None or info[0] != "LidcReadMessage":
+            continue  # IdriReadMessage: chest-radiograph read
+        if not info[1]:
+            notes.append(f"{x}: no SeriesInstanceUid in the header, ignored")
+            continue
+        xml_by_series[info[1]].append(str(x))
+    series = []
+    for folder in _dicom_folders(root):
+        for uid, s in dicom.scan_folder(folder).items():
+            if s.modality != "CT":
+                continue
+            xmls = xml_by_series.get(uid)
+            if not xmls:
+                notes.append(f"{folder}: CT series {uid} has no XML read, skipped")
+                continue
+            if len(xmls) > 1:
+                notes.append(f"series {uid}: {len(xmls)} copies of its read ({', '.join(Path(x).name for x in xmls)}); "
+                             f"using {Path(xmls[0]).name}")
+            series.append({"series_uid": uid, "patient_id": s.patient_id or folder.parent.parent.name,
+                           "folder": str(folder), "xml": xmls[0]})
+    found = {s["series_uid"] for s in series}
+    for uid, xmls in xml_by_series.items():
+        if uid not in found:
+            notes.append(f"{xmls[0]}: no CT series with SeriesInstanceUID {uid} under {root}")
+    return series, notes
+
+
+def assign_case_ids(series: list[dict]) -> list[dict]:
+    """``case_id`` = patient id, suffixed ``_s1``, ``_s2``... (by series UID) when a patient has several CTs."""
+    by_patient: dict[str, list[dict]] = defaultdict(list)
+    for s in series:
+        by_patient[s["patient_id"]].append(s)
+    out = []
+    for pid, ss in sorted(by_patient.items()):
+        ss = sorted(ss, key=lambda s: s["series_uid"])
+        for i, s in enumerate(ss, start=1):
+            out.append({**s, "case_id": pid if len(ss) == 1 else f"{pid}_s{i}"})
+    return out
+
+
+def _slice_index(folder: str, uid: str) -> tuple[SliceIndex, list[str]]:
+    info = dicom.scan_folder(folder)[uid]
+    files = dicom.gdcm_sorted_files(folder, info)
+    by_path = {os.path.realpath(s.path): s for s in info.slices}
+    ordered = [by_path[os.path.realpath(f)] for f in files]
+    return SliceIndex({s.sop_instance_uid: k for k, s in enumerate(ordered)},
+                      np.array([float(s.position[2]) for s in ordered])), files
+
+
+def _measure(vox: np.ndarray, geometry: Geometry) -> dict:
+    from monai_pipeline.postprocess.lesions import longest_axial_diameter
+
+    shape = geometry.size
+    idx = np.stack(np.unravel_index(vox, shape), axis=1)
+    lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
+    crop = np.zeros(hi - lo, bool)
+    crop[tuple((idx - lo).T)] = True
+    vol = len(vox) * float(np.prod(geometry.spacing))
+    aff = geometry.lps_affine()
+    c = aff[:3, :3] @ idx.mean(axis=0) + aff[:3, 3]
+    return {"consensus_volume_mm3": round(vol, 3), "diameter_mm": round(longest_axial_diameter(crop, geometry.spacing), 3),
+            "equivalent_diameter_mm": round(float((6 * vol / np.pi) ** (1 / 3)), 3),
+            "centroid_x_mm": round(float(c[0]), 3), "centroid_y_mm": round(float(c[1]), 3),
+            "centroid_z_mm": round(float(c[2]), 3)}
+
+
+def convert_case(task: CaseTask) -> dict:
+    """Convert one series; returns its record (also written to ``cases/<case_id>.json`` as the done-marker)."""
+    from monai_pipeline.io.reader import ReadOptions, read_ct
+
+    out = Path(task.out)
+    read = parse_read(task.xml)
+    vol = read_ct(task.folder, ReadOptions(series_uid=task.series_uid))
+    geom = vol.geometry
+    index, _ = _slice_index(task.folder, task.series_uid)
+    if len(index.z) != geom.size[2]:
+        raise PipelineError(f"{task.folder}: {geom.size[2]} slices read but {len(index.z)} headers found")
+    nodules, anns, problems = build_nodules(read, index, geom, task.consensus)
+    label = np.zeros(geom.size, np.uint8)
+    rows = []
+    for n in nodules:
+        if len(n.readers) < task.min_readers:
+            continue
+        if len(n.consensus) == 0:
+            problems.append(f"nodule of readers {n.readers}: empty consensus at {task.consensus:g}, dropped")
+            continue
+        m = _measure(n.consensus, geom)
+        if m["diameter_mm"] < task.min_diameter_mm:
+            continue
+        label.reshape(-1)[n.consensus] = 1
+        rows.append({"case_id": task.case_id, "patient_id": task.patient_id, "series_instance_uid": task.series_uid,
+                     "nodule": len(rows) + 1, "n_readers": len(n.readers), "readers": ";".join(map(str, n.readers)),
+                     **m, **{f"{k}_median": v for k, v in median_characteristics(n.annotations).items()}})
+    hu = sitk.Cast(vol.image, sitk.sitkInt16) if vol.image.GetPixelID() != sitk.sitkInt16 else vol.image
+    write_image(hu, out / "images" / f"{task.case_id}.nii.gz")
+    write_mask(label, geom, out / "labels" / f"{task.case_id}.nii.gz")
+    if task.per_reader:
+        for s in read.sessions:
+            r = np.zeros(geom.size, np.uint8)
+            for a in anns:
+                if a.reader == s.index:
+                    r.reshape(-1)[a.voxels] = 1
+            write_image(xyz_array_to_sitk(r, geom), out / "readers" / f"{task.case_id}_r{s.index}.nii.gz")
+    counts = read.counts()
+    record = {"case_id": task.case_id, "patient_id": task.patient_id, "series_instance_uid": task.series_uid,
+              "xml": task.xml, "geometry": geom.to_dict(), "nodules": rows, "problems": problems,
+              "read_counts": counts, "per_reader": task.per_reader}
+    atomic_write_text(out / "cases" / f"{task.case_id}.json", json.dumps(record, indent=1))
+    return record
+
+
+def _is_done(out: Path, case_id: str, per_reader: bool) -> dict | None:
+    rec_path = out / "cases" / f"{case_id}.json"
+    if not rec_path.is_file():
+        return None
+    try:
+        rec = json.loads(rec_path.read_text())
+        geom = Geometry.from_dict(rec["geometry"])
+        for f in (out / "images" / f"{case_id}.nii.gz", out / "labels" / f"{case_id}.nii.gz"):
+            r = sitk.ImageFileReader()
+            r.SetFileName(str(f))
+            r.ReadImageInformation()
+            if not Geometry(tuple(r.GetSize()), tuple(r.GetSpacing()), tuple(r.GetOrigin()),
+                            tuple(r.GetDirection())).matches(geom):
+                return None
+        if per_reader and not rec.get("per_reader"):
+            return None
+        return rec
+    except Exception:  # noqa: BLE001 - anything unreadable means "convert again"
+        return None
+
+
+def convert_lidc(root: str | Path, out: str | Path, xml_dir: str | Path | None = None, consensus: float = 0.5,
+                 min_diameter_mm: float = 3.0, min_readers: int = 1, per_reader: bool = False, workers: int = 1,
+                 n_folds: int = 5, progress: bool = True) -> dict:
+    """Convert every CT series under ``root`` that has an XML read; returns the summary."""
+    from tqdm import tqdm
+
+    from monai_pipeline.data.manifest import assign_folds, relpath, write_manifest
+
+    if not 0 < consensus <= 1:
+        raise InputError(None, f"consensus must be > 0 and <= 1, got {consensus}")
+    out = Path(out)
+    series, notes = discover(root, xml_dir)
+    if not series:
+        raise InputError(root, "holds no CT series with a matching LIDC XML read")
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "convert.log"
+    with open(log, "a") as fh:
+        for n in notes:
+            fh.write(f"note: {n}\n")
+    cases = assign_case_ids(series)
+    records: dict[str, dict] = {}
+    failed: dict[str, str] = {}
+    tasks = []
+    skipped = 0
+    for c in cases:
+        rec = _is_done(out, c["case_id"], per_reader)
+        if rec is not None:
+            records[c["case_id"]] = rec
+            skipped += 1
+        else:
+            tasks.append(CaseTask(c["case_id"], c["patient_id"], c["series_uid"], c["folder"], c["xml"], str(out),
+                                  consensus, min_diameter_mm, min_readers, per_reader))
+    bar = tqdm(total=len(tasks), desc="lidc", unit="case", disable=not progress)
+
+    def _done(task: CaseTask, result: dict | None, err: BaseException | None) -> None:
+        if err is not None:
+            failed[task.case_id] = str(err).splitlines()[0] if str(err) else err.__class__.__name__
+        else:
+            records[task.case_id] = result
+        bar.update(1)
+
+    sequential = tasks
+    if workers > 1 and len(tasks) > 1:
+        sequential = []
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process holding BLAS/torch threads
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            futs = {pool.submit(convert_case, t): t for t in tasks}
+            for f in as_completed(futs):
+                err = f.exception()
+                if isinstance(err, BrokenProcessPool):
+                    sequential.append(futs[f])  # a crashed worker takes its neighbours down: retry those alone
+                else:
+                    _done(futs[f], f.result() if err is None else None, err)
+    for t in sequential:
+        try:
+            _done(t, convert_case(t), None)
+        except Exception as err:  # noqa: BLE001 - one bad case never stops the others
+            _done(t, None, err)
+    bar.close()
+    with open(log, "a") as fh:
+        for cid, reason in sorted(failed.items()):
+            fh.write(f"failed: {cid}: {reason}\n")
+        for cid, rec in sorted(records.items()):
+            for p in rec.get("problems", []):
+                fh.write(f"problem: {cid}: {p}\n")
+    # tables and manifest from every record (converted now or earlier)
+    rows = [r for cid in sorted(records) for r in records[cid]["nodules"]]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=NODULE_FIELDS)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(out / "nodules.csv", buf.getvalue())
+    manifest = out / "manifest.json"
+    folds = assign_folds([r["patient_id"] for r in records.values()], n_folds)
+    entries = [{"image": relpath(out / "images" / f"{cid}.nii.gz", manifest),
+                "label": relpath(out / "labels" / f"{cid}.nii.gz", manifest), "case_id": cid,
+                "patient_id": rec["patient_id"], "series_instance_uid": rec["series_instance_uid"],
+                "fold": folds[rec["patient_id"]]} for cid, rec in sorted(records.items())]
+    write_manifest(manifest, {"training": entries}, extra={"description": "LIDC-IDRI consensus nodule masks",
+                                                           "labels": {"0": "background", "1": "nodule"},
+                                                           "consensus": consensus, "min_readers": min_readers,
+                                                           "min_diameter_mm": min_diameter_mm})
+    summary = {"series_found": len(series), "converted": len(records) - skipped, "skipped": skipped,
+               "failed": len(failed), "nodules": len(rows), "failures": failed,
+               "rois_unmatched": sum(len(r.get("problems", [])) for r in records.values()), "notes": len(notes)}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+    return summary
