@@ -139,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, help="report folder (default: --pred)")
     s.add_argument("--min-overlap", type=float, default=0.0, help="fraction of a lesion to cover to detect it")
 
+    s = sub.add_parser("export-bundle", help="drop a trained model.pt into a MONAI bundle's models/ folder")
+    s.add_argument("--model", required=True, type=Path)
+    s.add_argument("--bundle", required=True, type=Path, help="bundle root (holds configs/pipeline.yaml)")
+
     s = sub.add_parser("demo", help="the embedded default: synthesize, train, infer, evaluate (CPU)")
     s.add_argument("--out", type=Path, default=Path("demo_output"))
     s.add_argument("--cases", type=_positive_int, default=None)
@@ -266,6 +270,16 @@ def _cmd_evaluate(a) -> int:
     return 0
 
 
+def _cmd_export_bundle(a) -> int:
+    from monai_pipeline.bundle import export_to_bundle
+    from monai_pipeline.errors import InputError
+
+    if not (a.bundle / "configs" / "pipeline.yaml").is_file():
+        raise InputError(a.bundle, "is not a monai-pipeline bundle (no configs/pipeline.yaml)")
+    print(export_to_bundle(a.model, a.bundle))
+    return 0
+
+
 def _cmd_demo(a) -> int:
     from monai_pipeline.demo import run_demo
 
@@ -285,7 +299,7 @@ def _cmd_lidc(a) -> int:
 
 
 COMMANDS = {"synth": _cmd_synth, "manifest": _cmd_manifest, "convert": _cmd_convert, "train": _cmd_train,
-            "infer": _cmd_infer, "postprocess": _cmd_postprocess, "evaluate": _cmd_evaluate, "demo": _cmd_demo,
+            "infer": _cmd_infer, "postprocess": _cmd_postprocess, "evaluate": _cmd_evaluate, "export-bundle": _cmd_export_bundle, "demo": _cmd_demo,
             "lidc-convert": _cmd_lidc}
 
 

@@ -17,7 +17,7 @@ import yaml
 from monai_pipeline.errors import ConfigError, InputError
 
 NORMALIZATIONS = ("window", "nnunet")
-CROPS = ("none", "body")
+CROPS = ("none", "body", "lungs")
 CACHES = ("none", "memory", "disk")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("cosine", "poly", "none")
@@ -88,6 +88,8 @@ def validate_config(cfg: dict) -> None:
           f"preprocessing.hu_window must be [low, high] HU with low < high, got {w!r}")
     _need(pre.get("crop") in CROPS, f"preprocessing.crop must be one of {CROPS}, got {pre.get('crop')!r}")
     _triple("patch.size", patch.get("size"))
+    _need(patch.get("sampling", "posneg") in ("posneg", "lesion"),
+          f"patch.sampling must be 'posneg' or 'lesion', got {patch.get('sampling')!r}")
     _need(int(patch.get("num_samples", 0)) >= 1, f"patch.num_samples must be >= 1, got {patch.get('num_samples')}")
     _need(net.get("name") in NETWORKS, f"network.name must be one of {NETWORKS}, got {net.get('name')!r}")
     _need(int(tr.get("epochs", 0)) >= 1, f"training.epochs must be >= 1, got {tr.get('epochs')}")

@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 #: anatomy and spacings), 120 mm of the chest, nodules of 5 mm and more
 DEMO_SYNTH = SynthConfig(matrix=256, spacing_xy=(0.6, 0.9), spacing_z=(1.0, 2.5), extent_z_mm=120.0,
                          n_nodules=(2, 4), diameter_mm=(5.0, 25.0))
-DEMO_CASES, DEMO_TEST = 16, 4
+DEMO_CASES, DEMO_TEST, DEMO_VAL = 24, 4, 2
 
 
 def demo_config(quick: bool = False) -> dict:
@@ -52,7 +52,7 @@ def run_demo(out: str | Path, n_cases: int | None = None, epochs: int | None = N
     manifest = out / "data" / "manifest.json"
     if not manifest.exists():
         print(f"[1/4] synthesising {n_cases} chest CT cases -> {out / 'data'}")
-        synthesize(out / "data", n_cases, seed=2026, fmt="nifti", cfg=synth_cfg, n_test=n_test, n_val=1, pngs=2)
+        synthesize(out / "data", n_cases, seed=2026, fmt="nifti", cfg=synth_cfg, n_test=n_test, n_val=1 if quick else DEMO_VAL, pngs=2)
     cfg = demo_config(quick)
     run = out / "run"
     model = run / "model.pt"

@@ -28,7 +28,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 from monai.data import MetaTensor
-from monai.inferers import SlidingWindowInferer
+from monai.inferers import Inferer, SlidingWindowInferer
 from monai.transforms import Compose, EnsureChannelFirstd
 
 from monai_pipeline.errors import InputError, PipelineError
@@ -49,6 +49,42 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+class AutocastInferer(Inferer):
+    """Runs another inferer under ``torch.autocast`` and returns float32 (the engines' extension point for
+    mixed precision on the CPU, where MONAI's own ``amp`` flag is CUDA-only). Weights and the optimiser
+    stay float32; convolutions run in bf16 on CPUs with AVX512-BF16/AMX."""
+
+    def __init__(self, base: Inferer, device_type: str = "cpu", dtype: torch.dtype = torch.bfloat16):
+        super().__init__()
+        self.base, self.device_type, self.dtype = base, device_type, dtype
+
+    def __call__(self, inputs: torch.Tensor, network, *args, **kwargs):
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            out = self.base(inputs, network, *args, **kwargs)
+        return out.float()
+
+
+def use_cpu_bf16(setting: bool | str, device: torch.device) -> bool:
+    """Resolve a ``bf16`` setting (true/false/"auto") for ``device``: auto = CPU with native bf16."""
+    if device.type != "cpu":
+        return False
+    return setting is True or (setting == "auto" and cpu_has_bf16())
+
+
+def build_inferer(cfg: dict, sw_device: str | torch.device | None = None,
+                  device: str | torch.device | None = None) -> SlidingWindowInferer:
+    """The configured ``SlidingWindowInferer`` (gaussian blending, weights computed once at construction).
+
+    ``sw_device`` runs the windows (the network's device); ``device`` accumulates the full-volume output
+    (``"cpu"`` lets a GPU infer volumes whose outputs would not fit in its memory).
+    """
+    inf = cfg["inference"]
+    return SlidingWindowInferer(
+        roi_size=tuple(inf["roi_size"]), sw_batch_size=int(inf["sw_batch_size"]), overlap=float(inf["overlap"]),
+        mode=inf.get("mode", "gaussian"), sigma_scale=float(inf.get("sigma_scale", 0.125)),
+        sw_device=sw_device, device=device, progress=False)
 
 
 def resample_to_grid(array_net: np.ndarray, affine_ras: np.ndarray, geometry: Geometry,
@@ -104,15 +140,10 @@ class Predictor:
         self.read_options = read_options or ReadOptions()
         self.preprocess = Compose([EnsureChannelFirstd(keys="image", channel_dim="no_channel"),
                                    *preprocess_transforms(self.cfg, ("image",))])
-        stitch = torch.device(stitch_device) if stitch_device else self.device
-        self.inferer = SlidingWindowInferer(
-            roi_size=tuple(inf["roi_size"]), sw_batch_size=int(inf["sw_batch_size"]), overlap=float(inf["overlap"]),
-            mode=inf.get("mode", "gaussian"), sigma_scale=float(inf.get("sigma_scale", 0.125)),
-            sw_device=self.device, device=stitch, progress=False)
-        bf = inf.get("bf16", "auto")
+        self.inferer = build_inferer(self.cfg, sw_device=self.device, device=stitch_device or self.device)
         self.autocast = (
             torch.autocast("cuda", dtype=torch.float16) if self.device.type == "cuda" else
-            torch.autocast("cpu", dtype=torch.bfloat16) if (bf is True or (bf == "auto" and cpu_has_bf16()))
+            torch.autocast("cpu", dtype=torch.bfloat16) if use_cpu_bf16(inf.get("bf16", "auto"), self.device)
             else nullcontext())
         self.labels = self.blob.get("labels", {})
 
@@ -234,6 +265,22 @@ def _append_csv(path: Path, header: list[str], row: list) -> None:
         os.fsync(fh.fileno())
 
 
+def output_paths(out: Path, case_id: str) -> list[Path]:
+    """Every file a case may write (mask, lesions, probability map, overlay, done-marker)."""
+    return [out / f"{case_id}.nii.gz", out / f"{case_id}_lesions.csv", out / f"{case_id}_prob.nii.gz",
+            out / "png" / f"{case_id}.png", out / ".done" / f"{case_id}.json"]
+
+
+def _remove_stale_parts(out: Path, case_ids: list[str]) -> None:
+    """Temporary files a killed run left for these cases (only ours: shards may share ``out``)."""
+    from monai_pipeline.io.writer import stale_parts
+
+    for cid in case_ids:
+        for target in output_paths(out, cid):
+            for p in stale_parts(target):
+                p.unlink(missing_ok=True)
+
+
 def run_batch(predictor: Predictor, cases: list[tuple[str, str]], out: str | Path, shard: tuple[int, int] | None = None,
               save_prob: bool = False, progress: bool = True, overlays: dict[str, str] | None = None) -> BatchSummary:
     """Predict ``cases`` ((case_id, input path) pairs) into ``out``; never stops at a failing case.
@@ -249,6 +296,7 @@ def run_batch(predictor: Predictor, cases: list[tuple[str, str]], out: str | Pat
     if dup:
         raise PipelineError(f"case ids must be unique, got duplicates: {', '.join(dup[:5])}")
     mine = shard_cases(cases, shard)
+    _remove_stale_parts(out, [c[0] for c in mine])
     summary = BatchSummary()
     todo = []
     for cid, path in mine:

@@ -69,8 +69,8 @@ def save_model_file(path: str | Path, network: torch.nn.Module, config: dict, ex
 def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """Load a model file with ``weights_only=True``; returns (network in eval mode on ``device``, the dict).
 
-    Also accepts a MONAI bundle checkpoint (a bare state dict) when a ``network`` spec is found beside it in a
-    ``model.json`` (see the bundle docs), for symmetry with ``bundles/*/models/model.pt``.
+    Also accepts a MONAI bundle checkpoint (``<bundle>/models/model.pt``, a bare state dict): the network and
+    configuration then come from the bundle (:func:`monai_pipeline.bundle.bundle_config`).
     """
     path = Path(path)
     if not path.is_file():
@@ -80,12 +80,15 @@ def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> tup
     except Exception as err:  # noqa: BLE001 - report any unpickling problem as a bad input
         raise InputError(path, f"not a loadable model file ({err.__class__.__name__})") from err
     if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
-        sidecar = path.with_name("model.json")
-        if isinstance(blob, dict) and sidecar.is_file():
-            desc = json.loads(sidecar.read_text())
-            blob = {"format": MODEL_FORMAT, "state_dict": blob, **desc}
+        from monai_pipeline.bundle import bundle_config, is_bundle_checkpoint
+
+        if isinstance(blob, dict) and is_bundle_checkpoint(path):  # a bundle's models/model.pt (bare state dict)
+            cfg = bundle_config(path.parent.parent)
+            blob = {"format": MODEL_FORMAT, "state_dict": blob, "network": cfg["network"], "config": cfg,
+                    "labels": cfg.get("labels", {}), "versions": {}}
         else:
-            raise InputError(path, f"not a {MODEL_FORMAT} file (no 'format' key and no model.json beside it)")
+            raise InputError(path, f"not a {MODEL_FORMAT} file, nor a bundle checkpoint (models/model.pt beside "
+                             "configs/pipeline.yaml)")
     net = build_network(blob["network"])
     try:
         net.load_state_dict(blob["state_dict"])

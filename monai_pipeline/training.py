@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from ignite.engine import Events
-from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
+from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset, set_track_meta
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import (
     CheckpointLoader,
@@ -34,7 +34,7 @@ from monai.handlers import (
     from_engine,
     stopping_fn_from_metric,
 )
-from monai.inferers import SimpleInferer, SlidingWindowInferer
+from monai.inferers import SimpleInferer
 from monai.losses import DiceCELoss
 from monai.transforms import AsDiscreted, Compose
 from monai.utils import set_determinism
@@ -42,6 +42,7 @@ from monai.utils import set_determinism
 from monai_pipeline.config import dump_config
 from monai_pipeline.data.manifest import split_for_fold
 from monai_pipeline.errors import InputError
+from monai_pipeline.inference import AutocastInferer, build_inferer, use_cpu_bf16
 from monai_pipeline.networks import build_network, save_model_file, unwrap
 from monai_pipeline.transforms.pipeline import train_transforms, val_transforms
 
@@ -184,6 +185,27 @@ def plot_training_curve(run: Path) -> Path | None:
     return run / "training_curve.png"
 
 
+def weights_fingerprint(network: torch.nn.Module) -> str:
+    """SHA-256 of the network's parameters and buffers (name order), to compare ranks or runs."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(unwrap(network).state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _write_rank_record(run: Path, ctx: DistContext, network: torch.nn.Module, epochs: int) -> None:
+    import json
+
+    from monai_pipeline.io.writer import atomic_write_text
+
+    atomic_write_text(run / "ranks" / f"rank{ctx.rank}.json", json.dumps(
+        {"rank": ctx.rank, "world_size": ctx.world_size, "backend": ctx.backend, "epochs": epochs,
+         "weights_sha256": weights_fingerprint(network)}))
+
+
 def latest_checkpoint(run: str | Path) -> Path | None:
     """The most recent ``checkpoints/last_checkpoint_epoch=N.pt`` of a run, or None."""
     cands = glob.glob(str(Path(run) / "checkpoints" / f"{LAST_PREFIX}_checkpoint_epoch=*.pt"))
@@ -270,9 +292,11 @@ def train(manifest: str | Path, run: str | Path, cfg: dict, fold: int | None = N
     n_classes = int(cfg["network"]["kwargs"].get("out_channels", 2))
     post = Compose([AsDiscreted(keys="pred", argmax=True, to_onehot=n_classes),
                     AsDiscreted(keys="label", to_onehot=n_classes)])
-    inf = cfg["inference"]
     evaluator = None
     use_amp = bool(t["amp"]) and dev.type == "cuda"
+    cpu_bf16 = use_cpu_bf16(t.get("bf16", "auto"), dev)
+    if cpu_bf16:
+        logger.info("training with bf16 autocast on the CPU (float32 weights and loss)")
     if val_files:
         val_ds = make_dataset(val_files, val_transforms(cfg), cache, run / "cache")
         val_sampler = (torch.utils.data.distributed.DistributedSampler(val_ds, shuffle=False)
@@ -284,8 +308,7 @@ def train(manifest: str | Path, run: str | Path, cfg: dict, fold: int | None = N
                                                 save_key_metric=True, key_metric_filename=BEST_NAME))
         evaluator = SupervisedEvaluator(
             device=dev, val_data_loader=val_loader, network=unwrap(network),
-            inferer=SlidingWindowInferer(roi_size=tuple(inf["roi_size"]), sw_batch_size=int(inf["sw_batch_size"]),
-                                         overlap=float(inf["overlap"]), mode=inf["mode"]),
+            inferer=AutocastInferer(build_inferer(cfg)) if cpu_bf16 else build_inferer(cfg),
             postprocessing=post,
             key_val_metric={"val_mean_dice": MeanDice(include_background=False,
                                                       output_transform=from_engine(["pred", "label"]))},
@@ -312,7 +335,7 @@ def train(manifest: str | Path, run: str | Path, cfg: dict, fold: int | None = N
             logger.info("tensorboard not installed: no TensorBoard logs")
     trainer = SupervisedTrainer(
         device=dev, max_epochs=max_epochs, train_data_loader=train_loader, network=network, optimizer=optimizer,
-        loss_function=loss, inferer=SimpleInferer(), train_handlers=train_handlers, amp=use_amp, decollate=False)
+        loss_function=loss, inferer=AutocastInferer(SimpleInferer()) if cpu_bf16 else SimpleInferer(), train_handlers=train_handlers, amp=use_amp, decollate=False)
     if ckpt is not None:
         load_dict = {**save_dict, "trainer": trainer}
         CheckpointLoader(load_path=str(ckpt), load_dict=load_dict, map_location=dev).attach(trainer)
@@ -331,7 +354,16 @@ def train(manifest: str | Path, run: str | Path, cfg: dict, fold: int | None = N
         evaluator.add_event_handler(Events.EPOCH_COMPLETED, EarlyStopHandler(
             patience=int(t["early_stopping_patience"]), score_function=stopping_fn_from_metric("val_mean_dice"),
             trainer=trainer, epoch_level=True))
-    trainer.run()
+    # with the deterministic part cached in memory, the random transforms need no metadata: plain tensors are
+    # faster (MONAI's fast-training recipe). Restored afterwards, whatever happens.
+    fast_meta = cache == "memory"
+    if fast_meta:
+        set_track_meta(False)
+    try:
+        trainer.run()
+    finally:
+        if fast_meta:
+            set_track_meta(True)
     model_path = run / "model.pt"
     if ctx.is_main:
         best = run / "checkpoints" / BEST_NAME
@@ -343,6 +375,8 @@ def train(manifest: str | Path, run: str | Path, cfg: dict, fold: int | None = N
         plot_training_curve(run)
         logger.info("model written to %s", model_path)
     if ctx.world_size > 1:
+        # every rank records a fingerprint of its final weights: ranks that diverged are visible at a glance
+        _write_rank_record(run, ctx, network, int(trainer.state.epoch))
         dist.barrier()
     if fh is not None:
         for name in ("monai_pipeline", "ignite", "monai_pipeline.trainer"):

@@ -14,24 +14,43 @@ import SimpleITK as sitk
 from monai_pipeline.io.geometry import Geometry, xyz_array_to_sitk
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (same suffixes) and rename it over ``path`` on success.
+    """Yield a temporary path beside ``path`` and rename it over ``path`` on success.
+
+    The temporary file is ``.<name>.<random>.part<suffixes>``: hidden, never mistaken for an output, and
+    attributable to its target (see :func:`stale_parts`).
 
     A crash or exception leaves ``path`` untouched (either the old file or nothing), never a partial file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=".part" + suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual permissions
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def stale_parts(path: str | Path) -> list[Path]:
+    """Temporary files left for ``path`` by a writer that was killed."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{path.name}.*.part*")) if path.parent.is_dir() else []
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:

@@ -27,6 +27,36 @@ class HUThreshold:
         return f"HUThreshold({self.threshold_hu})"
 
 
+class LungSelect:
+    """``select_fn`` for ``CropForeground``: the lungs, i.e. air (below ``threshold_hu``) enclosed by the body in
+    its axial slice, so the crop keeps both lungs, the mediastinum between them and the pleura.
+
+    Input ``(C, X, Y, Z)`` in HU on a RAS grid (z = axial slices). Air outside the body touches the slice border
+    and is excluded; when no enclosed air is found (not a chest CT) the body (voxels above ``threshold_hu``) is
+    returned instead, so the crop never comes out empty.
+    """
+
+    def __init__(self, threshold_hu: float = -500.0, min_voxels: int = 1000):
+        self.threshold_hu = float(threshold_hu)
+        self.min_voxels = int(min_voxels)
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        from scipy import ndimage
+
+        arr = np.asarray(img.detach().cpu() if isinstance(img, torch.Tensor) else img)
+        body = arr[0] > self.threshold_hu
+        in_slice = np.zeros((3, 3, 3), bool)
+        in_slice[:, :, 1] = ndimage.generate_binary_structure(2, 1)  # 4-connected within each axial slice only
+        enclosed = ndimage.binary_fill_holes(body, structure=in_slice) & ~body
+        if np.count_nonzero(enclosed) < self.min_voxels:
+            enclosed = body
+        out = enclosed[None]
+        return torch.as_tensor(out) if isinstance(img, torch.Tensor) else out
+
+    def __repr__(self) -> str:
+        return f"LungSelect({self.threshold_hu})"
+
+
 class CTNormalize(Transform):
     """nnU-Net CT normalisation: clip HU to [``lower``, ``upper``] (the 0.5/99.5 percentiles of foreground
     intensities of the training set), then ``(x - mean) / std`` with the foreground mean/std (HU).

@@ -40,5 +40,46 @@ class CheckGeometryd(MapTransform):
         return data
 
 
+class LesionComponentsd(MapTransform):
+    """Sampling classes for patch centres, written to ``output_key`` (same grid as the label):
+
+    * ``1..max_components``: the label's connected components (26-connected), one class per lesion (lesions
+      beyond ``max_components`` share the last class), so every lesion is sampled equally often whatever its size;
+    * ``0``: *hard* background, voxels brighter than ``hard_negative_hu`` in ``image_key`` (HU: vessels, the
+      diaphragm domes, mediastinum, chest wall), the structures a nodule detector confuses with nodules;
+    * ``max_components + 1``: the remaining, dark background (aerated lung, air).
+
+    Use with ``ClassesToIndicesd`` (cached) and ``RandCropByLabelClassesd``; the image must still be in HU.
+    """
+
+    def __init__(self, keys: KeysCollection, output_key: str = "label_cc", max_components: int = 8,
+                 image_key: str = "image", hard_negative_hu: float = -300.0, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        if max_components < 1:
+            raise ValueError(f"max_components must be >= 1, got {max_components}")
+        self.output_key, self.max_components = output_key, max_components
+        self.image_key, self.hard_negative_hu = image_key, float(hard_negative_hu)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        import numpy as np
+        import torch
+
+        from monai_pipeline.postprocess.array import label_components
+
+        def _np(x):
+            return np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x)
+
+        d = dict(data)
+        image = _np(d[self.image_key])[0]
+        for key in self.key_iterator(d):
+            lab = _np(d[key])[0] > 0
+            cc, _ = label_components(lab, 26)
+            classes = np.minimum(cc, self.max_components).astype(np.uint8)
+            classes[~lab & (image <= self.hard_negative_hu)] = self.max_components + 1
+            d[self.output_key] = classes[None]
+        return d
+
+
 CTNormalizeD = CTNormalizeDict = CTNormalized
+LesionComponentsD = LesionComponentsDict = LesionComponentsd
 CheckGeometryD = CheckGeometryDict = CheckGeometryd

@@ -11,14 +11,17 @@ import math
 
 import numpy as np
 from monai.transforms import (
+    ClassesToIndicesd,
     Compose,
     CropForegroundd,
+    DeleteItemsd,
     EnsureChannelFirstd,
     EnsureTyped,
     FgBgToIndicesd,
     LoadImaged,
     Orientationd,
     RandAffined,
+    RandCropByLabelClassesd,
     RandCropByPosNegLabeld,
     RandFlipd,
     RandGaussianNoised,
@@ -30,8 +33,8 @@ from monai.transforms import (
 )
 
 from monai_pipeline.io.reader import SimpleITKReader
-from monai_pipeline.transforms.array import HUThreshold
-from monai_pipeline.transforms.dictionary import CheckGeometryd, CTNormalized
+from monai_pipeline.transforms.array import HUThreshold, LungSelect
+from monai_pipeline.transforms.dictionary import CheckGeometryd, CTNormalized, LesionComponentsd
 
 
 def load_transforms(keys: tuple[str, ...] = ("image", "label"), reader_options: dict | None = None) -> list:
@@ -44,7 +47,12 @@ def load_transforms(keys: tuple[str, ...] = ("image", "label"), reader_options: 
 
 
 def preprocess_transforms(cfg: dict, keys: tuple[str, ...] = ("image", "label")) -> list:
-    """Spatial and intensity preprocessing after loading: RAS, target spacing (mm), HU normalisation, body crop."""
+    """Preprocessing after loading: RAS, target spacing (mm), crop (lungs/body), then HU normalisation."""
+    return [*spatial_transforms(cfg, keys), *intensity_transforms(cfg, keys)]
+
+
+def spatial_transforms(cfg: dict, keys: tuple[str, ...] = ("image", "label")) -> list:
+    """RAS orientation, resampling to the target spacing (mm) and the crop; values stay in HU."""
     pre = cfg["preprocessing"]
     has_label = "label" in keys
     modes = ["bilinear"] + (["nearest"] if has_label else [])
@@ -52,13 +60,20 @@ def preprocess_transforms(cfg: dict, keys: tuple[str, ...] = ("image", "label"))
         Orientationd(keys=list(keys), axcodes=pre["orientation"], labels=None),
         Spacingd(keys=list(keys), pixdim=tuple(pre["target_spacing"]), mode=modes),
     ]
-    if pre.get("crop", "none") == "body":
+    crop = pre.get("crop", "none")
+    if crop in ("body", "lungs"):
         margin = [int(math.ceil(pre["crop_margin_mm"] / s)) for s in pre["target_spacing"]]
-        out.append(CropForegroundd(keys=list(keys), source_key="image", select_fn=HUThreshold(pre["body_threshold_hu"]),
-                                   margin=margin, allow_smaller=True))
-    out.append(normalization_transform(cfg, "image"))
-    out.append(EnsureTyped(keys=list(keys), dtype=[np.float32] + ([np.uint8] if has_label else []), track_meta=True))
+        select = (HUThreshold(pre["body_threshold_hu"]) if crop == "body" else LungSelect(pre["body_threshold_hu"]))
+        out.append(CropForegroundd(keys=list(keys), source_key="image", select_fn=select, margin=margin,
+                                   allow_smaller=True))
     return out
+
+
+def intensity_transforms(cfg: dict, keys: tuple[str, ...] = ("image", "label")) -> list:
+    """HU normalisation of the image and the output types (float32 image, uint8 label)."""
+    has_label = "label" in keys
+    return [normalization_transform(cfg, "image"),
+            EnsureTyped(keys=list(keys), dtype=[np.float32] + ([np.uint8] if has_label else []), track_meta=True)]
 
 
 def normalization_transform(cfg: dict, key: str = "image"):
@@ -72,15 +87,42 @@ def normalization_transform(cfg: dict, key: str = "image"):
     return CTNormalized(keys=key, mean=stats["mean"], std=stats["std"], lower=stats["p00_5"], upper=stats["p99_5"])
 
 
+MAX_LESION_CLASSES = 8
+
+
+def sampling_index_transforms(cfg: dict) -> list:
+    """Deterministic (cacheable) index precomputation for the configured patch sampling."""
+    p = cfg["patch"]
+    if p.get("sampling", "posneg") == "lesion":
+        return [LesionComponentsd(keys="label", output_key="label_cc", max_components=MAX_LESION_CLASSES,
+                                  hard_negative_hu=float(p.get("hard_negative_hu", -300.0))),
+                ClassesToIndicesd(keys="label_cc", num_classes=MAX_LESION_CLASSES + 2, indices_postfix="_idx"),
+                DeleteItemsd(keys="label_cc")]
+    return [FgBgToIndicesd(keys="label", fg_postfix="_fg", bg_postfix="_bg")]
+
+
+def patch_sampler(cfg: dict, keys: list[str]):
+    """``RandCropByPosNegLabeld`` (foreground:background voxels ``pos``:``neg``) or, with
+    ``patch.sampling: lesion``, ``RandCropByLabelClassesd`` over the classes of :class:`LesionComponentsd`:
+    each lesion weighted ``pos``, hard (bright) background ``neg``, dark background ``neg_dark``; small nodules
+    are then sampled as often as large ones and negatives mostly show what looks like a nodule but is not."""
+    p = cfg["patch"]
+    if p.get("sampling", "posneg") == "lesion":
+        return RandCropByLabelClassesd(keys=keys, label_key="label", spatial_size=tuple(p["size"]),
+                                       ratios=[p["neg"]] + [p["pos"]] * MAX_LESION_CLASSES + [p.get("neg_dark", 0.3)],
+                                       num_classes=MAX_LESION_CLASSES + 2, num_samples=int(p["num_samples"]),
+                                       indices_key="label_cc_idx", allow_smaller=True, warn=False)
+    return RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=tuple(p["size"]), pos=p["pos"],
+                                  neg=p["neg"], num_samples=int(p["num_samples"]), fg_indices_key="label_fg",
+                                  bg_indices_key="label_bg", allow_smaller=True)
+
+
 def augmentation_transforms(cfg: dict, keys: tuple[str, ...] = ("image", "label")) -> list:
-    """Random patch sampling (fg/bg indices precomputed) and augmentation, all on the patch."""
-    p, a = cfg["patch"], cfg["augmentation"]
+    """Random patch sampling (indices precomputed) and augmentation, all on the patch."""
+    a = cfg["augmentation"]
+    p = cfg["patch"]
     k = list(keys)
-    out: list = [
-        RandCropByPosNegLabeld(keys=k, label_key="label", spatial_size=tuple(p["size"]), pos=p["pos"], neg=p["neg"],
-                               num_samples=int(p["num_samples"]), fg_indices_key="label_fg", bg_indices_key="label_bg",
-                               allow_smaller=True),
-    ]
+    out: list = [patch_sampler(cfg, k)]
     if a.get("affine_prob", 0) > 0:
         rr = math.radians(a["rotate_range_deg"])
         out.append(RandAffined(keys=k, prob=a["affine_prob"], rotate_range=(rr, rr, rr),
@@ -101,10 +143,10 @@ def augmentation_transforms(cfg: dict, keys: tuple[str, ...] = ("image", "label"
 
 
 def train_transforms(cfg: dict, reader_options: dict | None = None) -> Compose:
-    """Full training chain; everything up to ``FgBgToIndicesd`` is deterministic (cacheable)."""
+    """Full training chain; everything up to the index precomputation is deterministic (cacheable)."""
     keys = ("image", "label")
-    return Compose([*load_transforms(keys, reader_options), *preprocess_transforms(cfg, keys),
-                    FgBgToIndicesd(keys="label", fg_postfix="_fg", bg_postfix="_bg"),
+    return Compose([*load_transforms(keys, reader_options), *spatial_transforms(cfg, keys),
+                    *sampling_index_transforms(cfg), *intensity_transforms(cfg, keys),
                     *augmentation_transforms(cfg, keys)])
 
 

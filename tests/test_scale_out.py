@@ -1,0 +1,115 @@
+"""Scale-out: distributed training under torchrun (gloo on the CPU), and batch inference that survives kills,
+splits into shards and records failures."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import SimpleITK as sitk
+import torch
+import yaml
+
+from monai_pipeline.data.manifest import load_manifest
+from tests.helpers import TINY_OVERLAY, run_cli, tiny_model_file
+
+ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+
+
+def _all_cases(manifest):
+    return [e for s in ("training", "validation", "test") for e in load_manifest(manifest, s)]
+
+
+def test_two_process_training_identical_weights_one_checkpoint(tiny_dataset, tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump({**TINY_OVERLAY, "training": {**TINY_OVERLAY["training"], "epochs": 2,
+                                                                "val_interval": 1}}))
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+            "-m", "monai_pipeline.cli", "train", "--manifest", str(tiny_dataset / "manifest.json"), "--out", str(run),
+            "--config", str(cfg), "--device", "cpu", "--no-progress"]
+    r = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ranks = [json.loads((run / "ranks" / f"rank{i}.json").read_text()) for i in range(2)]
+    assert {x["backend"] for x in ranks} == {"gloo"} and {x["world_size"] for x in ranks} == {2}
+    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"], "DDP ranks diverged"
+    ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert ckpts == ["best_network.pt", "last_checkpoint_epoch=2.pt"], ckpts
+    assert len((run / "log.csv").read_text().strip().splitlines()) == 3, "one log row per epoch (rank 0 only)"
+    blob = torch.load(run / "model.pt", weights_only=True)
+    assert blob["epochs_trained"] == 2
+    # resume works in distributed runs too
+    r = subprocess.run([*args, "--resume", "--epochs", "3"], capture_output=True, text=True, env=ENV, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert torch.load(run / "model.pt", weights_only=True)["epochs_trained"] == 3
+
+
+def _infer_args(model, manifest, out, *extra):
+    return [sys.executable, "-m", "monai_pipeline.cli", "infer", "--model", str(model), "--manifest", str(manifest),
+            "--sections", "training,validation,test", "--out", str(out), "--device", "cpu", "--no-progress", *extra]
+
+
+def test_batch_killed_then_resumed_every_case_once(tiny_dataset, tmp_path):
+    model = tiny_model_file(tmp_path / "model.pt")
+    out = tmp_path / "out"
+    manifest = tiny_dataset / "manifest.json"
+    cases = _all_cases(manifest)
+    proc = subprocess.Popen(_infer_args(model, manifest, out), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list((out / ".done").glob("*.json"))) < 2:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = {p.stem for p in (out / ".done").glob("*.json")}
+    assert 2 <= len(first) < len(cases), "killed part-way"
+    r = subprocess.run(_infer_args(model, manifest, out), capture_output=True, text=True, env=ENV, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary == {"done": len(cases) - len(first), "skipped": len(first), "failed": 0, "total": len(cases)}
+    with open(out / "timings.csv") as fh:
+        second = [row["case_id"] for row in csv.DictReader(fh)]
+    assert not set(second[-summary["done"]:]) & first, "no case predicted twice"
+    for e in cases:
+        mask = sitk.ReadImage(str(out / f"{e['case_id']}.nii.gz"))
+        assert mask.GetSize() == sitk.ReadImage(str(e["image"])).GetSize()
+    assert not [p for p in out.rglob(".*") if ".part" in p.name], "no temporary files left"
+
+
+def test_two_shards_cover_every_case_once(tiny_dataset, tmp_path):
+    model = tiny_model_file(tmp_path / "model.pt")
+    out = tmp_path / "out"
+    manifest = tiny_dataset / "manifest.json"
+    for i in range(2):
+        r = subprocess.run(_infer_args(model, manifest, out, "--shard", f"{i}/2"), capture_output=True, text=True,
+                           env=ENV, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+    s = [json.loads((out / f"summary.{i}of2.json").read_text()) for i in range(2)]
+    assert s[0]["done"] + s[1]["done"] == len(_all_cases(manifest)) and s[0]["skipped"] == s[1]["skipped"] == 0
+    assert {p.stem for p in (out / ".done").glob("*.json")} == {e["case_id"] for e in _all_cases(manifest)}
+
+
+def test_corrupt_case_in_batch_is_recorded_and_others_done(tiny_dataset, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    cases = _all_cases(data / "manifest.json")
+    victim = cases[len(cases) // 2]
+    with open(victim["image"].replace(str(tiny_dataset), str(data)), "r+b") as fh:
+        fh.truncate(300)
+    model = tiny_model_file(tmp_path / "model.pt")
+    r = run_cli("infer", "--model", model, "--manifest", data / "manifest.json", "--sections",
+                "training,validation,test", "--out", tmp_path / "out", "--device", "cpu", "--no-progress")
+    assert r.returncode == 1
+    with open(tmp_path / "out" / "failures.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [x["case_id"] for x in rows] == [victim["case_id"]] and rows[0]["reason"]
+    done = {p.stem for p in (tmp_path / "out" / ".done").glob("*.json")}
+    assert done == {e["case_id"] for e in cases} - {victim["case_id"]}
+    assert not (tmp_path / "out" / f"{victim['case_id']}.nii.gz").exists()
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["failed"] == 1
