@@ -51,6 +51,16 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def hu_from_normalized(x: np.ndarray, cfg: dict) -> np.ndarray:
+    """Undo the configured HU normalisation (exact inside the window / clipping range)."""
+    pre = cfg["preprocessing"]
+    if pre["normalization"] == "window":
+        lo, hi = pre["hu_window"]
+        return x * (hi - lo) + lo
+    st = pre["intensity_stats"]
+    return x * st["std"] + st["mean"]
+
+
 class AutocastInferer(Inferer):
     """Runs another inferer under ``torch.autocast`` and returns float32 (the engines' extension point for
     mixed precision on the CPU, where MONAI's own ``amp`` flag is CUDA-only). Weights and the optimiser
@@ -175,6 +185,22 @@ class Predictor:
                 acc = out if acc is None else acc + out
         return (acc / len(flips))[0]
 
+    def restrict_to_lungs(self, label_net: np.ndarray, image: torch.Tensor, affine: np.ndarray) -> np.ndarray:
+        """``postprocess.lung_filter``: drop components lying mostly outside the lungs (network grid)."""
+        post = self.cfg["postprocess"]
+        if not post.get("lung_filter") or not label_net.any():
+            return label_net
+        from monai_pipeline.postprocess import keep_components_in_region, lung_region
+
+        hu = hu_from_normalized(np.asarray(image[0].detach().cpu()), self.cfg)
+        spacing = np.linalg.norm(affine[:3, :3], axis=0)
+        region = lung_region(hu, spacing, self.cfg["preprocessing"]["body_threshold_hu"],
+                             float(post.get("lung_closing_mm", 10.0)))
+        if not region.any():  # not a chest CT as far as we can tell: keep everything
+            return label_net
+        return keep_components_in_region(label_net, region, float(post.get("lung_min_fraction", 0.5)),
+                                         int(post.get("connectivity", 26))).astype(np.uint8)
+
     def predict(self, volume: CTVolume, case_id: str = "case", save_prob: bool = False) -> Prediction:
         t0 = time.perf_counter()
         data = self.prepare(volume)
@@ -184,6 +210,7 @@ class Predictor:
         t2 = time.perf_counter()
         label_net = torch.argmax(probs, dim=0).to(torch.uint8).cpu().numpy()
         affine = np.asarray(img.affine, dtype=np.float64)
+        label_net = self.restrict_to_lungs(label_net, img, affine)
         geom = volume.geometry
         mask = sitk_to_xyz_array(resample_to_grid(label_net, affine, geom))
         prob_img = None

@@ -74,6 +74,11 @@ def init_distributed(device: str) -> DistContext:
     ctx = DistContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), backend)
     if backend == "nccl":
         torch.cuda.set_device(ctx.local_rank)
+    # ignite sets up its own view of the process group lazily, with a collective (new_group), the first time
+    # anything asks for the rank, e.g. a checkpoint saver that only rank 0 creates: do it now, on every rank
+    import ignite.distributed as idist
+
+    idist.sync()
     return ctx
 
 
@@ -364,6 +369,13 @@ def train(manifest: str | Path, run: str | Path, cfg: dict, fold: int | None = N
     finally:
         if fast_meta:
             set_track_meta(True)
+    if ctx.world_size > 1:
+        # DDP broadcasts buffers (BatchNorm statistics) from rank 0 at the start of each forward, and each rank
+        # then updates its own: after the last step they differ. Broadcast once more, so that every rank holds
+        # exactly the model rank 0 saves, and record a fingerprint per rank (diverged ranks are visible).
+        for buf in unwrap(network).buffers():
+            dist.broadcast(buf, src=0)
+        _write_rank_record(run, ctx, network, int(trainer.state.epoch))
     model_path = run / "model.pt"
     if ctx.is_main:
         best = run / "checkpoints" / BEST_NAME
@@ -375,8 +387,6 @@ def train(manifest: str | Path, run: str | Path, cfg: dict, fold: int | None = N
         plot_training_curve(run)
         logger.info("model written to %s", model_path)
     if ctx.world_size > 1:
-        # every rank records a fingerprint of its final weights: ranks that diverged are visible at a glance
-        _write_rank_record(run, ctx, network, int(trainer.state.epoch))
         dist.barrier()
     if fh is not None:
         for name in ("monai_pipeline", "ignite", "monai_pipeline.trainer"):

@@ -6,7 +6,6 @@ the picture (volumes are first reoriented to LPS with SimpleITK, so any stored o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -100,22 +99,5 @@ def save_overlays_png(image: sitk.Image, pred: sitk.Image, truth: sitk.Image | N
         np.atleast_1d(axes)[0].text(0.5, 0.5, "no lesion", ha="center")
         np.atleast_1d(axes)[0].axis("off")
     fig.suptitle("prediction (green dashed) vs ground truth (red)", fontsize=9)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def plot_curves(columns: dict[str, Sequence[float]], x: Sequence[float], path: str | Path, xlabel: str = "epoch",
-                title: str = "") -> Path:
-    """Line plot of several named series against ``x``."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=90)
-    for name, ys in columns.items():
-        xs = list(x)[: len(ys)]
-        ax.plot(xs, ys, marker="o", markersize=3, label=name)
-    ax.set_xlabel(xlabel)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    if title:
-        ax.set_title(title)
     fig.tight_layout()
     return _save(fig, path)

@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 from tqdm import tqdm
 
 from monai_pipeline.data.manifest import relpath, write_manifest
@@ -89,11 +88,3 @@ def synthesize(out: str | Path, n_cases: int, seed: int = 0, fmt: str = "nifti",
                           "labels": {"0": "background", "1": "nodule"}})
     logger.info("wrote %d cases to %s", n_cases, out)
     return manifest_path
-
-
-def read_truth(out: str | Path, case_id: str) -> dict:
-    return json.loads((Path(out) / "truth" / f"{case_id}.json").read_text())
-
-
-def load_label(path: str | Path) -> sitk.Image:
-    return sitk.ReadImage(str(path))

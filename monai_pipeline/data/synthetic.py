@@ -11,11 +11,9 @@ survives every path: ``axial_hf`` (identity LPS direction), ``axial_ff`` (feet f
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
@@ -124,8 +122,10 @@ class _Phantom:
         return out & ~heart
 
     def hilum(self, side: int) -> np.ndarray:
+        """Root of the vessel tree: at the mediastinal border of the lung, where the lobar vessels enter."""
         cx, cy = self.lung_c[side]
-        return np.array([cx * 0.45, cy + 0.05 * self.b, 0.05 * self.h])
+        la = self.lung_ab[0]
+        return np.array([np.sign(cx) * (abs(cx) - la * 0.95), cy + 0.05 * self.b, 0.05 * self.h])
 
 
 def _vessel_tree(ph: _Phantom, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray, float]]:
@@ -405,11 +405,3 @@ def generate_case(seed: int, cfg: SynthConfig | None = None, case_id: str | None
 
 def nodules_to_json(nodules: list[Nodule]) -> list[dict]:
     return [asdict(n) for n in nodules]
-
-
-def write_case_json(case: SynthCase, path: Path) -> None:
-    from monai_pipeline.io.writer import atomic_write_text
-
-    atomic_write_text(path, json.dumps({"case_id": case.case_id, "orientation": case.orientation,
-                                        "geometry": Geometry.from_sitk(case.image).to_dict(),
-                                        "nodules": nodules_to_json(case.nodules)}, indent=1))

@@ -5,8 +5,10 @@ from monai_pipeline.postprocess.array import (
     binary_close,
     binary_open,
     fill_holes,
+    keep_components_in_region,
     keep_largest_component,
     label_components,
+    lung_region,
     postprocess_from_config,
     postprocess_mask,
     remove_small_components,
@@ -15,5 +17,5 @@ from monai_pipeline.postprocess.dictionary import PostprocessMaskd
 from monai_pipeline.postprocess.lesions import LESION_FIELDS, lesion_table, write_lesion_csv
 
 __all__ = ["LESION_FIELDS", "PostprocessMask", "PostprocessMaskd", "binary_close", "binary_open", "fill_holes",
-           "keep_largest_component", "label_components", "lesion_table", "postprocess_from_config",
+           "keep_components_in_region", "keep_largest_component", "label_components", "lung_region", "lesion_table", "postprocess_from_config",
            "postprocess_mask", "remove_small_components", "write_lesion_csv"]

@@ -116,6 +116,41 @@ def binary_close(mask: np.ndarray, spacing: Sequence[float], radius_mm: float) -
     return _morph(mask, spacing, radius_mm, ndimage.binary_closing)
 
 
+def lung_region(hu: np.ndarray, spacing: Sequence[float], threshold_hu: float = -500.0,
+                closing_mm: float = 10.0) -> np.ndarray:
+    """The lungs as a solid region (x, y, z; z = axial): air below ``threshold_hu`` enclosed by the body in its
+    axial slice, closed by ``closing_mm`` (so vessels, nodules and juxtapleural nodules count as inside), holes
+    filled slice by slice. Closing uses two Euclidean distance transforms (spacing-aware), not a big kernel."""
+    body = np.asarray(hu) > threshold_hu
+    in_slice = np.zeros((3, 3, 3), bool)
+    in_slice[:, :, 1] = ndimage.generate_binary_structure(2, 1)
+    air = ndimage.binary_fill_holes(body, structure=in_slice) & ~body
+    if not air.any():
+        return air
+    box = _bbox(air, [int(np.ceil(closing_mm / s)) + 1 for s in spacing])
+    sub = air[box]
+    dilated = ndimage.distance_transform_edt(~sub, sampling=spacing) <= closing_mm
+    closed = ndimage.distance_transform_edt(dilated, sampling=spacing) > closing_mm
+    closed = ndimage.binary_fill_holes(closed | sub, structure=in_slice)
+    out = np.zeros_like(air)
+    out[box] = closed
+    return out
+
+
+def keep_components_in_region(mask: np.ndarray, region: np.ndarray, min_fraction: float = 0.5,
+                              connectivity: int = 26) -> np.ndarray:
+    """Keep the components of ``mask`` with at least ``min_fraction`` of their voxels inside ``region``."""
+    m = np.asarray(mask) > 0
+    lab, n = label_components(m, connectivity)
+    if n == 0:
+        return m.copy()
+    total = np.bincount(lab.ravel(), minlength=n + 1)
+    inside = np.bincount(lab[np.asarray(region, bool)].ravel(), minlength=n + 1)
+    keep = inside >= min_fraction * np.maximum(total, 1)
+    keep[0] = False
+    return keep[lab]
+
+
 def postprocess_mask(mask: np.ndarray, spacing: Sequence[float], min_volume_mm3: float = 0.0,
                      keep_largest: bool = False, fill: bool = False, opening_mm: float = 0.0,
                      closing_mm: float = 0.0, connectivity: int = 26) -> np.ndarray:
