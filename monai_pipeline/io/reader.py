@@ -85,12 +85,54 @@ def read_ct(path: str | Path, options: ReadOptions | None = None) -> CTVolume:
     if not str(p).lower().endswith(IMAGE_SUFFIXES):
         raise InputError(p, "unsupported file type", hint="expected .nii, .nii.gz, .nrrd, .mha, .mhd, .dcm "
                          "or a DICOM folder")
+    if str(p).lower().endswith((".nii", ".nii.gz")):
+        check_nifti_complete(p)
     try:
         image = sitk.ReadImage(str(p))
     except RuntimeError as err:
         raise InputError(p, f"not a readable image ({_first_line(err)})") from err
     _require_3d(p, image)
     return CTVolume(image=image, source=str(p))
+
+
+def check_nifti_complete(p: Path) -> None:
+    """Refuse truncated NIfTI files (SimpleITK fills a truncated ``.nii.gz`` with zeros without a word).
+
+    The header (nibabel) gives the expected byte count; for gzip files the trailer's ISIZE must match it
+    (mod 2**32), and only if it does not (e.g. a multi-member gzip) is the stream decompressed and counted.
+    """
+    import gzip
+    import struct
+    import zlib
+
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(p))
+        hdr = img.header
+        # dataobj.offset is where nibabel really reads (vox_offset may be 0 in single-file headers)
+        expected = int(img.dataobj.offset) + int(np.prod(hdr.get_data_shape())) * hdr.get_data_dtype().itemsize
+    except Exception as err:  # noqa: BLE001 - nibabel raises many kinds for a damaged header
+        raise InputError(p, f"not a readable NIfTI file ({_first_line(err)})") from err
+    if not str(p).lower().endswith(".gz"):
+        size = p.stat().st_size
+        if size < expected:
+            raise InputError(p, f"truncated: {size} of {expected} bytes")
+        return
+    with open(p, "rb") as fh:
+        fh.seek(-4, 2)
+        isize = struct.unpack("<I", fh.read(4))[0]
+    if isize == expected % 2 ** 32:
+        return
+    total = 0
+    try:
+        with gzip.open(p, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                total += len(chunk)
+    except (EOFError, OSError, zlib.error) as err:
+        raise InputError(p, f"truncated or damaged gzip stream after {total} of {expected} bytes") from err
+    if total < expected:
+        raise InputError(p, f"truncated: {total} of {expected} bytes")
 
 
 def _first_line(err: Exception) -> str:

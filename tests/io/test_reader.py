@@ -156,3 +156,21 @@ def test_monai_loadimage_metadata(tmp_path):
     np.testing.assert_allclose(np.asarray(out.affine), nb.affine, atol=1e-4)
     np.testing.assert_allclose(np.asarray(out.meta["original_affine"]), nb.affine, atol=1e-4)
     assert tuple(out.meta["spatial_shape"]) == (4, 5, 6)
+
+
+def test_truncated_nifti_refused(tmp_path):
+    """SimpleITK alone reads a truncated .nii.gz as zeros; the reader must refuse it."""
+    img = sitk.GetImageFromArray(np.random.default_rng(0).integers(-1000, 1000, (20, 30, 40)).astype(np.int16))
+    good = tmp_path / "good.nii.gz"
+    sitk.WriteImage(img, str(good))
+    raw = good.read_bytes()
+    for name, data in (("half.nii.gz", raw[: len(raw) // 2]), ("tail.nii.gz", raw[:-4])):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(InputError, match="truncated|damaged"):
+            read_ct(tmp_path / name)
+    plain = tmp_path / "plain.nii"
+    sitk.WriteImage(img, str(plain))
+    (tmp_path / "cut.nii").write_bytes(plain.read_bytes()[:-100])
+    with pytest.raises(InputError, match="truncated: "):
+        read_ct(tmp_path / "cut.nii")
+    assert read_ct(good).geometry.size == (40, 30, 20)
