@@ -45,9 +45,10 @@ class LesionComponentsd(MapTransform):
 
     * ``1..max_components``: the label's connected components (26-connected), one class per lesion (lesions
       beyond ``max_components`` share the last class), so every lesion is sampled equally often whatever its size;
-    * ``0``: *hard* background, voxels brighter than ``hard_negative_hu`` in ``image_key`` (HU: vessels, the
-      diaphragm domes, mediastinum, chest wall), the structures a nodule detector confuses with nodules;
-    * ``max_components + 1``: the remaining, dark background (aerated lung, air).
+    * ``0``: *hard* background, voxels brighter than ``hard_negative_hu`` in ``image_key`` (HU) inside the
+      lungs (:func:`~monai_pipeline.postprocess.lung_region`): vessels, the diaphragm domes, the pleura, the
+      structures a nodule detector confuses with nodules (everywhere bright when no lungs are found);
+    * ``max_components + 1``: the remaining background (aerated lung, soft tissue outside the lungs, air).
 
     Use with ``ClassesToIndicesd`` (cached) and ``RandCropByLabelClassesd``; the image must still be in HU.
     """
@@ -69,13 +70,21 @@ class LesionComponentsd(MapTransform):
         def _np(x):
             return np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x)
 
+        from monai_pipeline.postprocess.array import lung_region
+
         d = dict(data)
-        image = _np(d[self.image_key])[0]
+        img = d[self.image_key]
+        image = _np(img)[0]
+        spacing = np.linalg.norm(np.asarray(img.affine)[:3, :3], axis=0) if hasattr(img, "affine") else (1, 1, 1)
+        lungs = lung_region(image, spacing)
+        hard = image > self.hard_negative_hu
+        if lungs.any():
+            hard &= lungs
         for key in self.key_iterator(d):
             lab = _np(d[key])[0] > 0
             cc, _ = label_components(lab, 26)
             classes = np.minimum(cc, self.max_components).astype(np.uint8)
-            classes[~lab & (image <= self.hard_negative_hu)] = self.max_components + 1
+            classes[~lab & ~hard] = self.max_components + 1
             d[self.output_key] = classes[None]
         return d
 
