@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 #: anatomy and spacings), 120 mm of the chest, nodules of 5 mm and more
 DEMO_SYNTH = SynthConfig(matrix=256, spacing_xy=(0.6, 0.9), spacing_z=(1.0, 2.5), extent_z_mm=120.0,
                          n_nodules=(2, 4), diameter_mm=(5.0, 25.0))
-DEMO_CASES, DEMO_TEST, DEMO_VAL = 36, 4, 2
+DEMO_CASES, DEMO_TEST, DEMO_VAL = 38, 6, 2
 
 
 def demo_config(quick: bool = False) -> dict:

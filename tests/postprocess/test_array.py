@@ -85,3 +85,35 @@ def test_lesion_table_units():
     assert row["longest_axial_diameter_mm"] == pytest.approx(3 * np.sqrt(0.5) + 0.5, abs=1e-3)
     assert (row["centroid_x_mm"], row["centroid_y_mm"], row["centroid_z_mm"]) == pytest.approx((101.75, -47.25, 17.0))
     assert row["mean_hu"] == pytest.approx(35.0)
+
+
+def _chest_hu(shape=(60, 40, 10)):
+    x, y = np.ogrid[: shape[0], : shape[1]]
+    body = ((x - 30) / 28.0) ** 2 + ((y - 20) / 18.0) ** 2 <= 1
+    lung = ((x - 16) / 8.0) ** 2 + ((y - 20) / 10.0) ** 2 <= 1
+    sl = np.where(body, 40.0, -1000.0)
+    sl[lung] = -850.0
+    return np.repeat(sl[:, :, None], shape[2], axis=2), lung
+
+
+def test_lung_region_includes_nodules_inside_and_at_the_pleura():
+    from monai_pipeline.postprocess import lung_region
+
+    hu, lung = _chest_hu()
+    hu[15:18, 19:22, 4:6] = 30.0  # a nodule inside the lung
+    hu[7:11, 18:22, 4:6] = 30.0  # a juxtapleural nodule at the lung's outer edge (x = 8 is the boundary)
+    region = lung_region(hu, (1.0, 1.0, 2.0), closing_mm=4.0)
+    assert region[16, 20, 5] and region[9, 20, 5]
+    assert not region[45, 20, 5], "soft tissue far from the lung is outside"
+
+
+def test_keep_components_in_region():
+    from monai_pipeline.postprocess import keep_components_in_region
+
+    m = np.zeros((20, 20, 4), np.uint8)
+    m[2:5, 2:5, :] = 1  # inside
+    m[12:16, 12:16, :] = 1  # outside
+    region = np.zeros_like(m, bool)
+    region[:10, :10, :] = True
+    out = keep_components_in_region(m, region)
+    assert out[3, 3, 1] and not out[13, 13, 1]
