@@ -92,11 +92,11 @@ def reference(model: Path, image: Path, out: Path) -> dict:
 
 
 def project(model: Path, image: Path, out: Path) -> dict:
-    """``monai-pipeline infer`` as the CLI runs it (defaults of the model's configuration)."""
+    """``monai-pipeline infer --no-tta`` as the CLI runs it (otherwise the model's configuration)."""
     from monai_pipeline.inference import Predictor, write_prediction
 
     t0 = time.perf_counter()
-    p = Predictor(model, device="cpu")
+    p = Predictor(model, device="cpu", tta=False)  # like for like: the recipe has no test-time augmentation
     counter = VoxelCounter(p.network)
     p.network = counter
     vol = p.load(image)
@@ -152,6 +152,8 @@ def main() -> None:
     ap.add_argument("--slices", type=int, default=300)
     ap.add_argument("--workdir", type=Path, default=REPO / "benchmarks" / ".cache")
     ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--project-only", action="store_true",
+                    help="run only the project's path (e.g. --slices 600 for the memory check)")
     ap.add_argument("--child", choices=("reference", "project"))
     ap.add_argument("--image", type=Path)
     ap.add_argument("--out", type=Path)
@@ -170,6 +172,14 @@ def main() -> None:
     image, label = make_volume(a.workdir, a.slices)
     print(f"machine: {os.cpu_count()} logical CPUs, torch {torch.__version__} threads {torch.get_num_threads()}")
     print(f"volume: {image.name} {sitk.ReadImage(str(image)).GetSize()} at 0.7x0.7x1.25 mm; model {model}")
+    if a.project_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            ours = run_child(Path(__file__), "--child", "project", "--model", str(model), "--image", str(image),
+                             "--out", f"{tmp}/ours")
+            d = dice(sitk_to_xyz_array(sitk.ReadImage(ours["mask"])), sitk_to_xyz_array(sitk.ReadImage(str(label))))
+        print(f"project only: {ours['seconds']:.2f} s, peak RSS {ours['peak_rss_gb']:.2f} GB, Dice vs truth {d:.4f}, "
+              f"stages " + ", ".join(f"{k} {v:.2f}" for k, v in ours["stages"].items()))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         ref = run_child(Path(__file__), "--child", "reference", "--model", str(model), "--image", str(image),
                         "--out", f"{tmp}/ref")

@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stitch-device", type=_device, help="where full-volume outputs are accumulated (e.g. cpu)")
     s.add_argument("--overlap", type=_overlap)
     s.add_argument("--sw-batch-size", type=_positive_int)
-    s.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8 flips)")
+    s.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="mirroring test-time augmentation, 8 flips (default: the model's configuration)")
     s.add_argument("--no-bf16", action="store_true", help="disable bf16 autocast on CPU")
     s.add_argument("--save-prob", action="store_true", help="also write <case>_prob.nii.gz (foreground probability)")
     s.add_argument("--shard", type=_shard, help="process the I-th of N slices of the case list, e.g. 0/4")
@@ -214,7 +215,7 @@ def _cmd_infer(a) -> int:
     cases = (cases_from_inputs(a.input) if a.input else
              cases_from_manifest(a.manifest, tuple(s.strip() for s in a.sections.split(","))))
     predictor = Predictor(a.model, device=None if a.device == "auto" else a.device, overlap=a.overlap,
-                          sw_batch_size=a.sw_batch_size, tta=a.tta or None, bf16=False if a.no_bf16 else None,
+                          sw_batch_size=a.sw_batch_size, tta=a.tta, bf16=False if a.no_bf16 else None,
                           stitch_device=a.stitch_device, read_options=_read_options(a))
     if len(cases) == 1 and a.shard is None:
         # a single input is all-or-nothing: a bad input exits 2 and writes nothing
