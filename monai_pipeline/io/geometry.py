@@ -98,8 +98,12 @@ class Geometry:
 
 
 def sitk_to_xyz_array(image: sitk.Image) -> np.ndarray:
-    """Voxel array in (x, y, z) index order (SimpleITK's numpy view is (z, y, x))."""
-    return np.ascontiguousarray(sitk.GetArrayViewFromImage(image).transpose(2, 1, 0))
+    """Voxel array in (x, y, z) index order (SimpleITK's numpy array is (z, y, x)).
+
+    One plain copy out of SimpleITK, then a transposed *view* (Fortran-ordered in x, y, z): a contiguous
+    transposing copy of a 512x512x300 volume costs about 0.7 s, the view nothing.
+    """
+    return sitk.GetArrayFromImage(image).transpose(2, 1, 0)
 
 
 def xyz_array_to_sitk(array: np.ndarray, geometry: Geometry | None = None) -> sitk.Image:

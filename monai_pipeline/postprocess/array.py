@@ -116,12 +116,30 @@ def binary_close(mask: np.ndarray, spacing: Sequence[float], radius_mm: float) -
     return _morph(mask, spacing, radius_mm, ndimage.binary_closing)
 
 
+def subsample_factors(spacing: Sequence[float], target_mm: float) -> tuple[int, ...]:
+    """Integer strides per axis that bring ``spacing`` (mm) up to about ``target_mm``."""
+    return tuple(max(1, int(target_mm // s)) for s in spacing)
+
+
+def upsample_to(small: np.ndarray, factors: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+    """Nearest-neighbour inverse of ``array[::f0, ::f1, ::f2]`` back to ``shape``."""
+    idx = [np.minimum(np.arange(n) // f, m - 1) for n, f, m in zip(shape, factors, small.shape, strict=True)]
+    return small[np.ix_(*idx)]
+
+
 def lung_region(hu: np.ndarray, spacing: Sequence[float], threshold_hu: float = -500.0,
-                closing_mm: float = 10.0) -> np.ndarray:
+                closing_mm: float = 10.0, resolution_mm: float = 2.0) -> np.ndarray:
     """The lungs as a solid region (x, y, z; z = axial): air below ``threshold_hu`` enclosed by the body in its
     axial slice, closed by ``closing_mm`` (so vessels, nodules and juxtapleural nodules count as inside), holes
-    filled slice by slice. Closing uses two Euclidean distance transforms (spacing-aware), not a big kernel."""
-    body = np.asarray(hu) > threshold_hu
+    filled slice by slice. Computed on a grid of about ``resolution_mm`` (a region, not a contour, is needed)
+    and returned at full size. Closing uses two Euclidean distance transforms (spacing-aware)."""
+    hu = np.asarray(hu)
+    f = subsample_factors(spacing, resolution_mm)
+    if any(k > 1 for k in f):
+        small = lung_region(hu[::f[0], ::f[1], ::f[2]], [s * k for s, k in zip(spacing, f, strict=True)],
+                            threshold_hu, closing_mm, resolution_mm=0.0)
+        return upsample_to(small, f, hu.shape)
+    body = hu > threshold_hu
     in_slice = np.zeros((3, 3, 3), bool)
     in_slice[:, :, 1] = ndimage.generate_binary_structure(2, 1)
     air = ndimage.binary_fill_holes(body, structure=in_slice) & ~body
@@ -154,8 +172,16 @@ def keep_components_in_region(mask: np.ndarray, region: np.ndarray, min_fraction
 def postprocess_mask(mask: np.ndarray, spacing: Sequence[float], min_volume_mm3: float = 0.0,
                      keep_largest: bool = False, fill: bool = False, opening_mm: float = 0.0,
                      closing_mm: float = 0.0, connectivity: int = 26) -> np.ndarray:
-    """Closing -> opening -> hole filling -> small-component removal -> keep-largest; returns uint8 0/1."""
-    m = np.asarray(mask) > 0
+    """Closing -> opening -> hole filling -> small-component removal -> keep-largest; returns uint8 0/1.
+
+    All steps run inside the mask's bounding box (padded by the morphology radius), where the work is."""
+    full = np.asarray(mask) > 0
+    pad = [int(np.ceil(max(closing_mm, opening_mm) / s)) + 2 for s in spacing]
+    box = _bbox(full, pad)
+    out = np.zeros(full.shape, np.uint8)
+    if box is None:
+        return out
+    m = full[box]
     if closing_mm > 0:
         m = binary_close(m, spacing, closing_mm)
     if opening_mm > 0:
@@ -166,7 +192,8 @@ def postprocess_mask(mask: np.ndarray, spacing: Sequence[float], min_volume_mm3:
         m = remove_small_components(m, spacing, min_volume_mm3, connectivity)
     if keep_largest:
         m = keep_largest_component(m, connectivity)
-    return m.astype(np.uint8)
+    out[box] = m
+    return out
 
 
 def postprocess_from_config(mask: np.ndarray, spacing: Sequence[float], post: dict) -> np.ndarray:

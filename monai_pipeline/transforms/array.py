@@ -36,14 +36,23 @@ class LungSelect:
     returned instead, so the crop never comes out empty.
     """
 
-    def __init__(self, threshold_hu: float = -500.0, min_voxels: int = 1000):
+    def __init__(self, threshold_hu: float = -500.0, min_voxels: int = 1000, stride: int = 1):
         self.threshold_hu = float(threshold_hu)
         self.min_voxels = int(min_voxels)
+        self.stride = int(stride)  # in-plane subsampling: a crop needs a bounding box, not an exact contour
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         from scipy import ndimage
 
+        from monai_pipeline.postprocess.array import upsample_to
+
         arr = np.asarray(img.detach().cpu() if isinstance(img, torch.Tensor) else img)
+        if self.stride > 1:
+            f = (self.stride, self.stride, 1)
+            small = LungSelect(self.threshold_hu, max(1, self.min_voxels // self.stride ** 2))(
+                arr[:, ::f[0], ::f[1], :])
+            out = upsample_to(np.asarray(small)[0], f, arr.shape[1:])[None]
+            return torch.as_tensor(out) if isinstance(img, torch.Tensor) else out
         body = arr[0] > self.threshold_hu
         in_slice = np.zeros((3, 3, 3), bool)
         in_slice[:, :, 1] = ndimage.generate_binary_structure(2, 1)  # 4-connected within each axial slice only

@@ -89,6 +89,28 @@ class LesionComponentsd(MapTransform):
         return d
 
 
+class CropForegroundMMd(MapTransform):
+    """``CropForegroundd`` with the margin in mm, converted per axis from the source image's own affine at call
+    time (so it can run on the original grid, before resampling)."""
+
+    def __init__(self, keys: KeysCollection, source_key: str, select_fn, margin_mm: float,
+                 allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.source_key, self.select_fn, self.margin_mm = source_key, select_fn, float(margin_mm)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        import math
+
+        import numpy as np
+        from monai.transforms import CropForegroundd
+
+        spacing = np.linalg.norm(np.asarray(data[self.source_key].affine)[:3, :3], axis=0)
+        margin = [int(math.ceil(self.margin_mm / s)) for s in spacing]
+        return CropForegroundd(keys=self.keys, source_key=self.source_key, select_fn=self.select_fn, margin=margin,
+                               allow_smaller=True, allow_missing_keys=self.allow_missing_keys)(data)
+
+
 CTNormalizeD = CTNormalizeDict = CTNormalized
+CropForegroundMMD = CropForegroundMMDict = CropForegroundMMd
 LesionComponentsD = LesionComponentsDict = LesionComponentsd
 CheckGeometryD = CheckGeometryDict = CheckGeometryd

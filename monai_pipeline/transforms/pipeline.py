@@ -13,7 +13,6 @@ import numpy as np
 from monai.transforms import (
     ClassesToIndicesd,
     Compose,
-    CropForegroundd,
     DeleteItemsd,
     EnsureChannelFirstd,
     EnsureTyped,
@@ -34,7 +33,12 @@ from monai.transforms import (
 
 from monai_pipeline.io.reader import SimpleITKReader
 from monai_pipeline.transforms.array import HUThreshold, LungSelect
-from monai_pipeline.transforms.dictionary import CheckGeometryd, CTNormalized, LesionComponentsd
+from monai_pipeline.transforms.dictionary import (
+    CheckGeometryd,
+    CropForegroundMMd,
+    CTNormalized,
+    LesionComponentsd,
+)
 
 
 def load_transforms(keys: tuple[str, ...] = ("image", "label"), reader_options: dict | None = None) -> list:
@@ -52,20 +56,19 @@ def preprocess_transforms(cfg: dict, keys: tuple[str, ...] = ("image", "label"))
 
 
 def spatial_transforms(cfg: dict, keys: tuple[str, ...] = ("image", "label")) -> list:
-    """RAS orientation, resampling to the target spacing (mm) and the crop; values stay in HU."""
+    """RAS orientation, the crop (lungs/body, margin in mm) on the original grid, then resampling to the target
+    spacing (mm) of only what is kept; values stay in HU. Cropping first halves the resampling work."""
     pre = cfg["preprocessing"]
     has_label = "label" in keys
     modes = ["bilinear"] + (["nearest"] if has_label else [])
-    out: list = [
-        Orientationd(keys=list(keys), axcodes=pre["orientation"], labels=None),
-        Spacingd(keys=list(keys), pixdim=tuple(pre["target_spacing"]), mode=modes),
-    ]
+    out: list = [Orientationd(keys=list(keys), axcodes=pre["orientation"], labels=None)]
     crop = pre.get("crop", "none")
     if crop in ("body", "lungs"):
-        margin = [int(math.ceil(pre["crop_margin_mm"] / s)) for s in pre["target_spacing"]]
-        select = (HUThreshold(pre["body_threshold_hu"]) if crop == "body" else LungSelect(pre["body_threshold_hu"]))
-        out.append(CropForegroundd(keys=list(keys), source_key="image", select_fn=select, margin=margin,
-                                   allow_smaller=True))
+        select = (HUThreshold(pre["body_threshold_hu"]) if crop == "body" else LungSelect(pre["body_threshold_hu"],
+                                                                                            stride=3))
+        out.append(CropForegroundMMd(keys=list(keys), source_key="image", select_fn=select,
+                                     margin_mm=float(pre["crop_margin_mm"])))
+    out.append(Spacingd(keys=list(keys), pixdim=tuple(pre["target_spacing"]), mode=modes))
     return out
 
 

@@ -99,12 +99,19 @@ def _chest_hu(shape=(60, 40, 10)):
 def test_lung_region_includes_nodules_inside_and_at_the_pleura():
     from monai_pipeline.postprocess import lung_region
 
+    from monai_pipeline.postprocess import keep_components_in_region
+
     hu, lung = _chest_hu()
-    hu[15:18, 19:22, 4:6] = 30.0  # a nodule inside the lung
-    hu[7:11, 18:22, 4:6] = 30.0  # a juxtapleural nodule at the lung's outer edge (x = 8 is the boundary)
-    region = lung_region(hu, (1.0, 1.0, 2.0), closing_mm=4.0)
-    assert region[16, 20, 5] and region[9, 20, 5]
-    assert not region[45, 20, 5], "soft tissue far from the lung is outside"
+    nodules = np.zeros(hu.shape, np.uint8)
+    nodules[15:18, 19:22, 4:6] = 1  # a nodule inside the lung
+    nodules[7:11, 18:22, 4:6] = 1  # a juxtapleural nodule at the lung's outer edge (x = 8 is the boundary)
+    hu[nodules > 0] = 30.0
+    wall = np.zeros(hu.shape, np.uint8)
+    wall[44:48, 18:22, 4:6] = 1  # a soft-tissue blob in the chest wall, far from the lung
+    for resolution in (0.0, 2.0):  # exact, and the default 2 mm working grid
+        region = lung_region(hu, (1.0, 1.0, 2.0), closing_mm=4.0, resolution_mm=resolution)
+        kept = keep_components_in_region(nodules | wall, region)
+        np.testing.assert_array_equal(kept, nodules > 0)
 
 
 def test_keep_components_in_region():
