@@ -104,7 +104,7 @@ def test_lung_region_includes_nodules_inside_and_at_the_pleura():
     hu, lung = _chest_hu()
     nodules = np.zeros(hu.shape, np.uint8)
     nodules[15:18, 19:22, 4:6] = 1  # a nodule inside the lung
-    nodules[7:11, 18:22, 4:6] = 1  # a juxtapleural nodule at the lung's outer edge (x = 8 is the boundary)
+    nodules[8:12, 18:22, 4:6] = 1  # a juxtapleural nodule touching the pleura (lung edge at x = 8)
     hu[nodules > 0] = 30.0
     wall = np.zeros(hu.shape, np.uint8)
     wall[44:48, 18:22, 4:6] = 1  # a soft-tissue blob in the chest wall, far from the lung
