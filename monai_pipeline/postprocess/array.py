@@ -19,6 +19,18 @@ except ImportError:  # pragma: no cover - exercised when the extra is missing
     cc3d = None
 
 
+def c_order(*arrays: np.ndarray, spacing: Sequence[float] | None = None):
+    """Views of ``arrays`` in C memory order: Fortran-ordered inputs (the (x, y, z) views of SimpleITK arrays)
+    are transposed, spacing reversed to match, so whole-volume passes never copy. Returns (arrays, spacing,
+    transposed). Results computed on the views are transposed back with ``.T`` when ``transposed``."""
+    arrs = [np.asarray(a) for a in arrays]
+    transposed = arrs[0].flags.f_contiguous and not arrs[0].flags.c_contiguous
+    if transposed:
+        arrs = [a.T for a in arrs]
+        spacing = None if spacing is None else tuple(spacing)[::-1]
+    return arrs, spacing, transposed
+
+
 def label_components(mask: np.ndarray, connectivity: int = 26) -> tuple[np.ndarray, int]:
     """Connected components of a boolean 3D mask (6, 18 or 26-connectivity); returns (labels int32, count)."""
     if connectivity not in (6, 18, 26):
@@ -49,7 +61,9 @@ def remove_small_components(mask: np.ndarray, spacing: Sequence[float], min_volu
     if min_volume_mm3 <= 0 or not m.any():
         return m.copy()
     lab, n = label_components(m, connectivity)
-    sizes = np.bincount(lab.ravel(), minlength=n + 1) * float(np.prod(spacing))
+    sizes = np.bincount(lab.ravel(order="K"), minlength=n + 1) * float(np.prod(spacing))
+    if np.all(sizes[1:] >= min_volume_mm3):
+        return m.copy()
     keep = sizes >= min_volume_mm3
     keep[0] = False
     return keep[lab]
@@ -65,22 +79,24 @@ def keep_largest_component(mask: np.ndarray, connectivity: int = 26) -> np.ndarr
     return lab == int(np.argmax(sizes))
 
 
-def fill_holes(mask: np.ndarray) -> np.ndarray:
-    """Fill cavities fully enclosed in 3D (6-connected background not reaching the border of the object's box).
-
-    Equivalent to ``scipy.ndimage.binary_fill_holes`` but cropped to the bounding box, where the work is.
-    """
-    m = np.asarray(mask, dtype=bool)
-    box = _bbox(m, (1, 1, 1))
-    out = m.copy()
-    if box is None:
-        return out
-    sub = m[box]
+def _fill_box(sub: np.ndarray) -> np.ndarray:
     padded = np.pad(sub, 1, constant_values=False)
     bg, _ = ndimage.label(~padded)  # 6-connected background
-    outside = bg == bg[0, 0, 0]
-    filled = ~outside[1:-1, 1:-1, 1:-1]
-    out[box] = filled | sub
+    return ~(bg == bg[0, 0, 0])[1:-1, 1:-1, 1:-1] | sub
+
+
+def fill_holes(mask: np.ndarray, connectivity: int = 26) -> np.ndarray:
+    """Fill cavities fully enclosed in 3D (6-connected background not reaching outside the object).
+
+    Equivalent to ``scipy.ndimage.binary_fill_holes``, but each connected component is filled inside its own
+    bounding box (a hole lies inside the box of the component that encloses it), so scattered objects cost
+    what they cover, not the volume."""
+    m = np.asarray(mask, dtype=bool)
+    out = m.copy()
+    lab, n = label_components(m, connectivity)
+    for i, sl in enumerate(ndimage.find_objects(lab), start=1):
+        if sl is not None and all(s.stop - s.start > 2 for s in sl):  # thinner boxes cannot enclose a hole
+            out[sl] |= _fill_box(lab[sl] == i)
     return out
 
 
@@ -175,7 +191,10 @@ def postprocess_mask(mask: np.ndarray, spacing: Sequence[float], min_volume_mm3:
     """Closing -> opening -> hole filling -> small-component removal -> keep-largest; returns uint8 0/1.
 
     All steps run inside the mask's bounding box (padded by the morphology radius), where the work is."""
-    full = np.asarray(mask) > 0
+    (full,), spacing, transposed = c_order(np.asarray(mask) > 0, spacing=spacing)
+    if transposed:
+        return postprocess_mask(full, spacing, min_volume_mm3, keep_largest, fill, opening_mm, closing_mm,
+                                connectivity).T
     pad = [int(np.ceil(max(closing_mm, opening_mm) / s)) + 2 for s in spacing]
     box = _bbox(full, pad)
     out = np.zeros(full.shape, np.uint8)
@@ -186,10 +205,21 @@ def postprocess_mask(mask: np.ndarray, spacing: Sequence[float], min_volume_mm3:
         m = binary_close(m, spacing, closing_mm)
     if opening_mm > 0:
         m = binary_open(m, spacing, opening_mm)
-    if fill:
-        m = fill_holes(m)
-    if min_volume_mm3 > 0:
-        m = remove_small_components(m, spacing, min_volume_mm3, connectivity)
+    if fill or min_volume_mm3 > 0:
+        # one labelling; holes filled and small components dropped inside each component's own box
+        m = m.copy()
+        lab, _ = label_components(m, connectivity)
+        vox = float(np.prod(spacing))
+        for i, sl in enumerate(ndimage.find_objects(lab), start=1):
+            if sl is None:
+                continue
+            comp = lab[sl] == i
+            if fill and all(s.stop - s.start > 2 for s in sl):
+                comp = _fill_box(comp)
+            if np.count_nonzero(comp) * vox < min_volume_mm3:
+                m[sl][lab[sl] == i] = False
+            else:
+                m[sl] |= comp
     if keep_largest:
         m = keep_largest_component(m, connectivity)
     out[box] = m

@@ -50,11 +50,18 @@ def lesion_table(mask: np.ndarray, geometry: Geometry, hu: np.ndarray | None = N
     Centroids are patient coordinates in mm (LPS, as DICOM); the longest axial diameter is measured in the
     image's slice plane.
     """
-    lab, n = label_components(np.asarray(mask) > 0, connectivity)
+    m = np.asarray(mask) > 0
+    if m.flags.f_contiguous and not m.flags.c_contiguous:  # (x, y, z) view of a (z, y, x) array
+        lab_c, n = label_components(m.T, connectivity)
+        lab = lab_c.T
+        objects = [None if sl is None else sl[::-1] for sl in ndimage.find_objects(lab_c)]
+    else:
+        lab, n = label_components(m, connectivity)
+        objects = ndimage.find_objects(lab)
     rows = []
     vox = float(np.prod(geometry.spacing))
     lps = geometry.lps_affine()
-    for i, sl in enumerate(ndimage.find_objects(lab), start=1):
+    for i, sl in enumerate(objects, start=1):
         if sl is None:
             continue
         comp = lab[sl] == i
