@@ -201,9 +201,12 @@ class Predictor:
         return keep_components_in_region(label_net, region, float(post.get("lung_min_fraction", 0.5)),
                                          int(post.get("connectivity", 26))).astype(np.uint8)
 
-    def predict(self, volume: CTVolume, case_id: str = "case", save_prob: bool = False) -> Prediction:
+    def predict(self, volume: CTVolume, case_id: str = "case", save_prob: bool = False,
+                prepared: dict | None = None) -> Prediction:
+        """Mask (input grid), lesion table and timings for one volume; ``prepared`` is the output of
+        :meth:`prepare` when the caller already has it (the batch runner prepares in the background)."""
         t0 = time.perf_counter()
-        data = self.prepare(volume)
+        data = prepared if prepared is not None else self.prepare(volume)
         t1 = time.perf_counter()
         img = data["image"]
         probs = self.logits(img)
@@ -350,8 +353,8 @@ def run_batch(predictor: Predictor, cases: list[tuple[str, str]], out: str | Pat
             futures[k + 1] = pool.submit(load_and_prepare, todo[k + 1][1])  # background read of the next case
         t0 = time.perf_counter()
         try:
-            vol, _prepared = futures.pop(k).result()
-            pred = predictor.predict(vol, cid, save_prob=save_prob)
+            vol, prepared = futures.pop(k).result()
+            pred = predictor.predict(vol, cid, save_prob=save_prob, prepared=prepared)
             write_prediction(pred, out)
             if overlays and cid in overlays:
                 from monai_pipeline.io.geometry import xyz_array_to_sitk
