@@ -57,6 +57,7 @@ class DistContext:
     world_size: int = 1
     local_rank: int = 0
     backend: str | None = None
+    owns_group: bool = False  # this process created the process group (and must destroy it)
 
     @property
     def is_main(self) -> bool:
@@ -69,9 +70,10 @@ def init_distributed(device: str) -> DistContext:
     if world <= 1:
         return DistContext()
     backend = "nccl" if device.startswith("cuda") and torch.cuda.is_available() else "gloo"
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()
+    if owns:
         dist.init_process_group(backend=backend)
-    ctx = DistContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), backend)
+    ctx = DistContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), backend, owns)
     if backend == "nccl":
         torch.cuda.set_device(ctx.local_rank)
     # ignite sets up its own view of the process group lazily, with a collective (new_group), the first time
@@ -388,6 +390,10 @@ def train(manifest: str | Path, run: str | Path, cfg: dict, fold: int | None = N
         logger.info("model written to %s", model_path)
     if ctx.world_size > 1:
         dist.barrier()
+        if ctx.owns_group:
+            # an undestroyed gloo group is torn down by interpreter exit, which can abort the process
+            # ("terminate called without an active exception") after a successful run
+            dist.destroy_process_group()
     if fh is not None:
         for name in ("monai_pipeline", "ignite", "monai_pipeline.trainer"):
             logging.getLogger(name).removeHandler(fh)
