@@ -9,6 +9,7 @@ correct RAS ``affine``, ``original_affine`` and ``spatial_shape`` (array axis or
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,9 @@ class CTVolume:
     source: str
     series_instance_uid: str = ""
     notes: list[str] = field(default_factory=list)
+    #: DICOM series: the slice headers in the order of the image's third axis (None when slices were
+    #: interpolated, or for non-DICOM input)
+    slices: list[dicom.SliceHeader] | None = None
 
     @property
     def geometry(self) -> Geometry:
@@ -155,7 +159,7 @@ def _read_dicom_file(p: Path, options: ReadOptions) -> CTVolume:
     import pydicom
 
     try:
-        ds = pydicom.dcmread(str(p), stop_before_pixels=True)
+        ds = pydicom.dcmread(str(p), defer_size="1 KB")  # header read once; pixel data left on disk
     except Exception as err:  # noqa: BLE001
         raise InputError(p, f"unreadable DICOM header ({err.__class__.__name__})") from err
     if "Rows" not in ds or "SOPClassUID" not in ds:
@@ -163,7 +167,7 @@ def _read_dicom_file(p: Path, options: ReadOptions) -> CTVolume:
     modality = str(ds.get("Modality", ""))
     if modality != dicom.CT_MODALITY and not options.allow_non_ct:
         raise InputError(p, f"modality is {modality or '<none>'}, not CT", hint="pass allow_non_ct/--force")
-    if "PixelData" not in pydicom.dcmread(str(p), specific_tags=["PixelData"]):
+    if "PixelData" not in ds:
         raise InputError(p, "has no pixel data")
     try:
         image = sitk.ReadImage(str(p))
@@ -199,6 +203,8 @@ def _read_dicom_folder(folder: Path, options: ReadOptions) -> CTVolume:
         image = _read_resampled(folder, info, check)
     else:
         files = dicom.gdcm_sorted_files(folder, info)
+        by_path = {os.path.realpath(sl.path): sl for sl in info.slices}
+        slices = [by_path[os.path.realpath(f)] for f in files]
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(files)
         try:
@@ -208,7 +214,8 @@ def _read_dicom_folder(folder: Path, options: ReadOptions) -> CTVolume:
         if image.GetDimension() == 2:
             image = sitk.JoinSeries(image)
     _require_3d(folder, image)
-    return CTVolume(image=image, source=str(folder), series_instance_uid=info.series_instance_uid, notes=notes)
+    return CTVolume(image=image, source=str(folder), series_instance_uid=info.series_instance_uid, notes=notes,
+                    slices=None if spacing_problems else slices)
 
 
 def _read_resampled(folder: Path, info: dicom.SeriesInfo, check: dicom.SeriesCheck) -> sitk.Image:

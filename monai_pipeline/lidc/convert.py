@@ -113,13 +113,10 @@ def assign_case_ids(series: list[dict]) -> list[dict]:
     return out
 
 
-def _slice_index(folder: str, uid: str) -> tuple[SliceIndex, list[str]]:
-    info = dicom.scan_folder(folder)[uid]
-    files = dicom.gdcm_sorted_files(folder, info)
-    by_path = {os.path.realpath(s.path): s for s in info.slices}
-    ordered = [by_path[os.path.realpath(f)] for f in files]
-    return SliceIndex({s.sop_instance_uid: k for k, s in enumerate(ordered)},
-                      np.array([float(s.position[2]) for s in ordered])), files
+def _slice_index(vol) -> SliceIndex:
+    """SOP UID -> slice index and slice z (mm), from the headers the reader already ordered along the grid."""
+    return SliceIndex({sl.sop_instance_uid: k for k, sl in enumerate(vol.slices)},
+                      np.array([float(sl.position[2]) for sl in vol.slices]))
 
 
 def _measure(vox: np.ndarray, geometry: Geometry) -> dict:
@@ -147,9 +144,9 @@ def convert_case(task: CaseTask) -> dict:
     read = parse_read(task.xml)
     vol = read_ct(task.folder, ReadOptions(series_uid=task.series_uid))
     geom = vol.geometry
-    index, _ = _slice_index(task.folder, task.series_uid)
-    if len(index.z) != geom.size[2]:
-        raise PipelineError(f"{task.folder}: {geom.size[2]} slices read but {len(index.z)} headers found")
+    if vol.slices is None or len(vol.slices) != geom.size[2]:
+        raise PipelineError(f"{task.folder}: slices could not be matched to the series headers")
+    index = _slice_index(vol)
     nodules, anns, problems = build_nodules(read, index, geom, task.consensus)
     label = np.zeros(geom.size, np.uint8)
     rows = []
