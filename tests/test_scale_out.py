@@ -63,12 +63,12 @@ def test_batch_killed_then_resumed_every_case_once(tiny_dataset, tmp_path):
     proc = subprocess.Popen(_infer_args(model, manifest, out), env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
-    while time.time() < deadline and len(list((out / ".done").glob("*.json"))) < 2:
+    while time.time() < deadline and not any((out / ".done").glob("*.json")):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     first = {p.stem for p in (out / ".done").glob("*.json")}
-    assert 2 <= len(first) < len(cases), "killed part-way"
+    assert 1 <= len(first) < len(cases), "killed part-way"
     r = subprocess.run(_infer_args(model, manifest, out), capture_output=True, text=True, env=ENV, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
