@@ -99,12 +99,11 @@ def project(model: Path, image: Path, out: Path) -> dict:
     p = Predictor(model, device="cpu", tta=False)  # like for like: the recipe has no test-time augmentation
     counter = VoxelCounter(p.network)
     p.network = counter
-    vol = p.load(image)
-    pred = p.predict(vol, "project")
-    write_prediction(pred, out)
+    data = p.load(image)
+    pred = p.predict(data, "project")
+    write_prediction(pred, out, p.provenance())
     seconds = time.perf_counter() - t0
-    data = p.prepare(vol)  # again, only to measure the cropped size (not timed)
-    fpv = flops_per_voxel(counter.net, tuple(p.cfg["inference"]["roi_size"]))
+    fpv = flops_per_voxel(counter.net, p.cfg.inference.roi_size)
     return {"seconds": seconds, "peak_rss_gb": peak_rss_gb(), "mask": str(out / "project.nii.gz"),
             "flops": counter.voxels * fpv, "floor_flops": int(np.prod(data["image"].shape[1:])) * fpv,
             "stages": pred.seconds}
@@ -119,7 +118,7 @@ def sweep(model: Path, image: Path) -> None:
     from monai_pipeline.inference import Predictor
 
     p = Predictor(model, device="cpu", bf16=False)
-    x = p.prepare(p.load(image))["image"][None].as_tensor()
+    x = p.load(image)["image"][None].as_tensor()
     print(f"\nsweep on the cropped volume {tuple(x.shape[2:])} (network only, seconds):")
     print(f"{'roi':>12} {'overlap':>7} {'sw_batch':>8} {'precision':>9} {'layout':>13} {'s':>7}")
     net = p.network

@@ -27,7 +27,7 @@ warnings.filterwarnings("ignore")
 import torch  # noqa: E402
 
 
-def plain_recipe(manifest: Path, cfg: dict, epochs: int, workers: int) -> float:
+def plain_recipe(manifest: Path, cfg, epochs: int, workers: int) -> float:
     from monai.data import CacheDataset, DataLoader, load_decathlon_datalist
     from monai.losses import DiceCELoss
     from monai.transforms import (
@@ -47,17 +47,17 @@ def plain_recipe(manifest: Path, cfg: dict, epochs: int, workers: int) -> float:
 
     from monai_pipeline.networks import build_network
 
-    pre, p = cfg["preprocessing"], cfg["patch"]
+    pre, p = cfg.preprocessing, cfg.patch
     files = load_decathlon_datalist(str(manifest), data_list_key="training")
     tf = Compose([
         LoadImaged(keys=["image", "label"]), EnsureChannelFirstd(keys=["image", "label"]),
         Orientationd(keys=["image", "label"], axcodes="RAS"),
-        Spacingd(keys=["image", "label"], pixdim=tuple(pre["target_spacing"]), mode=("bilinear", "nearest")),
-        ScaleIntensityRanged(keys="image", a_min=pre["hu_window"][0], a_max=pre["hu_window"][1], b_min=0.0, b_max=1.0,
+        Spacingd(keys=["image", "label"], pixdim=pre.target_spacing, mode=("bilinear", "nearest")),
+        ScaleIntensityRanged(keys="image", a_min=pre.hu_window[0], a_max=pre.hu_window[1], b_min=0.0, b_max=1.0,
                              clip=True),
         CropForegroundd(keys=["image", "label"], source_key="image"),
-        RandCropByPosNegLabeld(keys=["image", "label"], label_key="label", spatial_size=tuple(p["size"]), pos=1,
-                               neg=1, num_samples=int(p["num_samples"]), image_key="image", image_threshold=0),
+        RandCropByPosNegLabeld(keys=["image", "label"], label_key="label", spatial_size=p.size, pos=1,
+                               neg=1, num_samples=p.num_samples, image_key="image", image_threshold=0),
         RandFlipd(keys=["image", "label"], spatial_axis=[0], prob=0.1),
         RandFlipd(keys=["image", "label"], spatial_axis=[1], prob=0.1),
         RandFlipd(keys=["image", "label"], spatial_axis=[2], prob=0.1),
@@ -66,8 +66,8 @@ def plain_recipe(manifest: Path, cfg: dict, epochs: int, workers: int) -> float:
         EnsureTyped(keys=["image", "label"]),
     ])
     ds = CacheDataset(files, tf, cache_rate=1.0, num_workers=None, progress=False)
-    loader = DataLoader(ds, batch_size=int(cfg["training"]["batch_size"]), shuffle=True, num_workers=workers)
-    net = build_network(cfg["network"])
+    loader = DataLoader(ds, batch_size=cfg.training.batch_size, shuffle=True, num_workers=workers)
+    net = build_network(cfg.network)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     patches, t_start = 0, None
@@ -84,16 +84,16 @@ def plain_recipe(manifest: Path, cfg: dict, epochs: int, workers: int) -> float:
     return patches / (time.perf_counter() - t_start)
 
 
-def project(manifest: Path, cfg: dict, epochs: int, run: Path) -> float:
+def project(manifest: Path, cfg, epochs: int, run: Path) -> float:
     from monai_pipeline.data.manifest import load_manifest
     from monai_pipeline.training import train
 
-    cfg = {**cfg, "training": {**cfg["training"], "val_interval": 10 ** 6}}
+    cfg = cfg.merged({"training": {"val_interval": 10 ** 6}})
     train(manifest, run, cfg, epochs=epochs, device="cpu", progress=False)
     with open(run / "log.csv") as fh:
         rows = list(csv.DictReader(fh))[1:]
     n_train = len(load_manifest(manifest, "training"))
-    per_epoch = n_train * int(cfg["patch"]["num_samples"])
+    per_epoch = n_train * cfg.patch.num_samples
     return per_epoch * len(rows) / sum(float(r["seconds"]) for r in rows)
 
 
@@ -109,8 +109,8 @@ def main() -> None:
     cfg = demo_config()
     with tempfile.TemporaryDirectory() as tmp:
         manifest = synthesize(Path(tmp) / "data", a.cases, seed=5, cfg=DEMO_SYNTH, n_test=0, n_val=0, progress=False)
-        print(f"{a.cases} synthetic cases, patch {cfg['patch']['size']} x {cfg['patch']['num_samples']} per volume, "
-              f"batch {cfg['training']['batch_size']}, network {cfg['network']['name']}, {a.epochs} epochs "
+        print(f"{a.cases} synthetic cases, patch {cfg.patch.size} x {cfg.patch.num_samples} per volume, "
+              f"batch {cfg.training.batch_size}, network {cfg.network.name}, {a.epochs} epochs "
               f"(first excluded), torch threads {torch.get_num_threads()}")
         plain = plain_recipe(manifest, cfg, a.epochs, a.workers)
         print(f"plain MONAI spleen-recipe loop: {plain:.1f} patches/s", flush=True)

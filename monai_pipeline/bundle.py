@@ -1,45 +1,35 @@
-"""Glue between the MONAI bundle in ``bundles/lung_nodule_ct_segmentation`` and the library.
+"""Glue between a MONAI bundle (``bundles/lung_nodule_ct_segmentation``) and the library.
 
-The bundle's JSON configs call these by ``$`` expressions, so the bundle and the CLI share one
-implementation and one configuration: ``configs/pipeline.yaml`` in the bundle is an overlay on the package's
-``default.yaml``, and a trained model placed in ``models/`` brings its own ``models/pipeline.yaml``.
+The bundle's JSON configs reach the library through ``$`` expressions, so the bundle and the CLI share one
+implementation and one configuration (:func:`monai_pipeline.config.bundle_config`): its inference runs
+:func:`~monai_pipeline.transforms.pipeline.prediction_transforms`,
+:class:`~monai_pipeline.inferers.ProbabilityInferer` and :class:`~monai_pipeline.inference.ExportPredictiond`,
+exactly what ``monai-pipeline infer`` runs. Everything here works on a bundle folder copied anywhere (as
+``monai.bundle download`` delivers bundles) with ``--dataset_dir DIR`` holding ``manifest.json``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+import json
+import logging
 from pathlib import Path
 
-import numpy as np
 import torch
-from monai.config import KeysCollection
-from monai.transforms import MapTransform
 
-from monai_pipeline.config import dump_config, load_config
+from monai_pipeline.config import BUNDLE_MODEL_CONFIG, PipelineConfig, dump_config
 
-MODEL_CONFIG = "models/pipeline.yaml"
+logger = logging.getLogger(__name__)
 
 
-def bundle_config(bundle_root: str | Path) -> dict:
-    """The pipeline configuration of a bundle: defaults <- configs/pipeline.yaml <- models/pipeline.yaml."""
-    root = Path(bundle_root)
-    extra = root / MODEL_CONFIG
-    return load_config(root / "configs" / "pipeline.yaml", extra if extra.is_file() else None)
-
-
-def is_bundle_checkpoint(path: str | Path) -> bool:
-    p = Path(path)
-    return p.parent.name == "models" and (p.parent.parent / "configs" / "pipeline.yaml").is_file()
-
-
-def save_model_config(cfg: dict, bundle_root: str | Path) -> Path:
+def save_model_config(cfg: PipelineConfig, bundle_root: str | Path) -> Path:
     """Record the configuration a bundle model was trained with beside it (``models/pipeline.yaml``)."""
-    return dump_config(cfg, Path(bundle_root) / MODEL_CONFIG)
+    return dump_config(cfg, Path(bundle_root) / BUNDLE_MODEL_CONFIG)
 
 
 def export_to_bundle(model_path: str | Path, bundle_root: str | Path) -> Path:
     """Drop a ``monai-pipeline train`` model into a bundle: ``models/model.pt`` (the state dict, as model-zoo
     checkpoints are) and ``models/pipeline.yaml`` (its configuration)."""
+    from monai_pipeline.config import config_from_model_dict
     from monai_pipeline.io.writer import atomic_path
     from monai_pipeline.networks import load_model_file
 
@@ -47,15 +37,13 @@ def export_to_bundle(model_path: str | Path, bundle_root: str | Path) -> Path:
     root = Path(bundle_root)
     with atomic_path(root / "models" / "model.pt") as tmp:
         torch.save(net.state_dict(), tmp)
-    save_model_config(blob["config"], root)
+    save_model_config(config_from_model_dict(blob["config"]), root)
     return root / "models" / "model.pt"
 
 
 def inference_inputs(datalist: str | Path, dataset_dir: str | Path, section: str = "test") -> list[dict]:
     """Cases to infer: the ``section`` of the datalist (paths relative to ``dataset_dir``) when it exists and
-    lists cases, else every NIfTI file and DICOM folder directly under ``dataset_dir`` (or its ``images/``)."""
-    import json
-
+    lists cases, else every image file and DICOM folder directly under ``dataset_dir`` (or its ``images/``)."""
     from monai.data import load_decathlon_datalist
 
     from monai_pipeline.data.manifest import case_id_from_path
@@ -74,36 +62,12 @@ def inference_inputs(datalist: str | Path, dataset_dir: str | Path, section: str
     return [{"image": str(p), "case_id": case_id_from_path(p)} for p in found]
 
 
-class SaveInInputGeometryd(MapTransform):
-    """Bundle post-processing: a network-space label (``(1, X, Y, Z)`` after argmax) -> the input's own grid
-    (one nearest-neighbour resampling) -> configured post-processing in mm -> ``<case_id>.nii.gz`` and
-    ``<case_id>_lesions.csv`` in ``output_dir``, written atomically. The same code path as ``monai-pipeline infer``.
-    """
+def evaluate(pred_dir: str | Path, datalist: str | Path, dataset_dir: str | Path, out: str | Path,
+             sections: tuple[str, ...] = ("validation", "test")) -> dict:
+    """The library's evaluation of the bundle's predictions (paths in ``datalist`` relative to ``dataset_dir``);
+    writes ``metrics.csv`` and ``summary.json`` into ``out`` and logs the mean Dice."""
+    from monai_pipeline.evaluation import evaluate_folder
 
-    def __init__(self, keys: KeysCollection, output_dir: str | Path, config: dict, image_key: str = "image",
-                 allow_missing_keys: bool = False):
-        super().__init__(keys, allow_missing_keys)
-        self.output_dir = Path(output_dir)
-        self.config = config
-        self.image_key = image_key
-
-    def __call__(self, data: Mapping[Hashable, object]) -> dict:
-        from monai_pipeline.data.manifest import case_id_from_path
-        from monai_pipeline.inference import Prediction, resample_to_grid, write_prediction
-        from monai_pipeline.io.geometry import sitk_to_xyz_array
-        from monai_pipeline.io.reader import read_ct
-        from monai_pipeline.postprocess import lesion_table, postprocess_from_config
-
-        d = dict(data)
-        image = d[self.image_key]
-        source = image.meta["filename_or_obj"]
-        case_id = d.get("case_id") or case_id_from_path(source)
-        vol = read_ct(source)
-        for key in self.key_iterator(d):
-            label = np.asarray(d[key].detach().cpu())[0].astype(np.uint8)
-            mask = sitk_to_xyz_array(resample_to_grid(label, np.asarray(image.affine, dtype=np.float64), vol.geometry))
-            post = self.config["postprocess"]
-            mask = postprocess_from_config(mask, vol.geometry.spacing, post)
-            lesions = lesion_table(mask, vol.geometry, sitk_to_xyz_array(vol.image), int(post.get("connectivity", 26)))
-            write_prediction(Prediction(str(case_id), mask, vol.geometry, lesions), self.output_dir)
-        return d
+    res = evaluate_folder(pred_dir, datalist, out, sections=sections, base_dir=dataset_dir)
+    logger.info("mean Dice %.4f over %d case(s)", res["metrics"]["dice"]["mean"] or float("nan"), res["n_cases"])
+    return res

@@ -120,19 +120,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mirroring test-time augmentation, 8 flips (default: the model's configuration)")
     s.add_argument("--no-bf16", action="store_true", help="disable bf16 autocast on CPU")
     s.add_argument("--save-prob", action="store_true", help="also write <case>_prob.nii.gz (foreground probability)")
+    s.add_argument("--postprocess", action=argparse.BooleanOptionalAction, default=True,
+                   help="apply the model's post-processing (default); --no-postprocess writes the raw decision")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace outputs in --out made by another model or other settings (default: refuse)")
     s.add_argument("--shard", type=_shard, help="process the I-th of N slices of the case list, e.g. 0/4")
     s.add_argument("--no-progress", action="store_true")
     _add_read_options(s)
 
-    s = sub.add_parser("postprocess", help="clean masks and write lesion tables")
+    s = sub.add_parser("postprocess", help="clean masks and write lesion tables (the post-processing infer runs)")
     s.add_argument("--input", nargs="+", required=True, type=Path, help="mask files")
     s.add_argument("--out", required=True, type=Path)
-    s.add_argument("--image", nargs="*", type=Path, help="CT images (same order) for mean HU")
-    s.add_argument("--min-volume-mm3", type=float, default=10.0)
-    s.add_argument("--keep-largest", action="store_true")
-    s.add_argument("--fill-holes", action="store_true")
-    s.add_argument("--opening-mm", type=float, default=0.0)
-    s.add_argument("--closing-mm", type=float, default=0.0)
+    s.add_argument("--image", nargs="*", type=Path,
+                   help="the CT of each mask (same order): needed by the lung filter, gives the lesions' HU")
+    settings = s.add_mutually_exclusive_group()
+    settings.add_argument("--model", type=Path, help="take the post-processing settings of this model file")
+    settings.add_argument("--config", type=Path, help="YAML/JSON merged over the default configuration")
+    g = s.add_argument_group("overrides of the postprocess settings (default: the model's, --config's or default.yaml's)")
+    g.add_argument("--min-volume-mm3", type=float)
+    g.add_argument("--keep-largest", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--opening-mm", type=float)
+    g.add_argument("--closing-mm", type=float)
+    g.add_argument("--lung-filter", action=argparse.BooleanOptionalAction, default=None)
 
     s = sub.add_parser("evaluate", help="Dice, IoU, HD95, ASSD and lesion detection against a manifest")
     s.add_argument("--pred", required=True, type=Path)
@@ -211,6 +221,7 @@ def _cmd_infer(a) -> int:
         run_batch,
         write_prediction,
     )
+    from monai_pipeline.inference.batch import check_output_folder
 
     cases = (cases_from_inputs(a.input) if a.input else
              cases_from_manifest(a.manifest, tuple(s.strip() for s in a.sections.split(","))))
@@ -220,24 +231,57 @@ def _cmd_infer(a) -> int:
     if len(cases) == 1 and a.shard is None:
         # a single input is all-or-nothing: a bad input exits 2 and writes nothing
         cid, path = cases[0]
-        pred = predictor.predict(predictor.load(path), cid, save_prob=a.save_prob)
-        write_prediction(pred, a.out)
+        provenance = predictor.provenance(a.save_prob, a.postprocess)
+        check_output_folder(a.out, [cid], provenance, a.overwrite)
+        pred = predictor.predict(path, cid, save_prob=a.save_prob, postprocess=a.postprocess)
+        write_prediction(pred, a.out, provenance)
         print(f"{a.out / (cid + '.nii.gz')}: {len(pred.lesions)} lesion(s)")
         return 0
-    summary = run_batch(predictor, cases, a.out, shard=a.shard, save_prob=a.save_prob, progress=not a.no_progress)
+    summary = run_batch(predictor, cases, a.out, shard=a.shard, save_prob=a.save_prob, progress=not a.no_progress,
+                        postprocess=a.postprocess, overwrite=a.overwrite)
     print(f"done {summary.done}, skipped {summary.skipped}, failed {summary.failed}")
     for cid, reason in summary.failures:
         print(f"failed: {cid}: {reason}", file=sys.stderr)
     return EXIT_PARTIAL if summary.failed else 0
 
 
-def _cmd_postprocess(a) -> int:
-    from monai_pipeline.errors import InputError
-    from monai_pipeline.io import read_ct, sitk_to_xyz_array, write_mask
-    from monai_pipeline.postprocess import lesion_table, postprocess_mask, write_lesion_csv
+def _postprocess_config(a):
+    """The configuration whose ``postprocess`` section the verb applies: the model's, --config's or the
+    defaults, with the command-line overrides merged over it."""
+    from monai_pipeline.config import config_from_model_dict, load_config
 
+    if a.model:
+        import torch
+
+        from monai_pipeline.errors import InputError
+
+        if not a.model.is_file():
+            raise InputError(a.model, "model file does not exist")
+        try:
+            blob = torch.load(a.model, map_location="cpu", weights_only=True)
+            cfg = config_from_model_dict(blob["config"])
+        except Exception as err:  # noqa: BLE001 - any unreadable model is one clear error
+            raise InputError(a.model, f"not a loadable model file ({err.__class__.__name__})") from err
+    else:
+        cfg = load_config(a.config)
+    flags = {"min_volume_mm3": a.min_volume_mm3, "keep_largest": a.keep_largest, "fill_holes": a.fill_holes,
+             "opening_mm": a.opening_mm, "closing_mm": a.closing_mm, "lung_filter": a.lung_filter}
+    return cfg.merged({"postprocess": {k: v for k, v in flags.items() if v is not None}})
+
+
+def _cmd_postprocess(a) -> int:
+    from monai_pipeline.data.manifest import case_id_from_path
+    from monai_pipeline.errors import InputError
+    from monai_pipeline.inference import Prediction, write_prediction
+    from monai_pipeline.io import read_ct, sitk_to_xyz_array
+    from monai_pipeline.postprocess import lesion_table, postprocess_case
+
+    cfg = _postprocess_config(a)
     if a.image and len(a.image) != len(a.input):
         raise InputError(None, f"--image must give one CT per mask ({len(a.input)}), got {len(a.image)}")
+    if cfg.postprocess.lung_filter and not a.image:
+        raise InputError(a.input[0], "the lung filter needs the CT of each mask",
+                         hint="give --image (one per mask, same order) or --no-lung-filter")
     for i, path in enumerate(a.input):
         vol = read_ct(path)
         g = vol.geometry
@@ -247,14 +291,11 @@ def _cmd_postprocess(a) -> int:
             if not img.geometry.matches(g):
                 raise InputError(a.image[i], f"grid differs from the mask {path}")
             hu = sitk_to_xyz_array(img.image)
-        mask = postprocess_mask(sitk_to_xyz_array(vol.image), g.spacing, a.min_volume_mm3, a.keep_largest,
-                                a.fill_holes, a.opening_mm, a.closing_mm)
-        from monai_pipeline.data.manifest import case_id_from_path
-
+            g = img.geometry  # the CT's own grid (a NIfTI mask header holds it in float32 only)
+        mask = postprocess_case(sitk_to_xyz_array(vol.image), hu, g, cfg)
         cid = case_id_from_path(path)
-        write_mask(mask, g, a.out / f"{cid}.nii.gz")
-        rows = lesion_table(mask, g, hu)
-        write_lesion_csv(rows, a.out / f"{cid}_lesions.csv")
+        rows = lesion_table(mask, g, hu, cfg.postprocess.connectivity)
+        write_prediction(Prediction(cid, mask, g, rows), a.out)
         print(f"{cid}: {len(rows)} lesion(s)")
     return 0
 

@@ -1,13 +1,25 @@
-"""Configuration as plain data: one YAML/JSON document read by the CLI, the bundle and inference.
+"""The one typed configuration: frozen dataclasses whose values come only from ``configs/default.yaml``.
 
-:func:`load_config` merges a user file over ``configs/default.yaml`` (dicts merge key by key, everything else
-is replaced) and validates the result. The merged dict is stored in every model file.
+:func:`load_config` merges overlays (files or dicts) over ``default.yaml`` (dicts merge key by key, everything
+else is replaced) and builds a :class:`PipelineConfig`. Every key must be known: a misspelt key is an error
+that names it and suggests the closest valid one; every range is checked here, once, at load time. Library
+code reads attributes (``cfg.inference.overlap``) and never carries a fallback of its own: the defaults live in
+``default.yaml`` and nowhere else.
+
+Model files store :meth:`PipelineConfig.to_dict` (plain data, loadable with ``torch.load(weights_only=True)``);
+:func:`config_from_model_dict` rebuilds it, merged over the current defaults so that model files written
+before a key was added still load.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import difflib
 import json
+import types
+import typing
+from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -22,18 +34,303 @@ CACHES = ("none", "memory", "disk")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("cosine", "poly", "none")
 NETWORKS = ("UNet", "SegResNet", "DynUNet", "BasicUNet")
+SAMPLINGS = ("posneg", "lesion")
+BLEND_MODES = ("gaussian", "constant")
+Triple = tuple[float, float, float]
+IntTriple = tuple[int, int, int]
+
+#: keys whose values are free-form mappings (merged whole, not key by key, and not checked key by key)
+FREE_MAPPINGS = ("kwargs", "intensity_stats", "labels")
+#: bundle layout: ``configs/pipeline.yaml`` overlays the defaults, a trained model brings ``models/pipeline.yaml``
+BUNDLE_CONFIG, BUNDLE_MODEL_CONFIG = "configs/pipeline.yaml", "models/pipeline.yaml"
 
 
-def default_config() -> dict[str, Any]:
+def _need(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def _one_of(name: str, value: Any, options: tuple) -> None:
+    _need(value in options, f"{name} must be one of {', '.join(map(str, options))}; got {value!r}")
+
+
+def _positive_triple(name: str, value: tuple) -> None:
+    _need(all(v > 0 for v in value), f"{name} must be 3 positive numbers (x, y, z), got {list(value)}")
+
+
+def _prob(name: str, value: float) -> None:
+    _need(0.0 <= value <= 1.0, f"{name} must be in [0, 1], got {value}")
+
+
+@dataclass(frozen=True)
+class PreprocessingConfig:
+    """Geometry and intensity preprocessing; array axes (x, y, z) of the RAS-oriented image."""
+
+    orientation: str
+    target_spacing: Triple  # mm
+    normalization: str  # window | nnunet
+    hu_window: tuple[float, float]  # HU mapped to 0..1 (window normalisation)
+    intensity_stats: dict | None  # nnunet: mean, std, p00_5, p99_5 of foreground HU (train computes it)
+    crop: str  # none | body | lungs
+    body_threshold_hu: float
+    crop_margin_mm: float
+
+    def __post_init__(self) -> None:
+        _need(len(self.orientation) == 3, f"preprocessing.orientation must be 3 axis codes (e.g. RAS), got {self.orientation!r}")
+        _positive_triple("preprocessing.target_spacing", self.target_spacing)
+        _one_of("preprocessing.normalization", self.normalization, NORMALIZATIONS)
+        _need(self.hu_window[0] < self.hu_window[1],
+              f"preprocessing.hu_window must be [low, high] HU with low < high, got {list(self.hu_window)}")
+        _one_of("preprocessing.crop", self.crop, CROPS)
+        _need(self.crop_margin_mm >= 0, f"preprocessing.crop_margin_mm must be >= 0, got {self.crop_margin_mm}")
+        if self.intensity_stats is not None:
+            missing = {"mean", "std", "p00_5", "p99_5"} - set(self.intensity_stats)
+            _need(not missing, f"preprocessing.intensity_stats must have mean, std, p00_5 and p99_5; missing {sorted(missing)}")
+
+
+@dataclass(frozen=True)
+class PatchConfig:
+    """Training patches (voxels at the target spacing) and how their centres are drawn."""
+
+    size: IntTriple
+    num_samples: int
+    sampling: str  # posneg | lesion
+    pos: float
+    neg: float
+    neg_dark: float
+    hard_negative_hu: float
+
+    def __post_init__(self) -> None:
+        _positive_triple("patch.size", self.size)
+        _need(self.num_samples >= 1, f"patch.num_samples must be >= 1, got {self.num_samples}")
+        _one_of("patch.sampling", self.sampling, SAMPLINGS)
+        for name in ("pos", "neg", "neg_dark"):
+            _need(getattr(self, name) >= 0, f"patch.{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class AugmentationConfig:
+    """Random augmentation of training patches (probabilities in [0, 1], angles in degrees)."""
+
+    flip_prob: float
+    rotate90_prob: float
+    affine_prob: float
+    rotate_range_deg: float
+    scale_range: float
+    intensity_scale: float
+    intensity_shift: float
+    noise_std: float
+    noise_prob: float
+
+    def __post_init__(self) -> None:
+        for name in ("flip_prob", "rotate90_prob", "affine_prob", "noise_prob"):
+            _prob(f"augmentation.{name}", getattr(self, name))
+        for name in ("rotate_range_deg", "scale_range", "intensity_scale", "intensity_shift", "noise_std"):
+            _need(getattr(self, name) >= 0, f"augmentation.{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """A MONAI network by class name and its constructor arguments."""
+
+    name: str
+    kwargs: dict
+
+    def __post_init__(self) -> None:
+        _one_of("network.name", self.name, NETWORKS)
+
+    @property
+    def out_channels(self) -> int:
+        return int(self.kwargs.get("out_channels", 2))
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    epochs: int
+    batch_size: int
+    optimizer: str
+    lr: float
+    weight_decay: float
+    scheduler: str
+    val_interval: int  # epochs
+    early_stopping_patience: int  # validations without improvement; 0 = off
+    amp: bool  # CUDA AMP
+    bf16: bool | str  # CPU bf16 autocast: true, false or "auto"
+    seed: int
+    cache: str
+    num_workers: int
+
+    def __post_init__(self) -> None:
+        _need(self.epochs >= 1, f"training.epochs must be >= 1, got {self.epochs}")
+        _need(self.batch_size >= 1, f"training.batch_size must be >= 1, got {self.batch_size}")
+        _one_of("training.optimizer", self.optimizer, OPTIMIZERS)
+        _need(self.lr > 0, f"training.lr must be > 0, got {self.lr}")
+        _need(self.weight_decay >= 0, f"training.weight_decay must be >= 0, got {self.weight_decay}")
+        _one_of("training.scheduler", self.scheduler, SCHEDULERS)
+        _need(self.val_interval >= 1, f"training.val_interval must be >= 1, got {self.val_interval}")
+        _need(self.early_stopping_patience >= 0,
+              f"training.early_stopping_patience must be >= 0, got {self.early_stopping_patience}")
+        _one_of("training.bf16", self.bf16, (True, False, "auto"))
+        _one_of("training.cache", self.cache, CACHES)
+        _need(self.num_workers >= 0, f"training.num_workers must be >= 0, got {self.num_workers}")
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    roi_size: IntTriple  # voxels (x, y, z) at the target spacing
+    overlap: float
+    sw_batch_size: int
+    mode: str  # gaussian | constant blending
+    sigma_scale: float
+    tta: bool
+    bf16: bool | str
+    sw_device: str | None
+
+    def __post_init__(self) -> None:
+        _positive_triple("inference.roi_size", self.roi_size)
+        _need(0 <= self.overlap < 1, f"inference.overlap must be >= 0 and < 1, got {self.overlap}")
+        _need(self.sw_batch_size >= 1, f"inference.sw_batch_size must be >= 1, got {self.sw_batch_size}")
+        _one_of("inference.mode", self.mode, BLEND_MODES)
+        _need(self.sigma_scale > 0, f"inference.sigma_scale must be > 0, got {self.sigma_scale}")
+        _one_of("inference.bf16", self.bf16, (True, False, "auto"))
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """Clean-up of predicted masks on the input grid; sizes in mm and mm3."""
+
+    min_volume_mm3: float
+    keep_largest: bool
+    fill_holes: bool
+    opening_mm: float
+    closing_mm: float
+    connectivity: int
+    lung_filter: bool
+    lung_closing_mm: float
+    lung_min_fraction: float
+
+    def __post_init__(self) -> None:
+        for name in ("min_volume_mm3", "opening_mm", "closing_mm", "lung_closing_mm"):
+            _need(getattr(self, name) >= 0, f"postprocess.{name} must be >= 0, got {getattr(self, name)}")
+        _one_of("postprocess.connectivity", self.connectivity, (6, 18, 26))
+        _prob("postprocess.lung_min_fraction", self.lung_min_fraction)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything that defines a model and how it is applied; stored in every model file."""
+
+    labels: dict
+    preprocessing: PreprocessingConfig
+    patch: PatchConfig
+    augmentation: AugmentationConfig
+    network: NetworkConfig
+    training: TrainingConfig
+    inference: InferenceConfig
+    postprocess: PostprocessConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (lists, not tuples): what model files and ``config.yaml`` store."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def merged(self, *overlays: dict | None) -> PipelineConfig:
+        """A new configuration with ``overlays`` (nested dicts) merged over this one, validated."""
+        data = self.to_dict()
+        for overlay in overlays:
+            data = deep_merge(data, overlay or {})
+        return from_dict(data)
+
+
+# -- building -----------------------------------------------------------------------------------------------
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
+
+
+def _check_keys(where: str, data: dict, valid: list[str]) -> None:
+    for key in data:
+        if key not in valid:
+            raise ConfigError(f"unknown configuration key {where}{key!r}{_suggest(str(key), valid)}")
+    missing = [k for k in valid if k not in data]
+    if missing:
+        raise ConfigError(f"configuration {where.rstrip('.') or 'top level'} is missing {', '.join(missing)}")
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """``value`` converted to the field type ``hint`` (lists to tuples, ints to floats) or a ConfigError."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for opt in options:
+            if opt is type(None):
+                continue
+            try:
+                return _coerce(name, value, opt)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0])
+    if origin is tuple:
+        args = typing.get_args(hint)
+        _need(isinstance(value, list | tuple) and len(value) == len(args),
+              f"{name} must be a list of {len(args)} numbers, got {value!r}")
+        return tuple(_coerce(f"{name}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    if hint is dict:
+        _need(isinstance(value, dict), f"{name} must be a mapping, got {value!r}")
+        return copy.deepcopy(value)
+    if hint is bool:
+        _need(isinstance(value, bool), f"{name} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        _need(isinstance(value, int) and not isinstance(value, bool), f"{name} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        _need(isinstance(value, int | float) and not isinstance(value, bool), f"{name} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        _need(isinstance(value, str), f"{name} must be a string, got {value!r}")
+        return value
+    if isinstance(hint, type) and issubclass(hint, str):
+        return value
+    raise ConfigError(f"{name}: unsupported field type {hint}")  # pragma: no cover - programming error
+
+
+def _build_section(cls: type, data: Any, where: str) -> Any:
+    _need(isinstance(data, dict), f"configuration section {where.rstrip('.')} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    _check_keys(where, data, names)
+    return cls(**{n: _coerce(f"{where}{n}", data[n], hints[n]) for n in names})
+
+
+def from_dict(data: dict) -> PipelineConfig:
+    """Build and validate a :class:`PipelineConfig` from a complete nested dict (every key present)."""
+    _need(isinstance(data, dict), f"configuration must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(PipelineConfig)
+    names = [f.name for f in fields(PipelineConfig)]
+    _check_keys("", data, names)
+    labels = data["labels"]
+    _need(isinstance(labels, dict), f"labels must be a mapping of label value to name, got {labels!r}")
+    sections = {n: _build_section(hints[n], data[n], f"{n}.") for n in names if n != "labels"}
+    cfg = PipelineConfig(labels={str(k): str(v) for k, v in labels.items()}, **sections)
+    _need(cfg.preprocessing.normalization != "nnunet" or cfg.preprocessing.intensity_stats is None
+          or cfg.preprocessing.intensity_stats["std"] > 0, "preprocessing.intensity_stats.std must be > 0")
+    return cfg
+
+
+def default_dict() -> dict[str, Any]:
+    """``configs/default.yaml`` as a plain nested dict: the only place a default value lives."""
     text = resources.files("monai_pipeline").joinpath("configs/default.yaml").read_text()
     return yaml.safe_load(text)
 
 
 def deep_merge(base: dict, override: dict) -> dict:
-    """Recursive dict merge; values of ``override`` win, nested dicts merge."""
+    """Recursive dict merge; values of ``override`` win, nested dicts merge (free mappings are replaced)."""
     out = copy.deepcopy(base)
     for k, v in (override or {}).items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("kwargs", "intensity_stats"):
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in FREE_MAPPINGS:
             out[k] = deep_merge(out[k], v)
         else:
             out[k] = copy.deepcopy(v)
@@ -41,6 +338,7 @@ def deep_merge(base: dict, override: dict) -> dict:
 
 
 def read_config_file(path: str | Path) -> dict:
+    """A YAML or JSON overlay file as a dict (empty file: no overrides)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "config file does not exist")
@@ -55,58 +353,45 @@ def read_config_file(path: str | Path) -> dict:
     return data
 
 
-def load_config(*sources: str | Path | dict | None) -> dict[str, Any]:
-    """Default config, then each source (file path or dict) merged over it in order; validated."""
-    cfg = default_config()
+def load_config(*sources: str | Path | dict | None) -> PipelineConfig:
+    """``default.yaml``, then each source (file path or dict) merged over it in order; typed and validated.
+
+    An error in a file's overlay names the file."""
+    data = default_dict()
     for src in sources:
         if src is None:
             continue
-        cfg = deep_merge(cfg, src if isinstance(src, dict) else read_config_file(src))
-    validate_config(cfg)
-    return cfg
+        if isinstance(src, dict):
+            data = deep_merge(data, src)
+            continue
+        data = deep_merge(data, read_config_file(src))
+        try:
+            from_dict(data)
+        except ConfigError as err:
+            raise InputError(src, str(err)) from err
+    return from_dict(data)
 
 
-def _need(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ConfigError(msg)
+def config_from_model_dict(stored: dict) -> PipelineConfig:
+    """The configuration stored in a model file, merged over today's defaults (keys added since fill in)."""
+    return from_dict(deep_merge(default_dict(), stored))
 
 
-def _triple(name: str, v: Any, positive: bool = True) -> None:
-    _need(isinstance(v, list | tuple) and len(v) == 3 and all(isinstance(x, int | float) for x in v)
-          and (not positive or all(x > 0 for x in v)), f"{name} must be 3 positive numbers (x, y, z), got {v!r}")
+def bundle_config(bundle_root: str | Path) -> PipelineConfig:
+    """A bundle's configuration: defaults <- ``configs/pipeline.yaml`` <- ``models/pipeline.yaml`` (if any)."""
+    root = Path(bundle_root)
+    extra = root / BUNDLE_MODEL_CONFIG
+    return load_config(root / BUNDLE_CONFIG, extra if extra.is_file() else None)
 
 
-def validate_config(cfg: dict) -> None:
-    """Raise :class:`ConfigError` ("<param> must be <rule>, got <value>") on the first invalid value."""
-    pre, patch, net, tr, inf, post = (cfg.get(k, {}) for k in
-                                      ("preprocessing", "patch", "network", "training", "inference", "postprocess"))
-    _triple("preprocessing.target_spacing", pre.get("target_spacing"))
-    _need(pre.get("normalization") in NORMALIZATIONS,
-          f"preprocessing.normalization must be one of {NORMALIZATIONS}, got {pre.get('normalization')!r}")
-    w = pre.get("hu_window")
-    _need(isinstance(w, list | tuple) and len(w) == 2 and w[0] < w[1],
-          f"preprocessing.hu_window must be [low, high] HU with low < high, got {w!r}")
-    _need(pre.get("crop") in CROPS, f"preprocessing.crop must be one of {CROPS}, got {pre.get('crop')!r}")
-    _triple("patch.size", patch.get("size"))
-    _need(patch.get("sampling", "posneg") in ("posneg", "lesion"),
-          f"patch.sampling must be 'posneg' or 'lesion', got {patch.get('sampling')!r}")
-    _need(int(patch.get("num_samples", 0)) >= 1, f"patch.num_samples must be >= 1, got {patch.get('num_samples')}")
-    _need(net.get("name") in NETWORKS, f"network.name must be one of {NETWORKS}, got {net.get('name')!r}")
-    _need(int(tr.get("epochs", 0)) >= 1, f"training.epochs must be >= 1, got {tr.get('epochs')}")
-    _need(tr.get("optimizer") in OPTIMIZERS, f"training.optimizer must be one of {OPTIMIZERS}, got {tr.get('optimizer')!r}")
-    _need(tr.get("scheduler") in SCHEDULERS, f"training.scheduler must be one of {SCHEDULERS}, got {tr.get('scheduler')!r}")
-    _need(tr.get("cache") in CACHES, f"training.cache must be one of {CACHES}, got {tr.get('cache')!r}")
-    _need(float(tr.get("lr", 0)) > 0, f"training.lr must be > 0, got {tr.get('lr')}")
-    _triple("inference.roi_size", inf.get("roi_size"))
-    ov = inf.get("overlap")
-    _need(isinstance(ov, int | float) and 0 <= ov < 1, f"inference.overlap must be >= 0 and < 1, got {ov!r}")
-    _need(int(inf.get("sw_batch_size", 0)) >= 1, f"inference.sw_batch_size must be >= 1, got {inf.get('sw_batch_size')}")
-    _need(float(post.get("min_volume_mm3", -1)) >= 0,
-          f"postprocess.min_volume_mm3 must be >= 0, got {post.get('min_volume_mm3')}")
-    _need(post.get("connectivity") in (6, 18, 26), f"postprocess.connectivity must be 6, 18 or 26, got {post.get('connectivity')!r}")
+def is_bundle_checkpoint(path: str | Path) -> bool:
+    """True for ``<bundle>/models/<file>`` beside ``<bundle>/configs/pipeline.yaml``."""
+    p = Path(path)
+    return p.parent.name == "models" and (p.parent.parent / BUNDLE_CONFIG).is_file()
 
 
-def dump_config(cfg: dict, path: str | Path) -> Path:
+def dump_config(cfg: PipelineConfig, path: str | Path) -> Path:
+    """Write ``cfg`` as YAML atomically."""
     from monai_pipeline.io.writer import atomic_write_text
 
-    return atomic_write_text(path, yaml.safe_dump(cfg, sort_keys=False))
+    return atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

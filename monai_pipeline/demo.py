@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from monai_pipeline.config import load_config
+from monai_pipeline.config import PipelineConfig, load_config
 from monai_pipeline.data.synthetic import SynthConfig
 
 logger = logging.getLogger(__name__)
@@ -28,13 +28,13 @@ DEMO_SYNTH = SynthConfig(matrix=256, spacing_xy=(0.6, 0.9), spacing_z=(1.0, 2.5)
 DEMO_CASES, DEMO_TEST, DEMO_VAL = 38, 6, 2
 
 
-def demo_config(quick: bool = False) -> dict:
+def demo_config(quick: bool = False) -> PipelineConfig:
+    """``default.yaml`` <- ``configs/demo.yaml``; ``quick``: 2 epochs of a smaller network (smoke tests)."""
     overlay = yaml.safe_load(resources.files("monai_pipeline").joinpath("configs/demo.yaml").read_text())
     cfg = load_config(overlay)
     if quick:
-        cfg = load_config(overlay, {"training": {"epochs": 2, "val_interval": 1},
-                                    "network": {"kwargs": {**cfg["network"]["kwargs"], "channels": [8, 16, 32],
-                                                           "strides": [2, 2]}}})
+        cfg = cfg.merged({"training": {"epochs": 2, "val_interval": 1},
+                          "network": {"kwargs": {**cfg.network.kwargs, "channels": [8, 16, 32], "strides": [2, 2]}}})
     return cfg
 
 

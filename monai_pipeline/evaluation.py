@@ -141,7 +141,7 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
 
 def evaluate_folder(pred_dir: str | Path, manifest: str | Path, out: str | Path | None = None,
                     sections: Sequence[str] = ("training", "validation", "test"), min_overlap: float = 0.0,
-                    plot: bool = True) -> dict:
+                    plot: bool = True, base_dir: str | Path | None = None) -> dict:
     """Evaluate every manifest case that has ``PRED_DIR/<case_id>.nii.gz``; writes ``metrics.csv`` and
     ``summary.json`` (and ``dice.png``) to ``out`` (default: ``PRED_DIR``). Returns the summary."""
     from monai_pipeline.data.manifest import load_manifest
@@ -154,7 +154,7 @@ def evaluate_folder(pred_dir: str | Path, manifest: str | Path, out: str | Path 
     if not pred_dir.is_dir():
         raise InputError(pred_dir, "prediction folder does not exist")
     out = Path(out) if out else pred_dir
-    entries = [e for s in sections for e in load_manifest(manifest, s) if e.get("label")]
+    entries = [e for s in sections for e in load_manifest(manifest, s, base_dir) if e.get("label")]
     rows, missing = [], []
     for e in entries:
         pf = pred_dir / f"{e['case_id']}.nii.gz"

@@ -16,18 +16,21 @@ from typing import Any
 import torch
 from monai.networks.nets import BasicUNet, DynUNet, SegResNet, UNet
 
+from monai_pipeline.config import NetworkConfig, PipelineConfig
 from monai_pipeline.errors import InputError
 
 MODEL_FORMAT = "monai-pipeline-model/1"
 _NETWORKS = {"UNet": UNet, "SegResNet": SegResNet, "DynUNet": DynUNet, "BasicUNet": BasicUNet}
 
 
-def build_network(spec: dict[str, Any]) -> torch.nn.Module:
-    """``{"name": "UNet", "kwargs": {...}}`` -> an instance of the MONAI network."""
-    name = spec.get("name")
+def build_network(spec: NetworkConfig | dict[str, Any]) -> torch.nn.Module:
+    """A network section (or the same as a dict, ``{"name": "UNet", "kwargs": {...}}``) -> the MONAI network."""
+    if isinstance(spec, dict):
+        spec = NetworkConfig(name=spec.get("name"), kwargs=dict(spec.get("kwargs", {})))
+    name = spec.name
     if name not in _NETWORKS:
         raise ValueError(f"network name must be one of {sorted(_NETWORKS)}, got {name!r}")
-    kwargs = dict(spec.get("kwargs", {}))
+    kwargs = dict(spec.kwargs)
     for key in ("channels", "strides", "kernel_size", "upsample_kernel_size", "blocks_down", "blocks_up", "features"):
         if key in kwargs and isinstance(kwargs[key], list):
             kwargs[key] = tuple(tuple(v) if isinstance(v, list) else v for v in kwargs[key])
@@ -50,15 +53,17 @@ def unwrap(network: torch.nn.Module) -> torch.nn.Module:
     return network.module if hasattr(network, "module") else network
 
 
-def make_model_file(network: torch.nn.Module, config: dict, extra: dict | None = None) -> dict:
+def make_model_file(network: torch.nn.Module, config: PipelineConfig, extra: dict | None = None) -> dict:
+    """The model file's content: tensors and plain data only (``weights_only=True`` loads it)."""
     state = {k: v.detach().cpu() for k, v in unwrap(network).state_dict().items()}
-    plain = json.loads(json.dumps({"network": config["network"], "config": config,
-                                   "labels": config.get("labels", {"0": "background", "1": "foreground"}),
+    data = config.to_dict()
+    plain = json.loads(json.dumps({"network": data["network"], "config": data, "labels": data["labels"],
                                    "versions": {k: str(v) for k, v in versions().items()}, **(extra or {})}))
     return {"format": MODEL_FORMAT, "state_dict": state, **plain}
 
 
-def save_model_file(path: str | Path, network: torch.nn.Module, config: dict, extra: dict | None = None) -> Path:
+def save_model_file(path: str | Path, network: torch.nn.Module, config: PipelineConfig,
+                    extra: dict | None = None) -> Path:
     from monai_pipeline.io.writer import atomic_path
 
     with atomic_path(path) as tmp:
@@ -70,7 +75,7 @@ def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> tup
     """Load a model file with ``weights_only=True``; returns (network in eval mode on ``device``, the dict).
 
     Also accepts a MONAI bundle checkpoint (``<bundle>/models/model.pt``, a bare state dict): the network and
-    configuration then come from the bundle (:func:`monai_pipeline.bundle.bundle_config`).
+    configuration then come from the bundle (:func:`monai_pipeline.config.bundle_config`).
     """
     path = Path(path)
     if not path.is_file():
@@ -80,12 +85,12 @@ def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> tup
     except Exception as err:  # noqa: BLE001 - report any unpickling problem as a bad input
         raise InputError(path, f"not a loadable model file ({err.__class__.__name__})") from err
     if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
-        from monai_pipeline.bundle import bundle_config, is_bundle_checkpoint
+        from monai_pipeline.config import bundle_config, is_bundle_checkpoint
 
         if isinstance(blob, dict) and is_bundle_checkpoint(path):  # a bundle's models/model.pt (bare state dict)
-            cfg = bundle_config(path.parent.parent)
+            cfg = bundle_config(path.parent.parent).to_dict()
             blob = {"format": MODEL_FORMAT, "state_dict": blob, "network": cfg["network"], "config": cfg,
-                    "labels": cfg.get("labels", {}), "versions": {}}
+                    "labels": cfg["labels"], "versions": {}}
         else:
             raise InputError(path, f"not a {MODEL_FORMAT} file, nor a bundle checkpoint (models/model.pt beside "
                              "configs/pipeline.yaml)")

@@ -1,6 +1,8 @@
 """Training on 3D patches with ``monai.engines.SupervisedTrainer``/``SupervisedEvaluator`` and ignite handlers.
 
-``RUN/`` receives: ``checkpoints/`` (last epoch, for ``--resume``; best by validation Dice), ``model.pt`` (the
+:func:`train` runs these steps: check the data and the run folder, build the datasets, the network and
+optimiser, the evaluator, the trainer with its handlers, run, write the model file; its teardown (log
+handlers, the process group it created) happens in ``finally``. ``RUN/`` receives: ``checkpoints/`` (last epoch, for ``--resume``; best by validation Dice), ``model.pt`` (the
 self-describing model file), ``config.yaml`` (the merged configuration), ``log.csv`` (one row per epoch),
 ``train.log``, ``tensorboard/`` and ``training_curve.png``. Under ``torchrun`` the same code trains with
 DistributedDataParallel (nccl on GPUs, gloo on CPUs); only rank 0 logs and writes files.
@@ -39,10 +41,10 @@ from monai.losses import DiceCELoss
 from monai.transforms import AsDiscreted, Compose
 from monai.utils import set_determinism
 
-from monai_pipeline.config import dump_config
+from monai_pipeline.config import PipelineConfig, dump_config
 from monai_pipeline.data.manifest import split_for_fold
 from monai_pipeline.errors import InputError
-from monai_pipeline.inference import AutocastInferer, build_inferer, use_cpu_bf16
+from monai_pipeline.inferers import AutocastInferer, build_sliding_window, use_cpu_bf16
 from monai_pipeline.networks import build_network, save_model_file, unwrap
 from monai_pipeline.transforms.pipeline import train_transforms, val_transforms
 
@@ -221,134 +223,150 @@ def latest_checkpoint(run: str | Path) -> Path | None:
     return Path(max(cands, key=lambda p: int(re.search(r"epoch=(\d+)", p).group(1))))
 
 
+TRAIN_LOGGERS = ("monai_pipeline", "ignite")  # "monai_pipeline.trainer" propagates into the first
+
+
 def _setup_logging(run: Path, is_main: bool) -> logging.Handler | None:
+    """``RUN/train.log`` on rank 0; each message reaches it once (handlers only on top-level loggers)."""
     if not is_main:
         return None
     run.mkdir(parents=True, exist_ok=True)
     fh = logging.FileHandler(run / "train.log")
     fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in ("monai_pipeline", "ignite", "monai_pipeline.trainer"):
+    for name in TRAIN_LOGGERS:
         logging.getLogger(name).addHandler(fh)
         logging.getLogger(name).setLevel(logging.INFO)
     return fh
 
 
-def build_optimizer(cfg: dict, params) -> torch.optim.Optimizer:
-    t = cfg["training"]
-    if t["optimizer"] == "sgd":
-        return torch.optim.SGD(params, lr=t["lr"], momentum=0.99, nesterov=True, weight_decay=t["weight_decay"])
-    return torch.optim.AdamW(params, lr=t["lr"], weight_decay=t["weight_decay"])
+def _teardown_logging(fh: logging.Handler | None) -> None:
+    if fh is None:
+        return
+    for name in TRAIN_LOGGERS:
+        logging.getLogger(name).removeHandler(fh)
+    fh.close()
 
 
-def build_scheduler(cfg: dict, optimizer, epochs: int):
-    s = cfg["training"]["scheduler"]
+def tensorboard_handlers(log_dir: str | Path, tag_name: str = "train_loss") -> list:
+    """``[TensorBoardStatsHandler]`` when tensorboard is installed (an optional extra), else ``[]``."""
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        logger.info("tensorboard is not installed: no TensorBoard logs")
+        return []
+    from monai.handlers import TensorBoardStatsHandler, from_engine
+
+    return [TensorBoardStatsHandler(log_dir=str(log_dir), tag_name=tag_name,
+                                    output_transform=from_engine(["loss"], first=True))]
+
+
+def build_optimizer(cfg: PipelineConfig, params) -> torch.optim.Optimizer:
+    t = cfg.training
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=0.99, nesterov=True, weight_decay=t.weight_decay)
+    return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def build_scheduler(cfg: PipelineConfig, optimizer, epochs: int):
+    s = cfg.training.scheduler
     if s == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=cfg["training"]["lr"] * 0.01)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=cfg.training.lr * 0.01)
     if s == "poly":
         return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=epochs, power=0.9)
     return None
 
 
-def train(manifest: str | Path, run: str | Path, cfg: dict, fold: int | None = None, epochs: int | None = None,
-          device: str | None = None, resume: bool = False, progress: bool = True) -> Path:
-    """Train a network as configured; returns the path of ``RUN/model.pt``.
-
-    ``resume`` continues from ``RUN/checkpoints/last_checkpoint_epoch=N.pt`` (weights, optimizer, scheduler and
-    epoch counter), so a run killed mid-way ends where an uninterrupted one would.
-    """
-    run = Path(run)
-    ctx = init_distributed(device or "auto")
-    dev = resolve_device(device, ctx)
-    fh = _setup_logging(run, ctx.is_main)
-    t = cfg["training"]
-    max_epochs = int(epochs or t["epochs"])
-    cfg = {**cfg, "training": {**t, "epochs": max_epochs}}
-    set_determinism(seed=int(t["seed"]) + ctx.rank)
+def check_training_data(manifest: str | Path, fold: int | None) -> tuple[list[dict], list[dict]]:
+    """(training, validation) entries of the fold; every case must have a label."""
     train_files, val_files = split_for_fold(manifest, fold)
     if not train_files:
         raise InputError(manifest, "has no training cases for this fold")
     for f in train_files + val_files:
         if not f.get("label"):
             raise InputError(manifest, f"case {f.get('case_id')} has no label")
+    return train_files, val_files
+
+
+def check_run_folder(run: Path, resume: bool, is_main: bool) -> Path | None:
+    """The checkpoint to resume from (None for a fresh run); refuses to train over an existing run."""
     ckpt = latest_checkpoint(run) if resume else None
     if resume and ckpt is None:
         raise InputError(run, "nothing to resume: no checkpoints/last_checkpoint_epoch=*.pt")
-    if not resume and ctx.is_main and latest_checkpoint(run) is not None:
+    if not resume and is_main and latest_checkpoint(run) is not None:
         raise InputError(run, "already holds a training run", hint="use --resume to continue it or a new --out")
-    if cfg["preprocessing"]["normalization"] == "nnunet" and not cfg["preprocessing"].get("intensity_stats"):
-        stats = compute_intensity_stats(train_files)
-        cfg["preprocessing"] = {**cfg["preprocessing"], "intensity_stats": stats}
-        logger.info("foreground intensity statistics (HU): %s", stats)
-    if ctx.is_main:
-        dump_config(cfg, run / "config.yaml")
-        logger.info("training on %d cases, validating on %d, device %s, world size %d", len(train_files),
-                    len(val_files), dev, ctx.world_size)
+    return ckpt
 
-    cache = t["cache"]
-    train_ds = make_dataset(train_files, train_transforms(cfg), cache, run / "cache")
-    sampler = torch.utils.data.distributed.DistributedSampler(train_ds, shuffle=True) if ctx.world_size > 1 else None
-    train_loader = DataLoader(train_ds, batch_size=int(t["batch_size"]), shuffle=sampler is None, sampler=sampler,
-                              num_workers=int(t["num_workers"]), drop_last=False)
-    network = build_network(cfg["network"]).to(dev)
-    if ctx.world_size > 1:
-        network = torch.nn.parallel.DistributedDataParallel(
-            network, device_ids=[dev.index] if dev.type == "cuda" else None)
-    optimizer = build_optimizer(cfg, network.parameters())
-    scheduler = build_scheduler(cfg, optimizer, max_epochs)
-    loss = DiceCELoss(to_onehot_y=True, softmax=True)
-    n_classes = int(cfg["network"]["kwargs"].get("out_channels", 2))
+
+def with_intensity_stats(cfg: PipelineConfig, train_files: list[dict]) -> PipelineConfig:
+    """nnU-Net normalisation needs the training set's foreground HU statistics: computed once, stored in cfg."""
+    if cfg.preprocessing.normalization != "nnunet" or cfg.preprocessing.intensity_stats:
+        return cfg
+    stats = compute_intensity_stats(train_files)
+    logger.info("foreground intensity statistics (HU): %s", stats)
+    return cfg.merged({"preprocessing": {"intensity_stats": stats}})
+
+
+def build_evaluator(cfg: PipelineConfig, run: Path, val_files: list[dict], network, dev: torch.device,
+                    ctx: DistContext, cpu_bf16: bool) -> SupervisedEvaluator | None:
+    """Validation in network space (sliding window, Dice per case); rank 0 keeps the best checkpoint."""
+    if not val_files:
+        return None
+    t = cfg.training
+    val_ds = make_dataset(val_files, val_transforms(cfg), t.cache, run / "cache")
+    val_sampler = torch.utils.data.distributed.DistributedSampler(val_ds, shuffle=False) if ctx.world_size > 1 else None
+    val_loader = DataLoader(val_ds, batch_size=1, sampler=val_sampler, num_workers=t.num_workers)
+    handlers: list = []
+    if ctx.is_main:
+        handlers = [StatsHandler(iteration_log=False, name="monai_pipeline.trainer"),
+                    CheckpointSaver(save_dir=str(run / "checkpoints"), save_dict={"network": unwrap(network)},
+                                    save_key_metric=True, key_metric_filename=BEST_NAME)]
+    n_classes = cfg.network.out_channels
     post = Compose([AsDiscreted(keys="pred", argmax=True, to_onehot=n_classes),
                     AsDiscreted(keys="label", to_onehot=n_classes)])
-    evaluator = None
-    use_amp = bool(t["amp"]) and dev.type == "cuda"
-    cpu_bf16 = use_cpu_bf16(t.get("bf16", "auto"), dev)
-    if cpu_bf16:
-        logger.info("training with bf16 autocast on the CPU (float32 weights and loss)")
-    if val_files:
-        val_ds = make_dataset(val_files, val_transforms(cfg), cache, run / "cache")
-        val_sampler = (torch.utils.data.distributed.DistributedSampler(val_ds, shuffle=False)
-                       if ctx.world_size > 1 else None)
-        val_loader = DataLoader(val_ds, batch_size=1, sampler=val_sampler, num_workers=int(t["num_workers"]))
-        val_handlers = [StatsHandler(iteration_log=False, name="monai_pipeline.trainer")] if ctx.is_main else []
-        if ctx.is_main:
-            val_handlers.append(CheckpointSaver(save_dir=str(run / "checkpoints"), save_dict={"network": unwrap(network)},
-                                                save_key_metric=True, key_metric_filename=BEST_NAME))
-        evaluator = SupervisedEvaluator(
-            device=dev, val_data_loader=val_loader, network=unwrap(network),
-            inferer=AutocastInferer(build_inferer(cfg)) if cpu_bf16 else build_inferer(cfg),
-            postprocessing=post,
-            key_val_metric={"val_mean_dice": MeanDice(include_background=False,
-                                                      output_transform=from_engine(["pred", "label"]))},
-            val_handlers=val_handlers, amp=use_amp, decollate=True)
-    train_handlers: list = []
-    if scheduler is not None:
-        train_handlers.append(LrScheduleHandler(lr_scheduler=scheduler, print_lr=False))
-    if evaluator is not None:
-        train_handlers.append(ValidationHandler(validator=evaluator, interval=int(t["val_interval"]), epoch_level=True,
-                                                exec_at_start=False))
-    save_dict = {"network": unwrap(network), "optimizer": optimizer}
-    if scheduler is not None:
-        save_dict["lr_scheduler"] = scheduler
-    if ctx.is_main:
-        train_handlers.append(StatsHandler(tag_name="train_loss", output_transform=from_engine(["loss"], first=True),
-                                           iteration_log=False, name="monai_pipeline.trainer"))
-        try:
-            import tensorboard  # noqa: F401
-            from monai.handlers import TensorBoardStatsHandler
+    window = build_sliding_window(cfg)
+    return SupervisedEvaluator(
+        device=dev, val_data_loader=val_loader, network=unwrap(network),
+        inferer=AutocastInferer(window) if cpu_bf16 else window, postprocessing=post,
+        key_val_metric={"val_mean_dice": MeanDice(include_background=False,
+                                                  output_transform=from_engine(["pred", "label"]))},
+        val_handlers=handlers, amp=bool(t.amp) and dev.type == "cuda", decollate=True)
 
-            train_handlers.append(TensorBoardStatsHandler(log_dir=str(run / "tensorboard"), tag_name="train_loss",
-                                                          output_transform=from_engine(["loss"], first=True)))
-        except ImportError:
-            logger.info("tensorboard not installed: no TensorBoard logs")
-    trainer = SupervisedTrainer(
+
+def build_trainer(cfg: PipelineConfig, run: Path, train_files: list[dict], network, optimizer, scheduler,
+                  evaluator: SupervisedEvaluator | None, dev: torch.device, ctx: DistContext, cpu_bf16: bool,
+                  max_epochs: int) -> SupervisedTrainer:
+    """``SupervisedTrainer`` on random patches with DiceCE, the LR schedule and periodic validation."""
+    t = cfg.training
+    train_ds = make_dataset(train_files, train_transforms(cfg), t.cache, run / "cache")
+    sampler = torch.utils.data.distributed.DistributedSampler(train_ds, shuffle=True) if ctx.world_size > 1 else None
+    train_loader = DataLoader(train_ds, batch_size=t.batch_size, shuffle=sampler is None, sampler=sampler,
+                              num_workers=t.num_workers, drop_last=False)
+    handlers: list = []
+    if scheduler is not None:
+        handlers.append(LrScheduleHandler(lr_scheduler=scheduler, print_lr=False))
+    if evaluator is not None:
+        handlers.append(ValidationHandler(validator=evaluator, interval=t.val_interval, epoch_level=True,
+                                          exec_at_start=False))
+    if ctx.is_main:
+        handlers.append(StatsHandler(tag_name="train_loss", output_transform=from_engine(["loss"], first=True),
+                                     iteration_log=False, name="monai_pipeline.trainer"))
+        handlers += tensorboard_handlers(run / "tensorboard")
+    return SupervisedTrainer(
         device=dev, max_epochs=max_epochs, train_data_loader=train_loader, network=network, optimizer=optimizer,
-        loss_function=loss, inferer=AutocastInferer(SimpleInferer()) if cpu_bf16 else SimpleInferer(), train_handlers=train_handlers, amp=use_amp, decollate=False)
+        loss_function=DiceCELoss(to_onehot_y=True, softmax=True),
+        inferer=AutocastInferer(SimpleInferer()) if cpu_bf16 else SimpleInferer(), train_handlers=handlers,
+        amp=bool(t.amp) and dev.type == "cuda", decollate=False)
+
+
+def attach_checkpointing(trainer: SupervisedTrainer, run: Path, save_dict: dict, ckpt: Path | None,
+                         dev: torch.device, ctx: DistContext, evaluator, optimizer, progress: bool,
+                         early_stopping_patience: int) -> None:
+    """Resume from ``ckpt``; on rank 0 the per-epoch "last" checkpoint (with the trainer's epoch counter),
+    ``log.csv`` and the progress bar; early stopping on the validation Dice when configured."""
     if ckpt is not None:
-        load_dict = {**save_dict, "trainer": trainer}
-        CheckpointLoader(load_path=str(ckpt), load_dict=load_dict, map_location=dev).attach(trainer)
+        CheckpointLoader(load_path=str(ckpt), load_dict={**save_dict, "trainer": trainer}, map_location=dev).attach(trainer)
         logger.info("resuming from %s", ckpt)
     if ctx.is_main:
-        # the trainer's own state (epoch, iteration) is saved with the "last" checkpoint so resume continues the count
         CheckpointSaver(save_dir=str(run / "checkpoints"), save_dict={**save_dict, "trainer": trainer},
                         file_prefix=LAST_PREFIX, save_interval=1, n_saved=1, epoch_level=True).attach(trainer)
         CSVLogger(run / "log.csv", optimizer, evaluator).attach(trainer)
@@ -357,12 +375,15 @@ def train(manifest: str | Path, run: str | Path, cfg: dict, fold: int | None = N
 
             ProgressBar(persist=False).attach(trainer, output_transform=lambda out: {"loss": float(
                 out[0]["loss"] if isinstance(out, list) else out["loss"])})
-    if evaluator is not None and int(t.get("early_stopping_patience", 0)) > 0:
+    if evaluator is not None and early_stopping_patience > 0:
         evaluator.add_event_handler(Events.EPOCH_COMPLETED, EarlyStopHandler(
-            patience=int(t["early_stopping_patience"]), score_function=stopping_fn_from_metric("val_mean_dice"),
+            patience=early_stopping_patience, score_function=stopping_fn_from_metric("val_mean_dice"),
             trainer=trainer, epoch_level=True))
-    # with the deterministic part cached in memory, the random transforms need no metadata: plain tensors are
-    # faster (MONAI's fast-training recipe). Restored afterwards, whatever happens.
+
+
+def run_trainer(trainer: SupervisedTrainer, cache: str) -> None:
+    """Run; with the deterministic part cached in memory the random transforms need no metadata, and plain
+    tensors are faster (MONAI's fast-training recipe). Metadata tracking is restored whatever happens."""
     fast_meta = cache == "memory"
     if fast_meta:
         set_track_meta(False)
@@ -371,31 +392,85 @@ def train(manifest: str | Path, run: str | Path, cfg: dict, fold: int | None = N
     finally:
         if fast_meta:
             set_track_meta(True)
-    if ctx.world_size > 1:
-        # DDP broadcasts buffers (BatchNorm statistics) from rank 0 at the start of each forward, and each rank
-        # then updates its own: after the last step they differ. Broadcast once more, so that every rank holds
-        # exactly the model rank 0 saves, and record a fingerprint per rank (diverged ranks are visible).
-        for buf in unwrap(network).buffers():
-            dist.broadcast(buf, src=0)
-        _write_rank_record(run, ctx, network, int(trainer.state.epoch))
-    model_path = run / "model.pt"
-    if ctx.is_main:
-        best = run / "checkpoints" / BEST_NAME
-        extra = {"epochs_trained": int(trainer.state.epoch)}
-        if best.exists():
-            unwrap(network).load_state_dict(torch.load(best, map_location=dev, weights_only=True))
-            extra["best_val_mean_dice"] = float(evaluator.state.best_metric) if evaluator else float("nan")
-        save_model_file(model_path, network, cfg, extra)
-        plot_training_curve(run)
-        logger.info("model written to %s", model_path)
-    if ctx.world_size > 1:
-        dist.barrier()
-        if ctx.owns_group:
+
+
+def sync_ranks(network, run: Path, ctx: DistContext, epochs: int) -> None:
+    """DDP broadcasts buffers (BatchNorm statistics) from rank 0 at each forward and each rank then updates its
+    own: after the last step they differ. Broadcast once more so every rank holds the model rank 0 saves, and
+    record a fingerprint per rank (diverged ranks are visible)."""
+    for buf in unwrap(network).buffers():
+        dist.broadcast(buf, src=0)
+    _write_rank_record(run, ctx, network, epochs)
+
+
+def save_final_model(run: Path, network, cfg: PipelineConfig, evaluator, epochs: int, dev: torch.device,
+                     train_files: list[dict], val_files: list[dict]) -> Path:
+    """``RUN/model.pt``: the best validation checkpoint when there is one, else the last weights; records the
+    case ids trained on (``evaluate`` refuses to score them) and those used for model selection."""
+    best = run / "checkpoints" / BEST_NAME
+    extra = {"epochs_trained": epochs, "trained_on": sorted(f["case_id"] for f in train_files),
+             "validated_on": sorted(f["case_id"] for f in val_files)}
+    if best.exists():
+        unwrap(network).load_state_dict(torch.load(best, map_location=dev, weights_only=True))
+        extra["best_val_mean_dice"] = float(evaluator.state.best_metric) if evaluator else None
+    path = save_model_file(run / "model.pt", network, cfg, extra)
+    plot_training_curve(run)
+    logger.info("model written to %s", path)
+    return path
+
+
+def train(manifest: str | Path, run: str | Path, cfg: PipelineConfig, fold: int | None = None,
+          epochs: int | None = None, device: str | None = None, resume: bool = False, progress: bool = True) -> Path:
+    """Train a network as configured; returns the path of ``RUN/model.pt``.
+
+    ``resume`` continues from ``RUN/checkpoints/last_checkpoint_epoch=N.pt`` (weights, optimizer, scheduler and
+    epoch counter), so a run killed mid-way ends where an uninterrupted one would.
+    """
+    run = Path(run)
+    ctx = init_distributed(device or "auto")
+    fh = None
+    try:
+        dev = resolve_device(device, ctx)
+        fh = _setup_logging(run, ctx.is_main)
+        max_epochs = int(epochs or cfg.training.epochs)
+        cfg = cfg.merged({"training": {"epochs": max_epochs}})
+        set_determinism(seed=cfg.training.seed + ctx.rank)
+        train_files, val_files = check_training_data(manifest, fold)
+        ckpt = check_run_folder(run, resume, ctx.is_main)
+        cfg = with_intensity_stats(cfg, train_files)
+        if ctx.is_main:
+            dump_config(cfg, run / "config.yaml")
+            logger.info("training on %d cases, validating on %d, device %s, world size %d", len(train_files),
+                        len(val_files), dev, ctx.world_size)
+        network = build_network(cfg.network).to(dev)
+        if ctx.world_size > 1:
+            network = torch.nn.parallel.DistributedDataParallel(
+                network, device_ids=[dev.index] if dev.type == "cuda" else None)
+        optimizer = build_optimizer(cfg, network.parameters())
+        scheduler = build_scheduler(cfg, optimizer, max_epochs)
+        cpu_bf16 = use_cpu_bf16(cfg.training.bf16, dev)
+        if cpu_bf16:
+            logger.info("training with bf16 autocast on the CPU (float32 weights and loss)")
+        evaluator = build_evaluator(cfg, run, val_files, network, dev, ctx, cpu_bf16)
+        trainer = build_trainer(cfg, run, train_files, network, optimizer, scheduler, evaluator, dev, ctx, cpu_bf16,
+                                max_epochs)
+        save_dict = {"network": unwrap(network), "optimizer": optimizer}
+        if scheduler is not None:
+            save_dict["lr_scheduler"] = scheduler
+        attach_checkpointing(trainer, run, save_dict, ckpt, dev, ctx, evaluator, optimizer, progress,
+                             cfg.training.early_stopping_patience)
+        run_trainer(trainer, cfg.training.cache)
+        if ctx.world_size > 1:
+            sync_ranks(network, run, ctx, int(trainer.state.epoch))
+        model_path = run / "model.pt"
+        if ctx.is_main:
+            save_final_model(run, network, cfg, evaluator, int(trainer.state.epoch), dev, train_files, val_files)
+        if ctx.world_size > 1:
+            dist.barrier()
+        return model_path
+    finally:
+        if ctx.world_size > 1 and ctx.owns_group and dist.is_initialized():
             # an undestroyed gloo group is torn down by interpreter exit, which can abort the process
             # ("terminate called without an active exception") after a successful run
             dist.destroy_process_group()
-    if fh is not None:
-        for name in ("monai_pipeline", "ignite", "monai_pipeline.trainer"):
-            logging.getLogger(name).removeHandler(fh)
-        fh.close()
-    return model_path
+        _teardown_logging(fh)

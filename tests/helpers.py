@@ -30,4 +30,4 @@ def tiny_model_file(path: Path, overlay: dict | None = None) -> Path:
     from monai_pipeline.networks import build_network, save_model_file
 
     cfg = load_config(TINY_OVERLAY, overlay)
-    return save_model_file(path, build_network(cfg["network"]), cfg)
+    return save_model_file(path, build_network(cfg.network), cfg)

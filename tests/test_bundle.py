@@ -1,7 +1,9 @@
-"""The MONAI bundle, checked the way model-zoo's CI checks bundles, on tiny synthetic data."""
+"""The MONAI bundle, checked the way model-zoo's CI checks bundles, on tiny synthetic data; copied out of the
+repository (as ``monai.bundle download`` delivers it) and run with ``--dataset_dir`` only."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -25,7 +27,7 @@ FAST = {"epochs": 1}
 
 @pytest.fixture(scope="module")
 def bundle_data(tmp_path_factory):
-    """The data the committed datalist describes, made by the command its description gives."""
+    """The data the committed datalist describes, made by the command its description gives (with manifest.json)."""
     out = tmp_path_factory.mktemp("bsynth")
     r = run_cli("synth", "--out", out, "--cases", "8", "--seed", "0", "--matrix", "128", "--extent-mm", "80",
                 "--min-diameter-mm", "5", "--pngs", "0")
@@ -35,25 +37,22 @@ def bundle_data(tmp_path_factory):
 
 @pytest.fixture()
 def bundle(tmp_path):
-    """A copy of the bundle, so runs never write into the repository."""
-    dst = tmp_path / "lung_nodule_ct_segmentation"
-    shutil.copytree(BUNDLE, dst, ignore=shutil.ignore_patterns("*.pt", "*.ts", "eval", "output", "pipeline.yaml"))
-    shutil.copy(BUNDLE / "configs" / "pipeline.yaml", dst / "configs" / "pipeline.yaml")
+    """The bundle folder alone, copied away from the repository (nothing else of the repository beside it)."""
+    dst = tmp_path / "alone" / "lung_nodule_ct_segmentation"
+    shutil.copytree(BUNDLE, dst, ignore=shutil.ignore_patterns("*.pt", "*.ts", "eval", "output", "logs"))
+    (dst / "models" / "pipeline.yaml").unlink(missing_ok=True)
     return dst
 
 
-def _overrides(bundle, data):
-    return {"bundle_root": str(bundle), "dataset_dir": str(data), "datalist": str(DATALIST)}
-
-
-def _bundle_run(*configs, bundle, data, extra=(), nproc: int | None = None):
+def _bundle_run(*configs, bundle, data, extra=(), nproc: int | None = None, cwd: Path | None = None):
+    """``python -m monai.bundle run`` as the bundle README writes it: --bundle_root and --dataset_dir only."""
     cfg = str([str(bundle / "configs" / c) for c in configs]) if len(configs) > 1 else str(bundle / "configs" / configs[0])
     head = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", f"--nproc_per_node={nproc}",
              "-m", "monai.bundle"] if nproc else [sys.executable, "-m", "monai.bundle"])
     args = [*head, "run", "--config_file", cfg, "--bundle_root", str(bundle), "--dataset_dir", str(data),
-            "--datalist", str(DATALIST), "--logging_file", str(bundle / "configs" / "logging.conf"), *extra]
+            "--logging_file", str(bundle / "configs" / "logging.conf"), *extra]
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
+    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=900, cwd=cwd or bundle.parent)
 
 
 def test_committed_datalist_matches_the_synth_command(bundle_data):
@@ -70,6 +69,14 @@ def test_verify_metadata():
     verify_metadata(meta_file=str(BUNDLE / "configs" / "metadata.json"), filepath=str(SCHEMA))
 
 
+def test_large_files_describes_the_model():
+    import yaml
+
+    large = yaml.safe_load((BUNDLE / "large_files.yml").read_text())
+    paths = [f["path"] for f in large["large_files"]]
+    assert "models/model.pt" in paths
+
+
 def test_verify_net_in_out(bundle):
     from monai.bundle import verify_net_in_out
 
@@ -78,25 +85,29 @@ def test_verify_net_in_out(bundle):
                       bundle_root=str(bundle))
 
 
-def test_train_infer_evaluate_as_documented(bundle, bundle_data):
-    r = _bundle_run("train.json", bundle=bundle, data=bundle_data, extra=["--epochs", "2"])
+def test_copied_bundle_trains_infers_and_evaluates_with_dataset_dir_only(bundle, bundle_data):
+    r = _bundle_run("train.json", bundle=bundle, data=bundle_data, extra=["--epochs", "1"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert (bundle / "models" / "model.pt").is_file() and (bundle / "models" / "pipeline.yaml").is_file()
     r = _bundle_run("inference.json", bundle=bundle, data=bundle_data)
     assert r.returncode == 0, r.stderr[-3000:]
-    test_cases = json.loads(DATALIST.read_text())["test"]
-    for e in test_cases:
+    manifest = json.loads((bundle_data / "manifest.json").read_text())
+    for e in manifest["test"]:
         mask = sitk.ReadImage(str(bundle / "output" / f"{e['case_id']}.nii.gz"))
         img = sitk.ReadImage(str(bundle_data / e["image"]))
         assert mask.GetSize() == img.GetSize() and mask.GetPixelID() == sitk.sitkUInt8
         np.testing.assert_allclose(mask.GetOrigin(), img.GetOrigin(), atol=1e-4)
         np.testing.assert_allclose(mask.GetDirection(), img.GetDirection(), atol=1e-6)
-    r = _bundle_run("train.json", "evaluate.json", bundle=bundle, data=bundle_data)
+        marker = json.loads((bundle / "output" / ".done" / f"{e['case_id']}.json").read_text())
+        assert len(marker["provenance"]["model_sha256"]) == 64
+    r = _bundle_run("inference.json", "evaluate.json", bundle=bundle, data=bundle_data)
     assert r.returncode == 0, r.stderr[-3000:]
-    raw = (bundle / "eval" / "val_mean_dice_raw.csv").read_text().splitlines()
-    assert len(raw) == 1 + len(json.loads(DATALIST.read_text())["validation"]) + len(test_cases)
+    summary = json.loads((bundle / "eval" / "summary.json").read_text())
+    assert summary["n_cases"] == len(manifest["validation"]) + len(manifest["test"])
+    rows = list(csv.DictReader(open(bundle / "eval" / "metrics.csv")))
+    assert {r["case_id"] for r in rows} == {e["case_id"] for e in manifest["validation"] + manifest["test"]}
     # the bundle's checkpoint is usable by the CLI as it is
-    r = run_cli("infer", "--model", bundle / "models" / "model.pt", "--input", bundle_data / test_cases[0]["image"],
+    r = run_cli("infer", "--model", bundle / "models" / "model.pt", "--input", bundle_data / manifest["test"][0]["image"],
                 "--out", bundle.parent / "cli_out", "--device", "cpu")
     assert r.returncode == 0, r.stderr
     # and exports to TorchScript, which loads and runs
@@ -108,6 +119,60 @@ def test_train_infer_evaluate_as_documented(bundle, bundle_data):
                 config_file=str(bundle / "configs" / "inference.json"), bundle_root=str(bundle))
     net = torch.jit.load(str(ts))
     assert net(torch.rand(1, 1, 32, 32, 32)).shape == (1, 2, 32, 32, 32)
+
+
+def _read_rows(path: Path, drop: tuple[str, ...] = ()) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(open(path))]
+
+
+@pytest.fixture(scope="module")
+def two_inputs(tmp_path_factory):
+    """A DICOM series (feet first) and a NIfTI file in a non-RAS orientation (rows flipped), tiny."""
+    from monai_pipeline.data.synthetic import SynthConfig, generate_case
+    from monai_pipeline.io.dicom_writer import write_ct_series
+
+    out = tmp_path_factory.mktemp("two")
+    cfg = SynthConfig(matrix=96, spacing_xy=(0.7, 0.9), spacing_z=(1.5, 2.5), extent_z_mm=60.0, n_nodules=(2, 3),
+                      diameter_mm=(6.0, 16.0))
+    write_ct_series(generate_case(11, cfg, orientation="axial_ff").image, out / "series_ff")
+    sitk.WriteImage(generate_case(12, cfg, orientation="flipped_rows").image, str(out / "flipped.nii.gz"))
+    return out
+
+
+def test_bundle_infer_and_postprocess_give_the_same_masks(bundle, two_inputs, trained_tiny_model, tmp_path):
+    """One model, three doors: the bundle's inference config, `monai-pipeline infer`, and `postprocess` over
+    infer's raw decision. Masks voxel-identical, geometry identical, lesion tables identical."""
+    from monai_pipeline.bundle import export_to_bundle
+
+    export_to_bundle(trained_tiny_model, bundle)
+    r = _bundle_run("inference.json", bundle=bundle, data=two_inputs)
+    assert r.returncode == 0, r.stderr[-3000:]
+    inputs = [two_inputs / "series_ff", two_inputs / "flipped.nii.gz"]
+    r = run_cli("infer", "--model", trained_tiny_model, "--input", *inputs, "--out", tmp_path / "cli", "--device", "cpu",
+                "--no-progress")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("infer", "--model", trained_tiny_model, "--input", *inputs, "--out", tmp_path / "raw", "--device", "cpu",
+                "--no-progress", "--no-postprocess")
+    assert r.returncode == 0, r.stderr
+    raw = [tmp_path / "raw" / "series_ff.nii.gz", tmp_path / "raw" / "flipped.nii.gz"]
+    r = run_cli("postprocess", "--input", *raw, "--image", *inputs, "--model", trained_tiny_model, "--out", tmp_path / "pp")
+    assert r.returncode == 0, r.stderr
+    total = 0
+    for cid in ("series_ff", "flipped"):
+        ref = sitk.ReadImage(str(tmp_path / "cli" / f"{cid}.nii.gz"))
+        ref_arr = sitk.GetArrayFromImage(ref)
+        total += int(ref_arr.sum())
+        for other in (bundle / "output" / f"{cid}.nii.gz", tmp_path / "pp" / f"{cid}.nii.gz"):
+            img = sitk.ReadImage(str(other))
+            assert img.GetSize() == ref.GetSize() and img.GetOrigin() == ref.GetOrigin()
+            assert img.GetSpacing() == ref.GetSpacing() and img.GetDirection() == ref.GetDirection()
+            np.testing.assert_array_equal(sitk.GetArrayFromImage(img), ref_arr, err_msg=str(other))
+        cli_rows = _read_rows(tmp_path / "cli" / f"{cid}_lesions.csv")
+        assert cli_rows == _read_rows(bundle / "output" / f"{cid}_lesions.csv")
+        # postprocess has no probabilities, hence no score; every other column is identical
+        assert _read_rows(tmp_path / "pp" / f"{cid}_lesions.csv", drop=("score",)) == [
+            {k: v for k, v in row.items() if k != "score"} for row in cli_rows]
+    assert total > 0, "the comparison needs non-empty masks"
 
 
 def test_cli_model_dropped_into_bundle(bundle, bundle_data, tmp_path):
@@ -124,15 +189,17 @@ def test_config_workflow(bundle, bundle_data, workflow_type, config):
     from monai.bundle import ConfigWorkflow
 
     if workflow_type == "infer":
-        tiny = tiny_model_file(bundle.parent / "tiny.pt", {"network": json.loads(json.dumps(
-            __import__("yaml").safe_load((bundle / "configs" / "pipeline.yaml").read_text())["network"]))})
+        import yaml
+
+        tiny = tiny_model_file(bundle.parent / "tiny.pt", {"network": yaml.safe_load(
+            (bundle / "configs" / "pipeline.yaml").read_text())["network"]})
         from monai_pipeline.bundle import export_to_bundle
 
         export_to_bundle(tiny, bundle)
     wf = ConfigWorkflow(workflow_type=workflow_type, config_file=str(bundle / "configs" / config),
                         meta_file=str(bundle / "configs" / "metadata.json"),
-                        logging_file=str(bundle / "configs" / "logging.conf"), **_overrides(bundle, bundle_data),
-                        **(FAST if workflow_type == "train" else {}))
+                        logging_file=str(bundle / "configs" / "logging.conf"), bundle_root=str(bundle),
+                        dataset_dir=str(bundle_data), **(FAST if workflow_type == "train" else {}))
     wf.initialize()
     assert not wf.check_properties()
     wf.run()

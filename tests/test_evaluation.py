@@ -90,3 +90,34 @@ def test_summarize_ci_and_nan():
     assert s["std"] == pytest.approx(0.2)
     # t(0.975, 2) = 4.302653
     assert s["ci95_high"] - s["mean"] == pytest.approx(4.302653 * 0.2 / math.sqrt(3), rel=1e-5)
+
+
+def _random_blobs(rng, shape, n):
+    m = np.zeros(shape, bool)
+    for _ in range(n):
+        c = [rng.integers(3, s - 3) for s in shape]
+        r = rng.integers(1, 4)
+        sl = tuple(slice(max(0, ci - r), ci + r + 1) for ci in c)
+        m[sl] = True
+    return m
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_surface_distances_equal_monai(seed):
+    """Our KD-tree surface distances against MONAI's compute_hausdorff_distance / compute_average_surface_distance
+    on random masks with anisotropic spacing (x, y, z in mm)."""
+    import torch
+    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
+
+    from monai_pipeline.evaluation import distance_metrics
+
+    rng = np.random.default_rng(seed)
+    shape, spacing = (30, 26, 18), (0.7, 0.9, 2.5)
+    pred, ref = _random_blobs(rng, shape, 4), _random_blobs(rng, shape, 3)
+    ours = distance_metrics(pred, ref, spacing)
+    p = torch.as_tensor(pred)[None, None].float()
+    r = torch.as_tensor(ref)[None, None].float()
+    hd95 = float(compute_hausdorff_distance(p, r, include_background=True, percentile=95, spacing=spacing))
+    assd = float(compute_average_surface_distance(p, r, include_background=True, symmetric=True, spacing=spacing))
+    assert ours["hd95_mm"] == pytest.approx(hd95, rel=1e-6)
+    assert ours["assd_mm"] == pytest.approx(assd, rel=1e-6)

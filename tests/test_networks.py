@@ -26,12 +26,12 @@ def test_model_file_roundtrip_and_errors(tmp_path):
 
     cfg = load_config({"network": {"name": "UNet", "kwargs": {"spatial_dims": 3, "in_channels": 1, "out_channels": 2,
                                                               "channels": [4, 8], "strides": [2]}}})
-    net = build_network(cfg["network"])
+    net = build_network(cfg.network)
     path = save_model_file(tmp_path / "m.pt", net, cfg)
     loaded, blob = load_model_file(path)
     for a, b in zip(net.state_dict().values(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b)
-    assert blob["config"] == cfg
+    assert blob["config"] == cfg.to_dict()
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(InputError, match="not a monai-pipeline-model/1 file"):
         load_model_file(tmp_path / "other.pt")

@@ -49,8 +49,9 @@ def relpath(target: str | Path, manifest_path: str | Path) -> str:
     return os.path.relpath(Path(target).resolve(), Path(manifest_path).resolve().parent)
 
 
-def load_manifest(path: str | Path, section: str = "training") -> list[dict]:
-    """Entries of ``section`` with ``image``/``label`` made absolute (as ``load_decathlon_datalist`` does)."""
+def load_manifest(path: str | Path, section: str = "training", base_dir: str | Path | None = None) -> list[dict]:
+    """Entries of ``section`` with ``image``/``label`` made absolute (as ``load_decathlon_datalist`` does),
+    relative to ``base_dir`` (default: the manifest's folder)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "manifest does not exist")
@@ -60,14 +61,17 @@ def load_manifest(path: str | Path, section: str = "training") -> list[dict]:
         raise InputError(path, f"not valid JSON (line {err.lineno}: {err.msg})") from err
     if not isinstance(data, dict) or not any(k in data for k in SECTIONS):
         raise InputError(path, "not a decathlon-style manifest (no training/validation/test lists)")
+    base = Path(base_dir) if base_dir is not None else path.parent
     out = []
     for i, entry in enumerate(data.get(section, []) or []):
+        if not isinstance(entry, dict):
+            raise InputError(path, f"{section}[{i}] must be an object with 'image', got {type(entry).__name__}")
         if "image" not in entry:
             raise InputError(path, f"{section}[{i}] has no 'image'")
         e = dict(entry)
         for key in ("image", "label"):
             if key in e and e[key] is not None:
-                e[key] = str((path.parent / e[key]).resolve())
+                e[key] = str((base / e[key]).resolve())
         e.setdefault("case_id", case_id_from_path(e["image"]))
         out.append(e)
     return out

@@ -97,6 +97,20 @@ class Geometry:
                    tuple(float(v) for v in d["origin"]), tuple(float(v) for v in d["direction"]))
 
 
+def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size (mm) along each array axis of a 4x4 voxel-to-world affine (RAS or LPS alike)."""
+    return tuple(float(v) for v in np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0))
+
+
+def header_geometry(path: str) -> Geometry:
+    """Geometry of an image file from its header alone (no voxel data read)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return Geometry(tuple(int(v) for v in reader.GetSize()), tuple(reader.GetSpacing()), tuple(reader.GetOrigin()),
+                    tuple(reader.GetDirection()))
+
+
 def sitk_to_xyz_array(image: sitk.Image) -> np.ndarray:
     """Voxel array in (x, y, z) index order (SimpleITK's numpy array is (z, y, x)).
 

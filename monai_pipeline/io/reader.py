@@ -253,6 +253,7 @@ def volume_meta(volume: CTVolume) -> dict[str, Any]:
         "spacing": np.asarray(geom.spacing),
         "source_geometry": geom.to_dict(),
         "series_instance_uid": volume.series_instance_uid,
+        "filename_or_obj": volume.source,
     }
 
 

@@ -68,13 +68,15 @@ def write_image(image: sitk.Image, path: str | Path, compress: bool = True) -> P
     return atomic_write(path, lambda tmp: sitk.WriteImage(image, str(tmp), compress))
 
 
-def write_mask(mask_xyz: np.ndarray, geometry: Geometry, path: str | Path) -> Path:
+def write_mask(mask_xyz: np.ndarray, geometry: Geometry, path: str | Path, description: str | None = None) -> Path:
     """Write a label array (x, y, z order) as uint8 NIfTI with exactly ``geometry`` (size, spacing, origin,
-    direction of the input the user gave)."""
+    direction of the input the user gave); ``description`` goes into the NIfTI ``descrip`` (80 characters)."""
     mask = np.asarray(mask_xyz)
     if tuple(mask.shape) != geometry.size:
         raise ValueError(f"mask shape must equal the reference size {geometry.size}, got {mask.shape}")
     if mask.min(initial=0) < 0 or mask.max(initial=0) > 255:
         raise ValueError("mask labels must lie in 0..255")
     image = xyz_array_to_sitk(mask.astype(np.uint8, copy=False), geometry)
+    if description:
+        image.SetMetaData("descrip", description[:79])
     return write_image(image, path)

@@ -24,7 +24,7 @@ import SimpleITK as sitk
 
 from monai_pipeline.errors import InputError, PipelineError
 from monai_pipeline.io import dicom
-from monai_pipeline.io.geometry import Geometry, xyz_array_to_sitk
+from monai_pipeline.io.geometry import Geometry, header_geometry, xyz_array_to_sitk
 from monai_pipeline.io.writer import atomic_write_text, write_image, write_mask
 from monai_pipeline.lidc.nodules import SliceIndex, build_nodules, median_characteristics
 from monai_pipeline.lidc.xml import CHARACTERISTICS, parse_read, read_series_uid
@@ -189,11 +189,7 @@ def _is_done(out: Path, case_id: str, per_reader: bool) -> dict | None:
         rec = json.loads(rec_path.read_text())
         geom = Geometry.from_dict(rec["geometry"])
         for f in (out / "images" / f"{case_id}.nii.gz", out / "labels" / f"{case_id}.nii.gz"):
-            r = sitk.ImageFileReader()
-            r.SetFileName(str(f))
-            r.ReadImageInformation()
-            if not Geometry(tuple(r.GetSize()), tuple(r.GetSpacing()), tuple(r.GetOrigin()),
-                            tuple(r.GetDirection())).matches(geom):
+            if not header_geometry(str(f)).matches(geom):
                 return None
         if per_reader and not rec.get("per_reader"):
             return None

@@ -13,6 +13,10 @@ import numpy as np
 from monai.transforms import Transform
 from scipy import ndimage
 
+from monai_pipeline.config import PipelineConfig, PostprocessConfig
+from monai_pipeline.io.geometry import Geometry, spacing_from_affine
+from monai_pipeline.lungs import axial_axis, lung_region
+
 try:  # optional, much faster 3D labelling
     import cc3d
 except ImportError:  # pragma: no cover - exercised when the extra is missing
@@ -132,45 +136,6 @@ def binary_close(mask: np.ndarray, spacing: Sequence[float], radius_mm: float) -
     return _morph(mask, spacing, radius_mm, ndimage.binary_closing)
 
 
-def subsample_factors(spacing: Sequence[float], target_mm: float) -> tuple[int, ...]:
-    """Integer strides per axis that bring ``spacing`` (mm) up to about ``target_mm``."""
-    return tuple(max(1, int(target_mm // s)) for s in spacing)
-
-
-def upsample_to(small: np.ndarray, factors: Sequence[int], shape: Sequence[int]) -> np.ndarray:
-    """Nearest-neighbour inverse of ``array[::f0, ::f1, ::f2]`` back to ``shape``."""
-    idx = [np.minimum(np.arange(n) // f, m - 1) for n, f, m in zip(shape, factors, small.shape, strict=True)]
-    return small[np.ix_(*idx)]
-
-
-def lung_region(hu: np.ndarray, spacing: Sequence[float], threshold_hu: float = -500.0,
-                closing_mm: float = 10.0, resolution_mm: float = 2.0) -> np.ndarray:
-    """The lungs as a solid region (x, y, z; z = axial): air below ``threshold_hu`` enclosed by the body in its
-    axial slice, closed by ``closing_mm`` (so vessels, nodules and juxtapleural nodules count as inside), holes
-    filled slice by slice. Computed on a grid of about ``resolution_mm`` (a region, not a contour, is needed)
-    and returned at full size. Closing uses two Euclidean distance transforms (spacing-aware)."""
-    hu = np.asarray(hu)
-    f = subsample_factors(spacing, resolution_mm)
-    if any(k > 1 for k in f):
-        small = lung_region(hu[::f[0], ::f[1], ::f[2]], [s * k for s, k in zip(spacing, f, strict=True)],
-                            threshold_hu, closing_mm, resolution_mm=0.0)
-        return upsample_to(small, f, hu.shape)
-    body = hu > threshold_hu
-    in_slice = np.zeros((3, 3, 3), bool)
-    in_slice[:, :, 1] = ndimage.generate_binary_structure(2, 1)
-    air = ndimage.binary_fill_holes(body, structure=in_slice) & ~body
-    if not air.any():
-        return air
-    box = _bbox(air, [int(np.ceil(closing_mm / s)) + 1 for s in spacing])
-    sub = air[box]
-    dilated = ndimage.distance_transform_edt(~sub, sampling=spacing) <= closing_mm
-    closed = ndimage.distance_transform_edt(dilated, sampling=spacing) > closing_mm
-    closed = ndimage.binary_fill_holes(closed | sub, structure=in_slice)
-    out = np.zeros_like(air)
-    out[box] = closed
-    return out
-
-
 def keep_components_in_region(mask: np.ndarray, region: np.ndarray, min_fraction: float = 0.5,
                               connectivity: int = 26) -> np.ndarray:
     """Keep the components of ``mask`` with at least ``min_fraction`` of their voxels inside ``region``."""
@@ -226,10 +191,38 @@ def postprocess_mask(mask: np.ndarray, spacing: Sequence[float], min_volume_mm3:
     return out
 
 
-def postprocess_from_config(mask: np.ndarray, spacing: Sequence[float], post: dict) -> np.ndarray:
-    return postprocess_mask(mask, spacing, float(post.get("min_volume_mm3", 0)), bool(post.get("keep_largest")),
-                            bool(post.get("fill_holes")), float(post.get("opening_mm", 0)),
-                            float(post.get("closing_mm", 0)), int(post.get("connectivity", 26)))
+def postprocess_from_config(mask: np.ndarray, spacing: Sequence[float], post: PostprocessConfig) -> np.ndarray:
+    """:func:`postprocess_mask` with the settings of a ``postprocess`` configuration section."""
+    return postprocess_mask(mask, spacing, post.min_volume_mm3, post.keep_largest, post.fill_holes,
+                            post.opening_mm, post.closing_mm, post.connectivity)
+
+
+def lung_filter(mask: np.ndarray, hu: np.ndarray, geometry: Geometry, post: PostprocessConfig,
+                threshold_hu: float) -> np.ndarray:
+    """Components of ``mask`` lying mostly outside the lungs dropped (``post.lung_min_fraction`` of a component
+    must be inside :func:`~monai_pipeline.lungs.lung_region`). ``mask`` and ``hu`` (HU) share ``geometry``'s
+    grid, axes (x, y, z). When no lungs are found (not a chest CT, as far as we can tell) the mask is kept."""
+    m = np.asarray(mask) > 0
+    if not m.any():
+        return m
+    region = lung_region(hu, geometry.spacing, threshold_hu, post.lung_closing_mm,
+                         axis=axial_axis(geometry.direction))
+    if not region.any():
+        return m
+    return keep_components_in_region(m, region, post.lung_min_fraction, post.connectivity)
+
+
+def postprocess_case(mask: np.ndarray, hu: np.ndarray | None, geometry: Geometry, cfg: PipelineConfig) -> np.ndarray:
+    """The configured post-processing of one predicted mask on its input grid (x, y, z): the lung filter
+    (``postprocess.lung_filter``; needs the CT in HU), then :func:`postprocess_from_config`. Used by ``infer``,
+    the bundle, the Python API and ``postprocess`` alike; returns uint8 0/1."""
+    post = cfg.postprocess
+    m = np.asarray(mask) > 0
+    if post.lung_filter:
+        if hu is None:
+            raise ValueError("the lung filter needs the CT (HU) of the mask")
+        m = lung_filter(m, hu, geometry, post, cfg.preprocessing.body_threshold_hu)
+    return postprocess_from_config(m, geometry.spacing, post)
 
 
 class PostprocessMask(Transform):
@@ -255,7 +248,7 @@ class PostprocessMask(Transform):
 
         spacing = self.spacing
         if isinstance(img, MetaTensor):
-            spacing = np.linalg.norm(np.asarray(img.affine)[:3, :3], axis=0)
+            spacing = spacing_from_affine(img.affine)
         if spacing is None:
             raise ValueError("spacing must be given for inputs without an affine")
         arr = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)

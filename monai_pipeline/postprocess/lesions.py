@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,9 @@ from monai_pipeline.io.writer import atomic_write_text
 from monai_pipeline.postprocess.array import label_components
 
 LESION_FIELDS = ("lesion", "volume_mm3", "equivalent_diameter_mm", "longest_axial_diameter_mm", "centroid_x_mm",
-                 "centroid_y_mm", "centroid_z_mm", "mean_hu", "n_voxels")
+                 "centroid_y_mm", "centroid_z_mm", "mean_hu", "n_voxels", "score")
+#: a lesion's score from its voxel indices (N, 3) on the mask's grid, e.g. its maximum foreground probability
+ScoreFn = Callable[[np.ndarray], float]
 
 
 def _longest_in_plane(points_mm: np.ndarray) -> float:
@@ -44,11 +47,12 @@ def longest_axial_diameter(component: np.ndarray, spacing) -> float:
 
 
 def lesion_table(mask: np.ndarray, geometry: Geometry, hu: np.ndarray | None = None,
-                 connectivity: int = 26) -> list[dict]:
+                 connectivity: int = 26, score: ScoreFn | None = None) -> list[dict]:
     """Rows of :data:`LESION_FIELDS` for each component of ``mask`` (x, y, z) on ``geometry``.
 
     Centroids are patient coordinates in mm (LPS, as DICOM); the longest axial diameter is measured in the
-    image's slice plane.
+    image's slice plane; ``score`` (a detection score, blank without ``score``) is computed from each
+    component's voxel indices.
     """
     m = np.asarray(mask) > 0
     if m.flags.f_contiguous and not m.flags.c_contiguous:  # (x, y, z) view of a (z, y, x) array
@@ -76,6 +80,7 @@ def lesion_table(mask: np.ndarray, geometry: Geometry, hu: np.ndarray | None = N
             "centroid_z_mm": round(float(centroid[2]), 3),
             "mean_hu": round(float(hu[sl][comp].mean()), 2) if hu is not None else float("nan"),
             "n_voxels": int(len(idx)),
+            "score": round(float(score(idx)), 5) if score is not None else "",
         })
     return rows
 

@@ -42,9 +42,7 @@ class LungSelect:
         self.stride = int(stride)  # in-plane subsampling: a crop needs a bounding box, not an exact contour
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
-        from scipy import ndimage
-
-        from monai_pipeline.postprocess.array import upsample_to
+        from monai_pipeline.lungs import enclosed_air, upsample_to
 
         arr = np.asarray(img.detach().cpu() if isinstance(img, torch.Tensor) else img)
         if self.stride > 1:
@@ -53,12 +51,9 @@ class LungSelect:
                 arr[:, ::f[0], ::f[1], :])
             out = upsample_to(np.asarray(small)[0], f, arr.shape[1:])[None]
             return torch.as_tensor(out) if isinstance(img, torch.Tensor) else out
-        body = arr[0] > self.threshold_hu
-        in_slice = np.zeros((3, 3, 3), bool)
-        in_slice[:, :, 1] = ndimage.generate_binary_structure(2, 1)  # 4-connected within each axial slice only
-        enclosed = ndimage.binary_fill_holes(body, structure=in_slice) & ~body
+        enclosed = enclosed_air(arr[0], self.threshold_hu, axis=2)
         if np.count_nonzero(enclosed) < self.min_voxels:
-            enclosed = body
+            enclosed = arr[0] > self.threshold_hu
         out = enclosed[None]
         return torch.as_tensor(out) if isinstance(img, torch.Tensor) else out
 

@@ -46,7 +46,7 @@ class LesionComponentsd(MapTransform):
     * ``1..max_components``: the label's connected components (26-connected), one class per lesion (lesions
       beyond ``max_components`` share the last class), so every lesion is sampled equally often whatever its size;
     * ``0``: *hard* background, voxels brighter than ``hard_negative_hu`` in ``image_key`` (HU) inside the
-      lungs (:func:`~monai_pipeline.postprocess.lung_region`): vessels, the diaphragm domes, the pleura, the
+      lungs (:func:`~monai_pipeline.lungs.lung_region`): vessels, the diaphragm domes, the pleura, the
       structures a nodule detector confuses with nodules (everywhere bright when no lungs are found);
     * ``max_components + 1``: the remaining background (aerated lung, soft tissue outside the lungs, air).
 
@@ -65,17 +65,17 @@ class LesionComponentsd(MapTransform):
         import numpy as np
         import torch
 
+        from monai_pipeline.io.geometry import spacing_from_affine
+        from monai_pipeline.lungs import lung_region
         from monai_pipeline.postprocess.array import label_components
 
         def _np(x):
             return np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x)
 
-        from monai_pipeline.postprocess.array import lung_region
-
         d = dict(data)
         img = d[self.image_key]
         image = _np(img)[0]
-        spacing = np.linalg.norm(np.asarray(img.affine)[:3, :3], axis=0) if hasattr(img, "affine") else (1, 1, 1)
+        spacing = spacing_from_affine(img.affine) if hasattr(img, "affine") else (1.0, 1.0, 1.0)
         lungs = lung_region(image, spacing)
         hard = image > self.hard_negative_hu
         if lungs.any():
@@ -101,16 +101,50 @@ class CropForegroundMMd(MapTransform):
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         import math
 
-        import numpy as np
         from monai.transforms import CropForegroundd
 
-        spacing = np.linalg.norm(np.asarray(data[self.source_key].affine)[:3, :3], axis=0)
+        from monai_pipeline.io.geometry import spacing_from_affine
+
+        spacing = spacing_from_affine(data[self.source_key].affine)
         margin = [int(math.ceil(self.margin_mm / s)) for s in spacing]
         return CropForegroundd(keys=self.keys, source_key=self.source_key, select_fn=self.select_fn, margin=margin,
                                allow_smaller=True, allow_missing_keys=self.allow_missing_keys)(data)
 
 
+class LoadCTd(MapTransform):
+    """Read a CT once with :func:`~monai_pipeline.io.reader.read_ct` (any supported file or DICOM folder, with
+    ``read_options``): ``d[key]`` becomes the HU array ``(1, X, Y, Z)`` as a MetaTensor with RAS affines, and
+    ``d[original_key]`` the same voxels on the untouched input grid, kept for the export step (lung filter,
+    lesion HU, writing in the input's geometry). Its metadata carry ``source_geometry`` (the exact LPS grid)
+    and ``filename_or_obj``; both survive MONAI's collate/decollate, so a ``DataLoader`` may sit in between.
+    """
+
+    def __init__(self, keys: KeysCollection, original_key: str = "original", read_options=None,
+                 allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        from monai_pipeline.io.reader import ReadOptions
+
+        self.original_key = original_key
+        self.read_options = read_options or ReadOptions()
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        import torch
+        from monai.data import MetaTensor
+
+        from monai_pipeline.io.geometry import sitk_to_xyz_array
+        from monai_pipeline.io.reader import read_ct, volume_meta
+
+        d = dict(data)
+        for key in self.key_iterator(d):
+            vol = read_ct(d[key], self.read_options)
+            arr = torch.from_numpy(sitk_to_xyz_array(vol.image))[None]  # stored dtype (int16 HU): no copy
+            d[key] = MetaTensor(arr, meta=volume_meta(vol))
+            d[self.original_key] = MetaTensor(arr, meta=volume_meta(vol))
+        return d
+
+
 CTNormalizeD = CTNormalizeDict = CTNormalized
+LoadCTD = LoadCTDict = LoadCTd
 CropForegroundMMD = CropForegroundMMDict = CropForegroundMMd
 LesionComponentsD = LesionComponentsDict = LesionComponentsd
 CheckGeometryD = CheckGeometryDict = CheckGeometryd

@@ -97,7 +97,8 @@ def _chest_hu(shape=(60, 40, 10)):
 
 
 def test_lung_region_includes_nodules_inside_and_at_the_pleura():
-    from monai_pipeline.postprocess import keep_components_in_region, lung_region
+    from monai_pipeline.lungs import lung_region
+    from monai_pipeline.postprocess import keep_components_in_region
 
     hu, lung = _chest_hu()
     nodules = np.zeros(hu.shape, np.uint8)

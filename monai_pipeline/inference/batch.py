@@ -1,0 +1,235 @@
+"""The batch runner: many inputs into one folder, resumable, sharded, never stopped by one bad case.
+
+Sharding (``shard=(i, n)``, automatic under torchrun), resume (a case is skipped only when its outputs are
+complete *and* were made by the same model with the same settings), a background reader that prepares the
+next case while the current one runs, ``failures.csv``, ``timings.csv`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from monai_pipeline.errors import InputError, PipelineError
+from monai_pipeline.inference.export import write_prediction
+from monai_pipeline.inference.predictor import Predictor
+from monai_pipeline.io.geometry import Geometry, header_geometry
+from monai_pipeline.io.writer import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+
+def read_marker(out: Path, case_id: str) -> dict | None:
+    """The done-marker of a case (geometry and provenance), or None."""
+    marker = out / ".done" / f"{case_id}.json"
+    try:
+        return json.loads(marker.read_text()) if marker.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def is_complete(out: Path, case_id: str) -> bool:
+    """An output counts as done when its marker exists and the mask header reads with the marker's geometry."""
+    rec = read_marker(out, case_id)
+    mask = out / f"{case_id}.nii.gz"
+    if rec is None or not mask.is_file() or not (out / f"{case_id}_lesions.csv").is_file():
+        return False
+    try:
+        return header_geometry(str(mask)).matches(Geometry.from_dict(rec["geometry"]), atol_mm=1e-3)
+    except Exception:  # noqa: BLE001 - anything unreadable is simply not complete
+        return False
+
+
+def provenance_difference(old: dict, new: dict) -> str | None:
+    """None when ``old`` and ``new`` provenance records describe the same model and settings; else what differs."""
+    if not old:
+        return "it records no model (made by an older version)"
+    if old.get("model_sha256") != new["model_sha256"]:
+        return (f"it was made by another model (SHA-256 {str(old.get('model_sha256'))[:12]}..., "
+                f"now {new['model_sha256'][:12]}...)")
+    if old.get("settings_sha256") != new["settings_sha256"]:
+        before, now = old.get("settings", {}), new["settings"]
+        keys = []
+        for sec in ("inference", "postprocess"):
+            x, y = before.get(sec) or {}, now.get(sec) or {}
+            keys += [f"{sec}.{k}" for k in sorted(set(x) | set(y)) if x.get(k) != y.get(k)]
+        keys += [k for k in ("save_prob", "read_options") if before.get(k) != now.get(k)]
+        if (before.get("postprocess") is None) != (now.get("postprocess") is None):
+            keys.append("postprocess on/off")
+        return f"it was made with other settings ({', '.join(keys) or 'settings hash differs'})"
+    return None
+
+
+def check_output_folder(out: Path, case_ids: list[str], provenance: dict, overwrite: bool) -> None:
+    """Refuse (before any work) to mix outputs of another model or other settings into ``out``."""
+    if overwrite:
+        return
+    for cid in case_ids:
+        rec = read_marker(out, cid)
+        if rec is None:
+            continue
+        diff = provenance_difference(rec.get("provenance") or {}, provenance)
+        if diff:
+            raise InputError(out / f"{cid}.nii.gz", f"already exists and {diff}",
+                             hint="use --overwrite to replace it, or another --out")
+
+
+def shard_cases(cases: list[tuple[str, str]], shard: tuple[int, int] | None) -> list[tuple[str, str]]:
+    """Deterministic I-th of N slices (round-robin over the sorted case ids)."""
+    if shard is None:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world > 1:
+            shard = (int(os.environ.get("RANK", "0")), world)
+    if shard is None:
+        return cases
+    i, n = shard
+    if not (n >= 1 and 0 <= i < n):
+        raise PipelineError(f"shard must be I/N with 0 <= I < N, got {i}/{n}")
+    ordered = sorted(cases)
+    return [c for k, c in enumerate(ordered) if k % n == i]
+
+
+@dataclass
+class BatchSummary:
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _append_csv(path: Path, header: list[str], row: list) -> None:
+    new = not path.exists()
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    if new:
+        w.writerow(header)
+    w.writerow(row)
+    with open(path, "a") as fh:
+        fh.write(buf.getvalue())
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def output_paths(out: Path, case_id: str) -> list[Path]:
+    """Every file a case may write (mask, lesions, probability map, overlay, done-marker)."""
+    return [out / f"{case_id}.nii.gz", out / f"{case_id}_lesions.csv", out / f"{case_id}_prob.nii.gz",
+            out / "png" / f"{case_id}.png", out / ".done" / f"{case_id}.json"]
+
+
+def _remove_stale_parts(out: Path, case_ids: list[str]) -> None:
+    """Temporary files a killed run left for these cases (only ours: shards may share ``out``)."""
+    from monai_pipeline.io.writer import stale_parts
+
+    for cid in case_ids:
+        for target in output_paths(out, cid):
+            for p in stale_parts(target):
+                p.unlink(missing_ok=True)
+
+
+def _save_overlay(data: dict, pred, truth_path: str | None, path: Path) -> None:
+    import SimpleITK as sitk
+
+    from monai_pipeline.io.geometry import xyz_array_to_sitk
+    from monai_pipeline.visualize import save_overlays_png
+
+    ct = xyz_array_to_sitk(data["original"][0].numpy(), pred.geometry)
+    truth = sitk.ReadImage(truth_path) if truth_path else None
+    save_overlays_png(ct, xyz_array_to_sitk(pred.mask, pred.geometry), truth, path)
+
+
+def run_batch(predictor: Predictor, cases: list[tuple[str, str]], out: str | Path, shard: tuple[int, int] | None = None,
+              save_prob: bool = False, progress: bool = True, overlays: dict[str, str] | None = None,
+              postprocess: bool = True, overwrite: bool = False) -> BatchSummary:
+    """Predict ``cases`` ((case_id, input path) pairs) into ``out``; never stops at a failing case.
+
+    Outputs made earlier by the same model with the same settings are skipped (resume); outputs of another
+    model or other settings stop the run before any work unless ``overwrite``. ``overlays`` maps case ids to
+    ground-truth label paths for PNG overlays (the demo uses it).
+    """
+    from tqdm import tqdm
+
+    out = Path(out)
+    ids = [c[0] for c in cases]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise PipelineError(f"case ids must be unique, got duplicates: {', '.join(dup[:5])}")
+    mine = shard_cases(cases, shard)
+    provenance = predictor.provenance(save_prob, postprocess)
+    check_output_folder(out, [c[0] for c in mine], provenance, overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_stale_parts(out, [c[0] for c in mine])
+    summary = BatchSummary()
+    todo = []
+    for cid, path in mine:
+        if not overwrite and is_complete(out, cid):
+            summary.skipped += 1
+        else:
+            todo.append((cid, path))
+    tag = f".{shard[0]}of{shard[1]}" if shard else (f".rank{os.environ['RANK']}" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "")
+    fail_csv, time_csv = out / f"failures{tag}.csv", out / f"timings{tag}.csv"
+
+    pool = ThreadPoolExecutor(max_workers=1)
+    futures: dict[int, Future] = {}
+    if todo:
+        futures[0] = pool.submit(predictor.load, todo[0][1])
+    bar = tqdm(total=len(todo), desc="infer", unit="case", disable=not progress)
+    for k, (cid, path) in enumerate(todo):
+        if k + 1 < len(todo):
+            futures[k + 1] = pool.submit(predictor.load, todo[k + 1][1])  # background read of the next case
+        t0 = time.perf_counter()
+        try:
+            data = futures.pop(k).result()
+            pred = predictor.predict(data, cid, save_prob=save_prob, postprocess=postprocess)
+            write_prediction(pred, out, provenance)
+            if overlays and cid in overlays:
+                _save_overlay(data, pred, overlays[cid], out / "png" / f"{cid}.png")
+            summary.done += 1
+            _append_csv(time_csv, ["case_id", "total_s", *pred.seconds.keys()],
+                        [cid, f"{time.perf_counter() - t0:.3f}", *(f"{v:.3f}" for v in pred.seconds.values())])
+        except (PipelineError, RuntimeError, MemoryError, OSError, ValueError) as err:
+            reason = str(err).splitlines()[0] if str(err) else err.__class__.__name__
+            if isinstance(err, torch.cuda.OutOfMemoryError | MemoryError):
+                reason = f"out of memory: {reason}"
+                torch.cuda.empty_cache() if torch.cuda.is_available() else None
+            logger.error("%s: failed: %s", cid, reason)
+            summary.failed += 1
+            summary.failures.append((cid, reason))
+            _append_csv(fail_csv, ["case_id", "input", "reason"], [cid, path, reason])
+        bar.update(1)
+    bar.close()
+    pool.shutdown()
+    atomic_write_text(out / f"summary{tag}.json", json.dumps(
+        {"done": summary.done, "skipped": summary.skipped, "failed": summary.failed, "total": len(mine),
+         "provenance": provenance}, indent=1))
+    return summary
+
+
+def cases_from_inputs(inputs: list[str]) -> list[tuple[str, str]]:
+    """(case_id, path) pairs for input paths; every path must exist."""
+    from monai_pipeline.data.manifest import case_id_from_path
+
+    out = []
+    for p in inputs:
+        if not Path(p).exists():
+            raise InputError(p, "does not exist")
+        out.append((case_id_from_path(p), str(p)))
+    return out
+
+
+def cases_from_manifest(manifest: str | Path, sections: tuple[str, ...] = ("test",)) -> list[tuple[str, str]]:
+    """(case_id, image path) pairs of the given manifest sections."""
+    from monai_pipeline.data.manifest import load_manifest
+
+    entries = [e for s in sections for e in load_manifest(manifest, s)]
+    if not entries:
+        raise InputError(manifest, f"has no cases in {', '.join(sections)}")
+    return [(e["case_id"], e["image"]) for e in entries]

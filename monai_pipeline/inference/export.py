@@ -1,0 +1,158 @@
+"""The one per-case export step: network-space probabilities -> a mask on the input's own grid -> files.
+
+:func:`export_prediction` is what every entry point calls after the network (``monai-pipeline infer``, the
+Python API :func:`monai_pipeline.segment`, the bundle's inference and evaluation via :class:`ExportPredictiond`),
+so the same model gives the same mask through every door:
+
+1. decide in network space (foreground probability > background; argmax for more classes), uint8;
+2. one nearest-neighbour resampling onto the input grid (SimpleITK; inverts orientation, spacing and crop);
+3. :func:`~monai_pipeline.postprocess.postprocess_case` in mm on the input grid (lung filter, morphology,
+   hole filling, small components) -- ``monai-pipeline postprocess`` runs the same function on a saved mask;
+4. the lesion table, each lesion scored by its maximum foreground probability (network space);
+5. :func:`write_prediction`: mask, lesion table, optional probability map and the done-marker, atomically.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
+
+from monai_pipeline.config import PipelineConfig
+from monai_pipeline.io.geometry import LPS_TO_RAS, Geometry, sitk_to_xyz_array, xyz_array_to_sitk
+from monai_pipeline.io.writer import atomic_write_text, write_image, write_mask
+from monai_pipeline.postprocess import lesion_table, postprocess_case, write_lesion_csv
+from monai_pipeline.postprocess.lesions import ScoreFn
+
+
+@dataclass
+class Prediction:
+    """One case's result on its input grid: ``mask`` uint8 (x, y, z), the lesion rows, optional probability map."""
+
+    case_id: str
+    mask: np.ndarray
+    geometry: Geometry
+    lesions: list[dict] = field(default_factory=list)
+    prob: sitk.Image | None = None
+    seconds: dict = field(default_factory=dict)
+
+
+def decide(probs: torch.Tensor) -> np.ndarray:
+    """Label (uint8, network grid) from class probabilities ``(C, X, Y, Z)``. Two classes: a comparison, about
+    10x cheaper than an argmax over the channel axis of a large volume (ties go to background either way)."""
+    label = (probs[1] > probs[0]) if probs.shape[0] == 2 else torch.argmax(probs, dim=0)
+    return label.to(torch.uint8).cpu().numpy()
+
+
+def resample_to_grid(array_net: np.ndarray, affine_ras: np.ndarray, geometry: Geometry,
+                     interpolator: int = sitk.sitkNearestNeighbor, pixel: int = sitk.sitkUInt8) -> sitk.Image:
+    """Resample an (x, y, z) array on the network grid (voxel-to-RAS ``affine_ras``) onto ``geometry``.
+
+    One resampling inverts orientation, spacing and crop at once; voxels outside the network grid get 0.
+    """
+    src = xyz_array_to_sitk(array_net, Geometry.from_ras_affine(affine_ras, array_net.shape))
+    return sitk.Resample(src, geometry.empty_image(pixel), sitk.Transform(), interpolator, 0, pixel)
+
+
+def probability_score(fg_net: np.ndarray, affine_ras: np.ndarray, geometry: Geometry) -> ScoreFn:
+    """A lesion scorer: the maximum of the network-space foreground probability ``fg_net`` (x, y, z; voxel-to-RAS
+    ``affine_ras``) over the network voxels nearest to the lesion's voxels on ``geometry``'s grid."""
+    to_net = np.linalg.inv(np.asarray(affine_ras, dtype=np.float64)) @ LPS_TO_RAS @ geometry.lps_affine()
+    upper = np.asarray(fg_net.shape) - 1
+
+    def score(idx: np.ndarray) -> float:
+        ijk = np.rint(idx @ to_net[:3, :3].T + to_net[:3, 3]).astype(np.int64)
+        ijk = np.clip(ijk, 0, upper)
+        return float(fg_net[ijk[:, 0], ijk[:, 1], ijk[:, 2]].max())
+
+    return score
+
+
+def original_geometry(original) -> Geometry:
+    """The exact input grid recorded by :class:`~monai_pipeline.transforms.LoadCTd` in ``original.meta``."""
+    return Geometry.from_dict(original.meta["source_geometry"])
+
+
+def export_prediction(probs: torch.Tensor, affine_ras: np.ndarray, original, cfg: PipelineConfig, case_id: str,
+                      save_prob: bool = False, postprocess: bool = True) -> Prediction:
+    """Steps 1-4 of the module docstring for one case.
+
+    Args:
+        probs: class probabilities ``(C, X, Y, Z)`` on the network grid.
+        affine_ras: that grid's voxel-to-RAS affine (4x4, mm).
+        original: the input's HU ``(1, X, Y, Z)`` MetaTensor from ``LoadCTd`` (its grid is the output grid).
+        cfg: the model's configuration (``postprocess`` and ``preprocessing.body_threshold_hu`` are used).
+        save_prob: also resample the foreground probability (linear) onto the input grid.
+        postprocess: False keeps the raw resampled decision (``infer --no-postprocess``).
+    """
+    geometry = original_geometry(original)
+    affine_ras = np.asarray(affine_ras, dtype=np.float64)
+    hu = original[0].numpy() if isinstance(original, torch.Tensor) else np.asarray(original)[0]
+    label_net = decide(probs)
+    mask = sitk_to_xyz_array(resample_to_grid(label_net, affine_ras, geometry))
+    if postprocess:
+        mask = postprocess_case(mask, hu, geometry, cfg)
+    fg_net = probs[1:].sum(0).float().cpu().numpy()
+    lesions = lesion_table(mask, geometry, hu, cfg.postprocess.connectivity,
+                           score=probability_score(fg_net, affine_ras, geometry))
+    prob_img = None
+    if save_prob:
+        prob_img = resample_to_grid(fg_net.astype(np.float32), affine_ras, geometry, sitk.sitkLinear,
+                                    sitk.sitkFloat32)
+    return Prediction(str(case_id), np.asarray(mask, dtype=np.uint8), geometry, lesions, prob_img)
+
+
+def mask_description(provenance: dict | None) -> str:
+    """The NIfTI ``descrip`` (80 characters at most): which model and settings made the mask (hash prefixes)."""
+    if not provenance:
+        return "monai-pipeline"
+    return f"monai-pipeline model={provenance['model_sha256'][:24]} settings={provenance['settings_sha256'][:24]}"
+
+
+def write_prediction(pred: Prediction, out: str | Path, provenance: dict | None = None) -> list[Path]:
+    """Mask, lesion table (and probability map) for one case into ``out``; the done-marker, which records the
+    geometry and ``provenance`` (model SHA-256, settings), is written last."""
+    out = Path(out)
+    paths = [write_mask(pred.mask, pred.geometry, out / f"{pred.case_id}.nii.gz",
+                        description=mask_description(provenance)),
+             write_lesion_csv(pred.lesions, out / f"{pred.case_id}_lesions.csv")]
+    if pred.prob is not None:
+        paths.append(write_image(pred.prob, out / f"{pred.case_id}_prob.nii.gz"))
+    atomic_write_text(out / ".done" / f"{pred.case_id}.json", json.dumps(
+        {"case_id": pred.case_id, "geometry": pred.geometry.to_dict(), "provenance": provenance or {}}, indent=1))
+    return paths
+
+
+class ExportPredictiond(MapTransform):
+    """Post-processing transform for MONAI engines (the bundle's inference): runs :func:`export_prediction`
+    and :func:`write_prediction` on each decollated item.
+
+    Expects ``keys`` (probabilities ``(C, X, Y, Z)`` from :class:`~monai_pipeline.inferers.ProbabilityInferer`),
+    ``image_key`` (the preprocessed image; its affine is the network grid) and ``original_key`` (from
+    :class:`~monai_pipeline.transforms.LoadCTd`); ``case_id`` is taken from the item or the file name.
+    """
+
+    def __init__(self, keys: KeysCollection, output_dir: str | Path, config: PipelineConfig,
+                 image_key: str = "image", original_key: str = "original", provenance: dict | None = None,
+                 allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.output_dir, self.config = Path(output_dir), config
+        self.image_key, self.original_key, self.provenance = image_key, original_key, provenance
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        from monai_pipeline.data.manifest import case_id_from_path
+
+        d = dict(data)
+        original = d[self.original_key]
+        case_id = d.get("case_id") or case_id_from_path(original.meta["filename_or_obj"])
+        for key in self.key_iterator(d):
+            pred = export_prediction(d[key], d[self.image_key].affine, original, self.config, str(case_id))
+            write_prediction(pred, self.output_dir, self.provenance)
+        return d

@@ -1,0 +1,143 @@
+"""A model file loaded once, applied to volumes: read -> preprocess -> probabilities -> :func:`export_prediction`.
+
+Per case: :func:`~monai_pipeline.transforms.pipeline.prediction_transforms` (one read with SimpleITK, the
+model's own preprocessing), :class:`~monai_pipeline.inferers.ProbabilityInferer` (sliding window, optional
+mirroring TTA, mixed precision), then the export step shared with the bundle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from monai_pipeline.config import PipelineConfig, config_from_model_dict
+from monai_pipeline.errors import InputError, PipelineError
+from monai_pipeline.inference.export import Prediction, export_prediction
+from monai_pipeline.inferers import ProbabilityInferer
+from monai_pipeline.io.reader import ReadOptions
+from monai_pipeline.networks import load_model_file
+from monai_pipeline.transforms.pipeline import prediction_transforms
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (hex)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def root_cause(err: BaseException) -> BaseException:
+    """The innermost exception of a chain (MONAI wraps errors raised inside transforms in RuntimeErrors)."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return err
+
+
+def run_transform(transform, data: dict, source: str | Path):
+    """Apply a MONAI transform chain; a project error raised inside is re-raised as it is, anything else
+    becomes one :class:`InputError` naming ``source`` and the underlying problem."""
+    try:
+        return transform(data)
+    except Exception as err:  # noqa: BLE001 - mapped to one clear line
+        cause = root_cause(err)
+        if isinstance(cause, PipelineError):
+            raise cause from None
+        if isinstance(cause, MemoryError):
+            raise
+        text = str(cause).splitlines()[0] if str(cause) else cause.__class__.__name__
+        raise InputError(source, f"could not be preprocessed ({cause.__class__.__name__}: {text})") from err
+
+
+def prediction_provenance(model_path: str | Path, cfg: PipelineConfig, read_options: ReadOptions | None = None,
+                          save_prob: bool = False, postprocess: bool = True, model_sha256: str | None = None,
+                          trained_on: list[str] | None = None) -> dict[str, Any]:
+    """What makes a prediction what it is: the model file's SHA-256 and every setting that changes the mask,
+    plus a hash of those settings (``settings_sha256``) that resume and ``evaluate`` compare, the case ids the
+    model was trained on (``evaluate`` refuses to score them) and the software versions."""
+    from monai_pipeline.networks import versions
+
+    sha = model_sha256 or file_sha256(model_path)
+    settings = {"model_sha256": sha, "inference": dataclasses.asdict(cfg.inference),
+                "postprocess": dataclasses.asdict(cfg.postprocess) if postprocess else None,
+                "save_prob": save_prob, "read_options": dataclasses.asdict(read_options or ReadOptions())}
+    canonical = json.dumps(settings, sort_keys=True, default=str)
+    return {"model_sha256": sha, "model_file": str(Path(model_path).resolve()),
+            "settings_sha256": hashlib.sha256(canonical.encode()).hexdigest(), "settings": settings,
+            "trained_on": sorted(trained_on or []), "versions": versions()}
+
+
+class Predictor:
+    """Loads a model file once and predicts volumes.
+
+    Args:
+        model_path: a ``model.pt`` written by ``monai-pipeline train`` (or a bundle's ``models/model.pt``).
+        device: where the network runs ("cpu", "cuda", "cuda:1"; default: cuda when available).
+        overlap, sw_batch_size, tta, bf16: override the model's ``inference`` configuration.
+        stitch_device: where the full-volume output is accumulated; "cpu" lets a GPU infer volumes whose
+            probabilities would not fit in its memory.
+        postprocess: overrides of the model's ``postprocess`` configuration (a dict of its keys).
+        read_options: how awkward inputs are read (series choice, non-uniform spacing, gantry tilt).
+    """
+
+    def __init__(self, model_path: str | Path, device: str | None = None, overlap: float | None = None,
+                 sw_batch_size: int | None = None, tta: bool | None = None, bf16: bool | str | None = None,
+                 stitch_device: str | None = None, postprocess: dict | None = None,
+                 read_options: ReadOptions | None = None):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model_path = Path(model_path)
+        self.network, self.blob = load_model_file(model_path, self.device)
+        overrides = {k: v for k, v in (("overlap", overlap), ("sw_batch_size", sw_batch_size), ("tta", tta),
+                                       ("bf16", bf16)) if v is not None}
+        self.cfg: PipelineConfig = config_from_model_dict(self.blob["config"]).merged(
+            {"inference": overrides, "postprocess": postprocess or {}})
+        self.read_options = read_options or ReadOptions()
+        self.transform = prediction_transforms(self.cfg, self.read_options)
+        self.inferer = ProbabilityInferer(self.cfg, self.device, stitch_device)
+        self.model_sha256 = file_sha256(self.model_path)
+
+    @property
+    def trained_on(self) -> list[str]:
+        """Case ids the model was trained on (recorded by ``train``; empty for older or bundle models)."""
+        return list(self.blob.get("trained_on", []))
+
+    def provenance(self, save_prob: bool = False, postprocess: bool = True) -> dict[str, Any]:
+        """:func:`prediction_provenance` of this predictor's model and settings."""
+        return prediction_provenance(self.model_path, self.cfg, self.read_options, save_prob, postprocess,
+                                     model_sha256=self.model_sha256, trained_on=self.trained_on)
+
+    def load(self, path: str | Path) -> dict:
+        """Read and preprocess one input: ``{"image": network input, "original": the input grid in HU}``."""
+        data = run_transform(self.transform, {"image": str(path)}, path)
+        if min(data["image"].shape[1:]) == 0:
+            thr = self.cfg.preprocessing.body_threshold_hu
+            raise InputError(path, f"no voxel above {thr} HU to crop the body to (is this a CT in HU?)")
+        return data
+
+    @torch.no_grad()
+    def probabilities(self, image: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``(C, X, Y, Z)`` of one preprocessed image ``(1, X, Y, Z)``."""
+        return self.inferer(image[None], self.network)[0]
+
+    def predict(self, source: str | Path | dict, case_id: str | None = None, save_prob: bool = False,
+                postprocess: bool = True) -> Prediction:
+        """Mask (input grid), lesion table and timings for one input: a path, or the output of :meth:`load`
+        (the batch runner loads the next case in the background)."""
+        from monai_pipeline.data.manifest import case_id_from_path
+
+        t0 = time.perf_counter()
+        data = source if isinstance(source, dict) else self.load(source)
+        t1 = time.perf_counter()
+        probs = self.probabilities(data["image"])
+        t2 = time.perf_counter()
+        cid = case_id or case_id_from_path(data["original"].meta["filename_or_obj"])
+        pred = export_prediction(probs, data["image"].affine, data["original"], self.cfg, cid, save_prob, postprocess)
+        pred.seconds = {"preprocess_s": t1 - t0, "network_s": t2 - t1, "export_s": time.perf_counter() - t2}
+        return pred

@@ -1,0 +1,83 @@
+"""Where the lungs are: the one implementation behind the lung crop, hard-negative sampling and the lung filter.
+
+Arrays are 3D ``(x, y, z)``; ``spacing`` is the voxel size in mm in the same order; HU thresholds in HU.
+The "lungs" are air (below ``threshold_hu``) enclosed by the body within an *axial* slice: air outside the
+body touches the slice border and is excluded. The axial axis is the third one on RAS grids (network space);
+on an input grid it is found from the direction matrix (:func:`axial_axis`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+
+def subsample_factors(spacing: Sequence[float], target_mm: float) -> tuple[int, ...]:
+    """Integer strides per axis that bring ``spacing`` (mm) up to about ``target_mm``."""
+    return tuple(max(1, int(target_mm // s)) for s in spacing)
+
+
+def upsample_to(small: np.ndarray, factors: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+    """Nearest-neighbour inverse of ``array[::f0, ::f1, ::f2]`` back to ``shape``."""
+    idx = [np.minimum(np.arange(n) // f, m - 1) for n, f, m in zip(shape, factors, small.shape, strict=True)]
+    return small[np.ix_(*idx)]
+
+
+def axial_axis(direction: Sequence[float]) -> int:
+    """Index (0, 1, 2) of the array axis closest to the patient's head-foot axis; ``direction`` is the 3x3
+    LPS direction matrix (row-major, columns = index axes), as SimpleITK's ``GetDirection()``."""
+    d = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+    return int(np.argmax(np.abs(d[2, :])))
+
+
+def in_slice_structure(axis: int = 2) -> np.ndarray:
+    """3x3x3 structuring element: 4-connectivity within the slices normal to ``axis``, none across them."""
+    st = np.zeros((3, 3, 3), bool)
+    index = [slice(None)] * 3
+    index[axis] = 1
+    st[tuple(index)] = ndimage.generate_binary_structure(2, 1)
+    return st
+
+
+def fill_in_slices(mask: np.ndarray, axis: int = 2) -> np.ndarray:
+    """Holes of a boolean mask filled slice by slice (slices normal to ``axis``)."""
+    return ndimage.binary_fill_holes(mask, structure=in_slice_structure(axis))
+
+
+def enclosed_air(hu: np.ndarray, threshold_hu: float = -500.0, axis: int = 2) -> np.ndarray:
+    """Air (HU <= ``threshold_hu``) enclosed by the body (HU above it) within each slice normal to ``axis``."""
+    body = np.asarray(hu) > threshold_hu
+    return fill_in_slices(body, axis) & ~body
+
+
+def _bbox(mask: np.ndarray, pad: Sequence[int]) -> tuple[slice, ...]:
+    idx = [np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != ax)))[0] for ax in range(3)]
+    return tuple(slice(max(0, int(i[0]) - p), min(mask.shape[ax], int(i[-1]) + 1 + p))
+                 for ax, (i, p) in enumerate(zip(idx, pad, strict=True)))
+
+
+def lung_region(hu: np.ndarray, spacing: Sequence[float], threshold_hu: float = -500.0,
+                closing_mm: float = 10.0, resolution_mm: float = 2.0, axis: int = 2) -> np.ndarray:
+    """The lungs as a solid region: enclosed air (see the module docstring) closed by ``closing_mm`` (so vessels,
+    nodules and juxtapleural nodules count as inside), holes filled slice by slice. ``axis`` is the axial array
+    axis. Computed on a grid of about ``resolution_mm`` (a region, not a contour, is needed) and returned at full
+    size. Closing uses two Euclidean distance transforms (spacing-aware)."""
+    hu = np.asarray(hu)
+    f = subsample_factors(spacing, resolution_mm)
+    if any(k > 1 for k in f):
+        small = lung_region(hu[::f[0], ::f[1], ::f[2]], [s * k for s, k in zip(spacing, f, strict=True)],
+                            threshold_hu, closing_mm, resolution_mm=0.0, axis=axis)
+        return upsample_to(small, f, hu.shape)
+    air = enclosed_air(hu, threshold_hu, axis)
+    if not air.any():
+        return air
+    box = _bbox(air, [int(np.ceil(closing_mm / s)) + 1 for s in spacing])
+    sub = air[box]
+    dilated = ndimage.distance_transform_edt(~sub, sampling=spacing) <= closing_mm
+    closed = ndimage.distance_transform_edt(dilated, sampling=spacing) > closing_mm
+    closed = fill_in_slices(closed | sub, axis)
+    out = np.zeros_like(air)
+    out[box] = closed
+    return out
