@@ -69,5 +69,7 @@ def evaluate(pred_dir: str | Path, datalist: str | Path, dataset_dir: str | Path
     from monai_pipeline.evaluation import evaluate_folder
 
     res = evaluate_folder(pred_dir, datalist, out, sections=sections, base_dir=dataset_dir)
-    logger.info("mean Dice %.4f over %d case(s)", res["metrics"]["dice"]["mean"] or float("nan"), res["n_cases"])
+    from monai_pipeline.evaluation import headline
+
+    logger.info("%s", headline(res))
     return res

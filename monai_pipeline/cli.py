@@ -42,6 +42,33 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _sections(text: str) -> tuple[str, ...]:
+    from monai_pipeline.data.manifest import SECTIONS
+
+    parts = tuple(s.strip() for s in text.split(",") if s.strip())
+    bad = [s for s in parts if s not in SECTIONS]
+    if not parts or bad:
+        raise argparse.ArgumentTypeError(f"sections must be among {', '.join(SECTIONS)}, got {text!r}")
+    return parts
+
+
+def _folds(text: str) -> list[int]:
+    try:
+        folds = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"folds must be comma-separated integers, got {text!r}") from err
+    if not folds or min(folds) < 0:
+        raise argparse.ArgumentTypeError(f"folds must be integers >= 0, got {text!r}")
+    return folds
+
+
+def _fraction(text: str) -> float:
+    v = float(text)
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {v}")
+    return v
+
+
 def _device(text: str) -> str:
     if text not in ("cpu", "cuda", "auto") and not text.startswith("cuda:"):
         raise argparse.ArgumentTypeError(f"device must be cpu, cuda, cuda:N or auto, got {text!r}")
@@ -105,8 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     s.add_argument("--no-progress", action="store_true")
 
+    s = sub.add_parser("cv", help="k-fold cross-validation: train each fold, predict its held-out cases, "
+                       "out-of-fold summary; the folder is then an ensemble model")
+    s.add_argument("--manifest", required=True, type=Path)
+    s.add_argument("--out", required=True, type=Path, help="cross-validation folder (resumable)")
+    s.add_argument("--folds", type=_folds, help="comma-separated folds (default: every fold of the manifest)")
+    s.add_argument("--config", type=Path, help="YAML/JSON merged over the default configuration")
+    s.add_argument("--epochs", type=_positive_int)
+    s.add_argument("--device", type=_device, default="auto")
+    s.add_argument("--no-progress", action="store_true")
+
     s = sub.add_parser("infer", help="sliding-window inference; masks in each input's own geometry")
-    s.add_argument("--model", required=True, type=Path)
+    s.add_argument("--model", required=True, type=Path, help="model.pt, a bundle's models/model.pt, or a cv folder")
     src = s.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", nargs="+", help="NIfTI/NRRD/MHA files or DICOM series folders")
     src.add_argument("--manifest", type=Path)
@@ -144,11 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--closing-mm", type=float)
     g.add_argument("--lung-filter", action=argparse.BooleanOptionalAction, default=None)
 
-    s = sub.add_parser("evaluate", help="Dice, IoU, HD95, ASSD and lesion detection against a manifest")
+    s = sub.add_parser("evaluate", help="Dice, IoU, HD95, ASSD, FROC/CPM and reader agreement on held-out cases")
     s.add_argument("--pred", required=True, type=Path)
     s.add_argument("--manifest", required=True, type=Path)
     s.add_argument("--out", type=Path, help="report folder (default: --pred)")
-    s.add_argument("--min-overlap", type=float, default=0.0, help="fraction of a lesion to cover to detect it")
+    s.add_argument("--sections", type=_sections, default=None,
+                   help="manifest sections to score, comma separated (default: validation,test; with --fold: none)")
+    s.add_argument("--fold", type=int, help="also score the training cases of this fold (out-of-fold evaluation)")
+    s.add_argument("--include-training", action="store_true",
+                   help="score cases the predicting model was trained on (default: refuse, exit 2)")
+    s.add_argument("--min-overlap", type=_fraction, default=0.0, help="fraction of a lesion to cover to detect it")
 
     s = sub.add_parser("export-bundle", help="drop a trained model.pt into a MONAI bundle's models/ folder")
     s.add_argument("--model", required=True, type=Path)
@@ -210,6 +252,18 @@ def _cmd_train(a) -> int:
                  resume=a.resume, progress=not a.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"model: {path}")
+    return 0
+
+
+def _cmd_cv(a) -> int:
+    from monai_pipeline.config import load_config
+    from monai_pipeline.crossval import cross_validate
+    from monai_pipeline.evaluation import headline
+
+    res = cross_validate(a.manifest, a.out, load_config(a.config), folds=a.folds, epochs=a.epochs,
+                         device=None if a.device == "auto" else a.device, progress=not a.no_progress)
+    print(f"out-of-fold: {headline(res)}")
+    print(f"ensemble model for new data: monai-pipeline infer --model {a.out} --input CT --out DIR")
     return 0
 
 
@@ -301,14 +355,12 @@ def _cmd_postprocess(a) -> int:
 
 
 def _cmd_evaluate(a) -> int:
-    from monai_pipeline.evaluation import evaluate_folder, format_table
+    from monai_pipeline.evaluation import evaluate_folder, format_table, headline
 
-    res = evaluate_folder(a.pred, a.manifest, a.out, min_overlap=a.min_overlap)
+    res = evaluate_folder(a.pred, a.manifest, a.out, sections=a.sections, fold=a.fold,
+                          include_training=a.include_training, min_overlap=a.min_overlap)
     print(format_table(res))
-    d = res["metrics"]["dice"]
-    print(f"mean Dice {d['mean']:.4f} (95% CI {d['ci95_low']:.4f}-{d['ci95_high']:.4f}) over {res['n_cases']} case(s); "
-          f"lesion sensitivity {res['lesion_sensitivity_pooled']:.3f}, "
-          f"{res['lesion_false_positives_per_scan']:.2f} false positives per scan")
+    print(headline(res))
     return 0
 
 
@@ -340,7 +392,7 @@ def _cmd_lidc(a) -> int:
     return EXIT_PARTIAL if summary["failed"] else 0
 
 
-COMMANDS = {"synth": _cmd_synth, "manifest": _cmd_manifest, "convert": _cmd_convert, "train": _cmd_train,
+COMMANDS = {"synth": _cmd_synth, "manifest": _cmd_manifest, "convert": _cmd_convert, "train": _cmd_train, "cv": _cmd_cv,
             "infer": _cmd_infer, "postprocess": _cmd_postprocess, "evaluate": _cmd_evaluate, "export-bundle": _cmd_export_bundle, "demo": _cmd_demo,
             "lidc-convert": _cmd_lidc}
 

@@ -40,7 +40,7 @@ def demo_config(quick: bool = False) -> PipelineConfig:
 
 def run_demo(out: str | Path, n_cases: int | None = None, epochs: int | None = None, quick: bool = False) -> dict:
     from monai_pipeline.data.synth_dataset import synthesize
-    from monai_pipeline.evaluation import evaluate_folder, format_table
+    from monai_pipeline.evaluation import evaluate_folder, format_table, headline
     from monai_pipeline.inference import Predictor, cases_from_manifest, run_batch
     from monai_pipeline.training import latest_checkpoint, train
 
@@ -71,8 +71,11 @@ def run_demo(out: str | Path, n_cases: int | None = None, epochs: int | None = N
         shutil.rmtree(out / "report")
     res = evaluate_folder(preds, manifest, out / "report", sections=("test",))
     print(format_table(res))
+    print(headline(res))
     print(f"outputs: masks {preds}/*.nii.gz, overlays {preds}/png/, curve {run}/training_curve.png, "
           f"report {out / 'report'}; {time.time() - t0:.0f} s in all")
-    d = res["metrics"]["dice"]
+    d, cpm = res["metrics"]["dice"], res["detection"]["cpm"]
+    print(f"demo: FROC CPM on the held-out cases: {'n/a' if cpm is None else f'{cpm:.3f}'} "
+          f"({res['detection']['n_nodules']} nodules; froc.png in {out / 'report'})")
     print(f"demo: mean Dice on {res['n_cases']} held-out synthetic cases (nodules >= 5 mm): {d['mean']:.3f}")
     return res

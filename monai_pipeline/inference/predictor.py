@@ -56,6 +56,26 @@ def run_transform(transform, data: dict, source: str | Path):
         raise InputError(source, f"could not be preprocessed ({cause.__class__.__name__}: {text})") from err
 
 
+CV_FILE = "cv.json"
+
+
+def ensemble_members(path: Path) -> list[Path]:
+    """The model files behind ``path``: itself, or the fold models a ``cv`` folder's ``cv.json`` lists."""
+    if not path.is_dir():
+        return [path]
+    index = path / CV_FILE
+    if not index.is_file():
+        raise InputError(path, f"is a folder without {CV_FILE} (not a monai-pipeline cv folder)")
+    try:
+        folds = json.loads(index.read_text())["folds"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise InputError(index, "not a valid cv index (needs a 'folds' mapping)") from err
+    files = [path / rel for _, rel in sorted(folds.items(), key=lambda kv: int(kv[0]))]
+    if not files:
+        raise InputError(index, "lists no fold models")
+    return files
+
+
 def prediction_provenance(model_path: str | Path, cfg: PipelineConfig, read_options: ReadOptions | None = None,
                           save_prob: bool = False, postprocess: bool = True, model_sha256: str | None = None,
                           trained_on: list[str] | None = None) -> dict[str, Any]:
@@ -78,7 +98,8 @@ class Predictor:
     """Loads a model file once and predicts volumes.
 
     Args:
-        model_path: a ``model.pt`` written by ``monai-pipeline train`` (or a bundle's ``models/model.pt``).
+        model_path: a ``model.pt`` written by ``monai-pipeline train`` (or a bundle's ``models/model.pt``), or a
+            ``monai-pipeline cv`` folder (its ``cv.json``): then the fold models' probabilities are averaged.
         device: where the network runs ("cpu", "cuda", "cuda:1"; default: cuda when available).
         overlap, sw_batch_size, tta, bf16: override the model's ``inference`` configuration.
         stitch_device: where the full-volume output is accumulated; "cpu" lets a GPU infer volumes whose
@@ -93,7 +114,13 @@ class Predictor:
                  read_options: ReadOptions | None = None):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model_path = Path(model_path)
-        self.network, self.blob = load_model_file(model_path, self.device)
+        files = ensemble_members(self.model_path)
+        loaded = [load_model_file(f, self.device) for f in files]
+        self.networks = [net for net, _ in loaded]
+        self.blob = loaded[0][1]
+        stored = [blob["config"] for _, blob in loaded]
+        if any(c != stored[0] for c in stored[1:]):
+            raise InputError(self.model_path, "the fold models were trained with different configurations")
         overrides = {k: v for k, v in (("overlap", overlap), ("sw_batch_size", sw_batch_size), ("tta", tta),
                                        ("bf16", bf16)) if v is not None}
         self.cfg: PipelineConfig = config_from_model_dict(self.blob["config"]).merged(
@@ -101,12 +128,24 @@ class Predictor:
         self.read_options = read_options or ReadOptions()
         self.transform = prediction_transforms(self.cfg, self.read_options)
         self.inferer = ProbabilityInferer(self.cfg, self.device, stitch_device)
-        self.model_sha256 = file_sha256(self.model_path)
+        shas = [file_sha256(f) for f in files]
+        self.model_sha256 = shas[0] if len(shas) == 1 else hashlib.sha256(
+            ("ensemble:" + ",".join(sorted(shas))).encode()).hexdigest()
+        self._trained_on = sorted({c for _, blob in loaded for c in blob.get("trained_on", [])})
+
+    @property
+    def network(self) -> torch.nn.Module:
+        """The network (the first fold's, for an ensemble)."""
+        return self.networks[0]
+
+    @network.setter
+    def network(self, net: torch.nn.Module) -> None:
+        self.networks = [net]
 
     @property
     def trained_on(self) -> list[str]:
-        """Case ids the model was trained on (recorded by ``train``; empty for older or bundle models)."""
-        return list(self.blob.get("trained_on", []))
+        """Case ids the model (any fold of an ensemble) was trained on; empty for older or bundle models."""
+        return list(self._trained_on)
 
     def provenance(self, save_prob: bool = False, postprocess: bool = True) -> dict[str, Any]:
         """:func:`prediction_provenance` of this predictor's model and settings."""
@@ -123,8 +162,13 @@ class Predictor:
 
     @torch.no_grad()
     def probabilities(self, image: torch.Tensor) -> torch.Tensor:
-        """Class probabilities ``(C, X, Y, Z)`` of one preprocessed image ``(1, X, Y, Z)``."""
-        return self.inferer(image[None], self.network)[0]
+        """Class probabilities ``(C, X, Y, Z)`` of one preprocessed image ``(1, X, Y, Z)``; an ensemble averages
+        its members' probabilities (as nnU-Net ensembles its folds)."""
+        acc = None
+        for net in self.networks:
+            p = self.inferer(image[None], net)[0]
+            acc = p if acc is None else acc + p
+        return acc / len(self.networks)
 
     def predict(self, source: str | Path | dict, case_id: str | None = None, save_prob: bool = False,
                 postprocess: bool = True) -> Prediction:

@@ -35,6 +35,10 @@ NODULE_FIELDS = ("case_id", "patient_id", "series_instance_uid", "nodule", "n_re
                  "consensus_volume_mm3", "diameter_mm", "equivalent_diameter_mm", "centroid_x_mm", "centroid_y_mm",
                  "centroid_z_mm", *(f"{c}_median" for c in CHARACTERISTICS))
 
+#: findings that count neither as hit nor as false positive in detection scoring (LUNA16's irrelevant findings)
+IRRELEVANT_FIELDS = ("case_id", "reason", "n_readers", "diameter_mm", "centroid_x_mm", "centroid_y_mm",
+                     "centroid_z_mm")
+
 
 @dataclass
 class CaseTask:
@@ -136,6 +140,37 @@ def _measure(vox: np.ndarray, geometry: Geometry) -> dict:
             "centroid_z_mm": round(float(c[2]), 3)}
 
 
+def _finding(case_id: str, reason: str, measured: dict, n_readers: int | str = "") -> dict:
+    return {"case_id": case_id, "reason": reason, "n_readers": n_readers, "diameter_mm": measured["diameter_mm"],
+            "centroid_x_mm": measured["centroid_x_mm"], "centroid_y_mm": measured["centroid_y_mm"],
+            "centroid_z_mm": measured["centroid_z_mm"]}
+
+
+def _point_findings(read, index: SliceIndex, geometry: Geometry) -> list[dict]:
+    """Readers' point marks (nodules < 3 mm and non-nodules) as irrelevant findings, centre in mm (LPS)."""
+    aff = geometry.lps_affine()
+    out = []
+
+    def add(kind: str, x: int, y: int, sop: str, z: float) -> None:
+        k = index.place(sop, z)
+        if k is None:
+            return
+        c = aff[:3, :3] @ np.asarray([x, y, k], dtype=np.float64) + aff[:3, 3]
+        out.append({"case_id": "", "reason": kind, "n_readers": 1, "diameter_mm": "",
+                    "centroid_x_mm": round(float(c[0]), 3), "centroid_y_mm": round(float(c[1]), 3),
+                    "centroid_z_mm": round(float(c[2]), 3)})
+
+    for nr in read.nodule_reads:
+        if nr.is_small:
+            for roi in nr.rois:
+                if len(roi.points):
+                    add("nodule < 3 mm", int(roi.points[0][0]), int(roi.points[0][1]), roi.sop_uid, roi.z)
+    for sess in read.sessions:
+        for nn in sess.non_nodules:
+            add("non-nodule", nn.x, nn.y, nn.sop_uid, nn.z)
+    return out
+
+
 def convert_case(task: CaseTask) -> dict:
     """Convert one series; returns its record (also written to ``cases/<case_id>.json`` as the done-marker)."""
     from monai_pipeline.io.reader import ReadOptions, read_ct
@@ -149,15 +184,19 @@ def convert_case(task: CaseTask) -> dict:
     index = _slice_index(vol)
     nodules, anns, problems = build_nodules(read, index, geom, task.consensus)
     label = np.zeros(geom.size, np.uint8)
-    rows = []
+    rows: list[dict] = []
+    irrelevant = _point_findings(read, index, geom)
     for n in nodules:
-        if len(n.readers) < task.min_readers:
-            continue
         if len(n.consensus) == 0:
             problems.append(f"nodule of readers {n.readers}: empty consensus at {task.consensus:g}, dropped")
             continue
         m = _measure(n.consensus, geom)
+        if len(n.readers) < task.min_readers:
+            irrelevant.append(_finding(task.case_id, f"marked by {len(n.readers)} reader(s), fewer than "
+                                       f"{task.min_readers}", m, len(n.readers)))
+            continue
         if m["diameter_mm"] < task.min_diameter_mm:
+            irrelevant.append(_finding(task.case_id, f"diameter below {task.min_diameter_mm:g} mm", m, len(n.readers)))
             continue
         label.reshape(-1)[n.consensus] = 1
         rows.append({"case_id": task.case_id, "patient_id": task.patient_id, "series_instance_uid": task.series_uid,
@@ -176,7 +215,8 @@ def convert_case(task: CaseTask) -> dict:
     counts = read.counts()
     record = {"case_id": task.case_id, "patient_id": task.patient_id, "series_instance_uid": task.series_uid,
               "xml": task.xml, "geometry": geom.to_dict(), "nodules": rows, "problems": problems,
-              "read_counts": counts, "per_reader": task.per_reader}
+              "read_counts": counts, "per_reader": task.per_reader,
+              "irrelevant_findings": [{**f, "case_id": task.case_id} for f in irrelevant]}
     atomic_write_text(out / "cases" / f"{task.case_id}.json", json.dumps(record, indent=1))
     return record
 
@@ -270,6 +310,11 @@ def convert_lidc(root: str | Path, out: str | Path, xml_dir: str | Path | None =
     w.writeheader()
     w.writerows(rows)
     atomic_write_text(out / "nodules.csv", buf.getvalue())
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=IRRELEVANT_FIELDS)
+    w.writeheader()
+    w.writerows(f for cid in sorted(records) for f in records[cid].get("irrelevant_findings", []))
+    atomic_write_text(out / "irrelevant_findings.csv", buf.getvalue())
     manifest = out / "manifest.json"
     folds = assign_folds([r["patient_id"] for r in records.values()], n_folds)
     entries = [{"image": relpath(out / "images" / f"{cid}.nii.gz", manifest),

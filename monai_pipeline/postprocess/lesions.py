@@ -47,12 +47,13 @@ def longest_axial_diameter(component: np.ndarray, spacing) -> float:
 
 
 def lesion_table(mask: np.ndarray, geometry: Geometry, hu: np.ndarray | None = None,
-                 connectivity: int = 26, score: ScoreFn | None = None) -> list[dict]:
+                 connectivity: int = 26, score: ScoreFn | None = None, return_labels: bool = False):
     """Rows of :data:`LESION_FIELDS` for each component of ``mask`` (x, y, z) on ``geometry``.
 
     Centroids are patient coordinates in mm (LPS, as DICOM); the longest axial diameter is measured in the
     image's slice plane; ``score`` (a detection score, blank without ``score``) is computed from each
-    component's voxel indices.
+    component's voxel indices. ``return_labels`` also returns the component labels (x, y, z; row ``k`` is
+    label ``k + 1``).
     """
     m = np.asarray(mask) > 0
     if m.flags.f_contiguous and not m.flags.c_contiguous:  # (x, y, z) view of a (z, y, x) array
@@ -82,7 +83,7 @@ def lesion_table(mask: np.ndarray, geometry: Geometry, hu: np.ndarray | None = N
             "n_voxels": int(len(idx)),
             "score": round(float(score(idx)), 5) if score is not None else "",
         })
-    return rows
+    return (rows, lab) if return_labels else rows
 
 
 def write_lesion_csv(rows: list[dict], path: str | Path) -> Path:

@@ -133,6 +133,14 @@ def test_min_readers_and_resume(lidc_root, tmp_path):
     first = convert_lidc(root, out, min_readers=3, min_diameter_mm=0, progress=False)
     rows = list(csv.DictReader(open(out / "nodules.csv")))
     assert sorted(int(r["n_readers"]) for r in rows if r["case_id"] == "LIDC-T-0001") == [3, 4]
+    # nodules of fewer readers stay on record as LUNA16's irrelevant findings (neither hit nor false positive)
+    with_all = convert_lidc(root, tmp_path / "all", min_readers=1, min_diameter_mm=0, progress=False)
+    assert with_all["nodules"] > len(rows)
+    irrelevant = list(csv.DictReader(open(out / "irrelevant_findings.csv")))
+    fewer = [r for r in irrelevant if r["reason"].startswith("marked by")]
+    assert len(fewer) == with_all["nodules"] - len(rows) and all(int(r["n_readers"]) < 3 for r in fewer)
+    kept = {(r["case_id"], r["centroid_x_mm"]) for r in rows}
+    assert not {(r["case_id"], r["centroid_x_mm"]) for r in fewer} & kept
     again = convert_lidc(root, out, min_readers=3, min_diameter_mm=0, progress=False)
     assert again["skipped"] == first["converted"] == 3 and again["converted"] == 0
     assert again["failed"] == 1, "the damaged case is retried, and fails again"
@@ -172,3 +180,29 @@ def test_real_xml_on_matching_series(tmp_path):
             counts[:, :, k] += interior_by_ray_casting([tuple(p) for p in r.points], (512, 512))
     np.testing.assert_array_equal(label, counts >= 2)
     assert label.sum() > 20
+
+
+def test_evaluate_reports_reader_agreement_on_a_per_reader_conversion(lidc_root, tmp_path):
+    """The consensus labels scored as if they were predictions: model vs consensus is exactly 1 per nodule, and
+    the report puts the readers' pairwise Dice beside it (readers.csv, summary.json)."""
+    import json
+    import shutil
+
+    from monai_pipeline.evaluation import evaluate_folder
+
+    root, _ = lidc_root
+    out = tmp_path / "out"
+    convert_lidc(root, out, consensus=0.5, min_diameter_mm=0, per_reader=True, progress=False)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for f in (out / "labels").glob("*.nii.gz"):
+        shutil.copy(f, pred / f.name)
+    res = evaluate_folder(pred, out / "manifest.json", tmp_path / "rep", sections=("training",))
+    ra = res["reader_agreement"]
+    assert ra["model_vs_consensus"]["mean"] == 1.0 and ra["n_nodules"] == res["detection"]["n_nodules"]
+    assert ra["n_nodules_with_two_or_more_readers"] >= 1
+    assert 0.0 < ra["reader_vs_reader"]["mean"] < 1.0
+    rows = list(csv.DictReader(open(tmp_path / "rep" / "readers.csv")))
+    assert len(rows) == ra["n_nodules"]
+    summary = json.loads((tmp_path / "rep" / "summary.json").read_text())
+    assert summary["provenance"]["unverified"], "copied labels record no model: said, not hidden"

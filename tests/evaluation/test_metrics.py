@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -84,12 +85,73 @@ def test_lesion_detection_rule():
     assert strict["lesion_tp"] == 0 and strict["lesion_fn"] == 2
 
 
-def test_summarize_ci_and_nan():
+def test_summarize_bootstrap_interval_and_nan():
     s = summarize([0.5, 0.7, float("nan"), 0.9])
     assert s["n"] == 3 and s["mean"] == pytest.approx(0.7) and s["median"] == pytest.approx(0.7)
     assert s["std"] == pytest.approx(0.2)
-    # t(0.975, 2) = 4.302653
-    assert s["ci95_high"] - s["mean"] == pytest.approx(4.302653 * 0.2 / math.sqrt(3), rel=1e-5)
+    assert 0.5 <= s["ci95_low"] < s["mean"] < s["ci95_high"] <= 0.9  # a bootstrap mean never leaves the data
+    empty = summarize([float("nan"), None])
+    assert empty == {"mean": None, "median": None, "std": None, "ci95_low": None, "ci95_high": None, "n": 0}
+    assert summarize([0.4])["ci95_low"] is None  # one case: no interval
+
+
+@pytest.mark.parametrize("values", [[0.0, 1.0], [0.05, 0.98], [1.0, 1.0]])
+def test_bootstrap_interval_of_two_cases_stays_inside_0_1(values):
+    s = summarize(values)
+    assert s["n"] == 2 and 0.0 <= s["ci95_low"] <= s["mean"] <= s["ci95_high"] <= 1.0
+
+
+def test_froc_and_cpm_on_hand_built_candidates():
+    """Scan A: nodules N1 (r 5 mm) and N2 (r 3 mm), an irrelevant finding; scan B: nodule N3 (r 4 mm).
+    Hits: N1 0.9 (and a duplicate 0.4, counted once), N2 0.3, N3 0.2; false positives 0.8 (A), 0.7 (B); the
+    0.95 candidate on the irrelevant finding counts neither way. FROC: (0, 1/3) (0.5, 1/3) (1, 1/3) (1, 2/3)
+    (1, 1); sensitivity at 1/8, 1/4, 1/2 FP/scan = 1/3, at 1, 2, 4, 8 = 1; CPM = (3/3 + 4) / 7 = 5/7."""
+    from monai_pipeline.evaluation import Finding, cpm, froc_curve, match_scan, sensitivity_at
+
+    a = match_scan("A", [((1, 0, 0), 0.9), ((0, 2, 0), 0.4), ((100, 0, 0), 0.8), ((51, 0, 0), 0.3),
+                         ((0, 101, 0), 0.95)],
+                   [Finding((0, 0, 0), 5.0), Finding((50, 0, 0), 3.0)], [Finding((0, 100, 0), 4.0)])
+    b = match_scan("B", [((10, 0, 0), 0.7), ((0, 0, 1), 0.2)], [Finding((0, 0, 0), 4.0)])
+    assert a.nodule_scores == [0.9, 0.3] and a.fp_scores == [0.8] and a.ignored == 1
+    assert b.nodule_scores == [0.2] and b.fp_scores == [0.7]
+    curve = froc_curve([a, b])
+    assert curve["n_nodules"] == 3 and curve["n_scans"] == 2
+    np.testing.assert_allclose(curve["fps_per_scan"], [0, 0, 0.5, 1, 1, 1])
+    np.testing.assert_allclose(curve["sensitivity"], [0, 1 / 3, 1 / 3, 1 / 3, 2 / 3, 1])
+    np.testing.assert_allclose(sensitivity_at(curve), [1 / 3] * 3 + [1.0] * 4)
+    assert cpm([a, b]) == pytest.approx(5 / 7)
+    assert cpm([match_scan("C", [((0, 0, 0), 0.5)], [])]) is None  # no reference nodule: undefined
+
+
+def test_reader_agreement_on_hand_made_masks():
+    """Nodule 1 on a line of voxels: consensus x 0..3, reader 1 x 0..3, reader 2 x 1..4, model x 0..1.
+    Reader vs reader 2*3/8 = 0.75; model vs consensus 2*2/6; vs reader 1 2*2/6, vs reader 2 2*1/6 (mean 0.5).
+    Nodule 2, marked by reader 1 only and missed by the model: Dice 0 and no reader-vs-reader value."""
+    from monai_pipeline.evaluation import nodule_agreement
+
+    shape = (12, 3, 6)
+    cons, r1, r2, model = (np.zeros(shape, np.uint8) for _ in range(4))
+    cons[0:4, 1, 1] = r1[0:4, 1, 1] = 1
+    r2[1:5, 1, 1] = 1
+    model[0:2, 1, 1] = 1
+    cons[8:11, 1, 4] = r1[8:11, 1, 4] = 1
+    rows = sorted(nodule_agreement(model, cons, [r1, r2]), key=lambda r: r["n_readers"], reverse=True)
+    first, second = rows
+    assert first["n_readers"] == 2 and first["reader_vs_reader"] == pytest.approx(0.75)
+    assert first["model_vs_consensus"] == pytest.approx(4 / 6)
+    assert first["model_vs_readers"] == pytest.approx((4 / 6 + 2 / 6) / 2)
+    assert second["n_readers"] == 1 and second["reader_vs_reader"] is None
+    assert second["model_vs_consensus"] == 0.0 and second["model_vs_readers"] == 0.0
+
+
+def test_summary_json_is_strict_json():
+    from monai_pipeline.evaluation import dumps_strict
+
+    def refuse(token):
+        raise ValueError(f"non-standard JSON constant {token}")
+
+    text = dumps_strict({"a": float("nan"), "b": [1.0, float("inf")], "c": np.float32(0.5)})
+    assert json.loads(text, parse_constant=refuse) == {"a": None, "b": [1.0, None], "c": 0.5}
 
 
 def _random_blobs(rng, shape, n):

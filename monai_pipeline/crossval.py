@@ -1,0 +1,70 @@
+"""``monai-pipeline cv``: k-fold cross-validation with out-of-fold evaluation, and the fold ensemble.
+
+For each fold k (patient-level folds of the manifest's training cases): train ``CV/fold_k`` on the other folds
+(resumed when a previous run was interrupted), then predict fold k's cases with that fold's model into
+``CV/predictions`` (resumable, provenance per fold model). The summary is computed over the pooled out-of-fold
+predictions only (nnU-Net's cross-validation summary): ``CV/summary.json``, ``CV/metrics.csv`` and the rest of
+the evaluation report. ``CV/cv.json`` lists the fold models, so ``monai-pipeline infer --model CV`` applies
+the ensemble (the folds' probabilities averaged) to new data.
+
+Note: each fold's best checkpoint is chosen on that fold's own cases (as its validation set), as nnU-Net
+validates on its fold; the out-of-fold figures therefore share that mild optimism.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from monai_pipeline.config import PipelineConfig
+from monai_pipeline.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+
+def manifest_folds(manifest: str | Path) -> list[int]:
+    """The folds of the manifest's training cases."""
+    from monai_pipeline.data.manifest import load_manifest
+
+    training = load_manifest(manifest, "training")
+    if not training:
+        raise InputError(manifest, "has no training cases to cross-validate")
+    return sorted({int(e.get("fold", 0)) for e in training})
+
+
+def cross_validate(manifest: str | Path, out: str | Path, cfg: PipelineConfig, folds: list[int] | None = None,
+                   epochs: int | None = None, device: str | None = None, progress: bool = True) -> dict:
+    """Train, predict and evaluate every fold (see the module docstring); returns the out-of-fold summary."""
+    from monai_pipeline.data.manifest import load_manifest
+    from monai_pipeline.evaluation import evaluate_folder
+    from monai_pipeline.inference import Predictor, run_batch
+    from monai_pipeline.inference.predictor import CV_FILE
+    from monai_pipeline.io.writer import atomic_write_text
+    from monai_pipeline.training import latest_checkpoint, train
+
+    out = Path(out)
+    available = manifest_folds(manifest)
+    folds = sorted(folds) if folds is not None else available
+    bad = [f for f in folds if f not in available]
+    if bad:
+        raise InputError(manifest, f"fold must be one of {available}, got {bad[0]}")
+    if len(available) < 2:
+        raise InputError(manifest, "needs at least 2 folds to cross-validate")
+    training = load_manifest(manifest, "training")
+    models: dict[str, str] = {}
+    for k in folds:
+        run = out / f"fold_{k}"
+        model = run / "model.pt"
+        if not model.is_file():
+            resume = latest_checkpoint(run) is not None
+            logger.info("fold %d: %s training", k, "resuming" if resume else "starting")
+            train(manifest, run, cfg, fold=k, epochs=epochs, device=device, resume=resume, progress=progress)
+        models[str(k)] = str(model.relative_to(out))
+        cases = [(e["case_id"], e["image"]) for e in training if int(e.get("fold", 0)) == k]
+        summary = run_batch(Predictor(model, device=device), cases, out / "predictions", progress=progress)
+        if summary.failed:
+            raise InputError(out / "predictions", f"fold {k}: {summary.failed} case(s) failed (see failures.csv)")
+    atomic_write_text(out / CV_FILE, json.dumps({"format": "monai-pipeline-cv/1", "folds": models,
+                                                 "manifest": str(Path(manifest).resolve())}, indent=1))
+    return evaluate_folder(out / "predictions", manifest, out, fold=folds)

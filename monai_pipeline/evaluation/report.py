@@ -1,0 +1,313 @@
+"""``monai-pipeline evaluate``: score predictions against a manifest, never on cases the model trained on.
+
+:func:`evaluate_folder` selects the manifest cases (``sections``, and with ``fold`` the training cases of that
+fold), reads which model made each prediction (the done-marker's provenance) and refuses cases that model was
+trained on unless ``include_training``. It then writes into ``out``:
+
+* ``metrics.csv`` -- per case: Dice, IoU, HD95, ASSD, lesion counts ... (:mod:`.metrics`);
+* ``reference_lesions.csv`` -- per reference nodule: size, detected, lesion Dice, size bucket;
+* ``froc.csv``, ``froc.png``, ``candidates.csv`` (LUNA16 format) -- detection (:mod:`.detection`);
+* ``readers.csv`` -- per nodule, when reader masks exist (:mod:`.readers`);
+* ``summary.json`` (strict JSON: ``null`` where undefined), ``dice.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from monai_pipeline.errors import InputError
+from monai_pipeline.evaluation.detection import (
+    POINT_FINDING_RADIUS_MM,
+    Finding,
+    ScanDetections,
+    candidates_csv,
+    detection_summary,
+    froc_csv,
+    froc_curve,
+    match_scan,
+    plot_froc,
+)
+from monai_pipeline.evaluation.metrics import METRICS, case_metrics
+from monai_pipeline.evaluation.readers import nodule_agreement, reader_files
+from monai_pipeline.evaluation.stats import dumps_strict, summarize
+
+logger = logging.getLogger(__name__)
+
+#: nodule size buckets by longest axial diameter (mm): lower bound inclusive, upper exclusive
+SIZE_BUCKETS = ((0.0, 6.0, "<6"), (6.0, 10.0, "6-10"), (10.0, 20.0, "10-20"), (20.0, float("inf"), ">=20"))
+DEFAULT_SECTIONS = ("validation", "test")
+IRRELEVANT_FILE = "irrelevant_findings.csv"
+
+
+def size_bucket(diameter_mm: float) -> str:
+    return next(name for lo, hi, name in SIZE_BUCKETS if lo <= diameter_mm < hi)
+
+
+def select_cases(manifest: str | Path, sections: Sequence[str] | None, fold: int | Sequence[int] | None,
+                 base_dir: str | Path | None = None) -> list[dict]:
+    """Labelled entries of ``sections`` (default: validation and test; none when ``fold`` is given), plus the
+    training entries of ``fold`` (one fold or several: the out-of-fold cases of a cross-validation)."""
+    from monai_pipeline.data.manifest import load_manifest
+
+    chosen = list(sections) if sections is not None else ([] if fold is not None else list(DEFAULT_SECTIONS))
+    entries = [e for s in chosen for e in load_manifest(manifest, s, base_dir) if e.get("label")]
+    if fold is not None:
+        wanted = [fold] if isinstance(fold, int) else list(fold)
+        training = load_manifest(manifest, "training", base_dir)
+        folds = sorted({int(e.get("fold", 0)) for e in training})
+        bad = [f for f in wanted if f not in folds]
+        if bad:
+            raise InputError(manifest, f"fold must be one of {folds}, got {bad[0]}")
+        seen = {x["case_id"] for x in entries}
+        entries += [e for e in training if int(e.get("fold", 0)) in wanted and e.get("label")
+                    and e["case_id"] not in seen]
+    return entries
+
+
+def provenance_of(pred_dir: Path, case_id: str) -> dict | None:
+    """The provenance a prediction's done-marker records (None when there is none)."""
+    marker = pred_dir / ".done" / f"{case_id}.json"
+    try:
+        return json.loads(marker.read_text()).get("provenance") or None if marker.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def check_held_out(pred_dir: Path, case_ids: list[str], include_training: bool) -> dict:
+    """Refuse (InputError) predictions of cases their model was trained on, unless ``include_training``.
+    Returns what the report records: the models, settings and the cases whose provenance is unknown."""
+    trained, unverified, models, settings = [], [], set(), set()
+    for cid in case_ids:
+        prov = provenance_of(pred_dir, cid)
+        if prov is None:
+            unverified.append(cid)
+            continue
+        models.add(prov.get("model_sha256", ""))
+        settings.add(prov.get("settings_sha256", ""))
+        if cid in set(prov.get("trained_on", [])):
+            trained.append(cid)
+    if trained and not include_training:
+        shown = ", ".join(trained[:8]) + (f" and {len(trained) - 8} more" if len(trained) > 8 else "")
+        raise InputError(pred_dir, f"{len(trained)} case(s) were predicted by a model trained on them: {shown}",
+                         hint="evaluate held-out cases (--sections, --fold), or pass --include-training")
+    if unverified:
+        logger.warning("%d prediction(s) record no model (no provenance): cannot check they were not trained on: %s",
+                       len(unverified), ", ".join(unverified[:8]))
+    return {"model_sha256": sorted(models), "settings_sha256": sorted(settings), "unverified": unverified,
+            "training_cases_included": trained}
+
+
+def load_candidates(pred_dir: Path, case_id: str) -> list[tuple[tuple[float, float, float], float]]:
+    """Candidates of a case from ``<case_id>_lesions.csv``: (centre mm LPS, score); a blank score counts 1.0."""
+    path = pred_dir / f"{case_id}_lesions.csv"
+    if not path.is_file():
+        return []
+    with open(path) as fh:
+        return [((float(r["centroid_x_mm"]), float(r["centroid_y_mm"]), float(r["centroid_z_mm"])),
+                 float(r["score"]) if r.get("score") not in (None, "") else 1.0) for r in csv.DictReader(fh)]
+
+
+def load_irrelevant(folder: Path) -> dict[str, list[Finding]]:
+    """Irrelevant findings per case from ``irrelevant_findings.csv`` (written by ``lidc-convert``)."""
+    path = folder / IRRELEVANT_FILE
+    if not path.is_file():
+        return {}
+    out: dict[str, list[Finding]] = {}
+    with open(path) as fh:
+        for r in csv.DictReader(fh):
+            d = float(r["diameter_mm"]) if r.get("diameter_mm") not in (None, "") else 0.0
+            radius = d / 2 if d > 0 else POINT_FINDING_RADIUS_MM
+            out.setdefault(r["case_id"], []).append(Finding(
+                (float(r["centroid_x_mm"]), float(r["centroid_y_mm"]), float(r["centroid_z_mm"])), radius, r["reason"]))
+    return out
+
+
+def reference_lesions(pred: np.ndarray, ref: np.ndarray, geometry) -> tuple[list[dict], list[Finding]]:
+    """Per reference nodule: longest axial and equivalent diameter (mm), detected (any predicted voxel on it),
+    lesion Dice (against the predicted components that touch it), size bucket; and the nodules as findings
+    (centre, radius = longest axial diameter / 2) for the detection score."""
+    from monai_pipeline.evaluation.readers import dice
+    from monai_pipeline.postprocess import label_components, lesion_table
+
+    rows, labels = lesion_table(ref, geometry, return_labels=True)
+    pred_b = np.asarray(pred) > 0
+    lp, _ = label_components(pred_b, 26)
+    out, findings = [], []
+    for row in rows:
+        nodule = labels == row["lesion"]
+        ids = np.unique(lp[nodule])
+        ids = ids[ids > 0]
+        model = np.isin(lp, ids) if len(ids) else np.zeros_like(nodule)
+        d = float(row["longest_axial_diameter_mm"])
+        out.append({"lesion": row["lesion"], "diameter_mm": d, "equivalent_diameter_mm": row["equivalent_diameter_mm"],
+                    "volume_mm3": row["volume_mm3"], "detected": bool(len(ids)), "lesion_dice": dice(model, nodule),
+                    "size_bucket": size_bucket(d)})
+        findings.append(Finding((row["centroid_x_mm"], row["centroid_y_mm"], row["centroid_z_mm"]), d / 2))
+    return out, findings
+
+
+def _csv(rows: list[dict], fields: Sequence[str]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(fields), extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if v is None else f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    return buf.getvalue()
+
+
+def by_size(lesions: list[dict]) -> dict:
+    """Per size bucket: number of reference nodules, detection sensitivity, lesion Dice summary."""
+    out = {}
+    for _, _, name in SIZE_BUCKETS:
+        rows = [r for r in lesions if r["size_bucket"] == name]
+        out[name] = {"n_nodules": len(rows),
+                     "sensitivity": (sum(r["detected"] for r in rows) / len(rows)) if rows else None,
+                     "lesion_dice": summarize([r["lesion_dice"] for r in rows])}
+    return out
+
+
+def evaluate_folder(pred_dir: str | Path, manifest: str | Path, out: str | Path | None = None,
+                    sections: Sequence[str] | None = None, min_overlap: float = 0.0, plot: bool = True,
+                    base_dir: str | Path | None = None, fold: int | Sequence[int] | None = None,
+                    include_training: bool = False) -> dict:
+    """Evaluate the selected manifest cases that have ``PRED_DIR/<case_id>.nii.gz`` (see the module docstring);
+    returns the summary with the per-case ``rows``."""
+    from monai_pipeline.io.geometry import sitk_to_xyz_array
+    from monai_pipeline.io.reader import read_ct
+    from monai_pipeline.io.writer import atomic_write_text
+
+    pred_dir = Path(pred_dir)
+    if not pred_dir.is_dir():
+        raise InputError(pred_dir, "prediction folder does not exist")
+    out = Path(out) if out else pred_dir
+    entries = select_cases(manifest, sections, fold, base_dir)
+    present = [e for e in entries if (pred_dir / f"{e['case_id']}.nii.gz").exists()]
+    missing = [e["case_id"] for e in entries if e not in present]
+    if not present:
+        raise InputError(pred_dir, f"holds no prediction for any selected labelled case of {manifest}")
+    provenance = check_held_out(pred_dir, [e["case_id"] for e in present], include_training)
+    if missing:
+        logger.warning("%d selected case(s) have no prediction in %s: %s", len(missing), pred_dir, ", ".join(missing))
+    data_root = Path(base_dir) if base_dir is not None else Path(manifest).parent
+    irrelevant = load_irrelevant(data_root)
+    rows, lesions, scans, cand_rows, agreement = [], [], [], [], []
+    for e in present:
+        cid = e["case_id"]
+        pv, rv = read_ct(pred_dir / f"{cid}.nii.gz"), read_ct(e["label"])
+        if not pv.geometry.matches(rv.geometry):
+            raise InputError(pred_dir / f"{cid}.nii.gz", f"grid differs from the reference label {e['label']} "
+                             f"(size {pv.geometry.size} vs {rv.geometry.size})")
+        pred, ref = sitk_to_xyz_array(pv.image), sitk_to_xyz_array(rv.image)
+        rows.append({"case_id": cid, **case_metrics(pred, ref, rv.geometry.spacing, min_overlap)})
+        les, nodules = reference_lesions(pred, ref, rv.geometry)
+        lesions += [{"case_id": cid, **r} for r in les]
+        cands = load_candidates(pred_dir, cid)
+        scans.append(match_scan(cid, cands, nodules, irrelevant.get(cid, [])))
+        uid = e.get("series_instance_uid") or cid
+        cand_rows += [(uid, c, s) for c, s in cands]
+        readers = reader_files(data_root / "readers", cid)
+        if readers:
+            masks = [sitk_to_xyz_array(read_ct(p).image) for p in readers]
+            agreement += [{"case_id": cid, **r} for r in nodule_agreement(pred, ref, masks)]
+    summary = _summary(rows, lesions, scans, agreement, provenance, missing, min_overlap, sections, fold)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "metrics.csv", _csv(rows, ["case_id", *METRICS]))
+    atomic_write_text(out / "reference_lesions.csv", _csv(lesions, ["case_id", "lesion", "diameter_mm",
+                      "equivalent_diameter_mm", "volume_mm3", "size_bucket", "detected", "lesion_dice"]))
+    curve = froc_curve(scans)
+    atomic_write_text(out / "froc.csv", froc_csv(curve))
+    atomic_write_text(out / "candidates.csv", candidates_csv(cand_rows))
+    if agreement:
+        atomic_write_text(out / "readers.csv", _csv(agreement, ["case_id", "nodule", "n_readers", "model_vs_consensus",
+                                                                "model_vs_readers", "reader_vs_reader"]))
+    atomic_write_text(out / "summary.json", dumps_strict(summary))
+    if plot:
+        _plot_dice(rows, out / "dice.png")
+        plot_froc(curve, summary["detection"]["cpm"], out / "froc.png")
+    return {"rows": rows, **summary}
+
+
+def _summary(rows, lesions, scans: list[ScanDetections], agreement, provenance, missing, min_overlap, sections,
+             fold) -> dict:
+    n_fp = sum(r["lesion_fp"] for r in rows)
+    tot_tp, tot_ref = sum(r["lesion_tp"] for r in rows), sum(r["lesion_tp"] + r["lesion_fn"] for r in rows)
+    summary = {
+        "n_cases": len(rows), "cases": [r["case_id"] for r in rows], "missing_predictions": missing,
+        "selection": {"sections": list(sections) if sections is not None else (None if fold is not None
+                                                                               else list(DEFAULT_SECTIONS)),
+                      "fold": fold if fold is None or isinstance(fold, int) else list(fold)},
+        "provenance": provenance, "min_overlap": min_overlap,
+        "metrics": {k: summarize([r[k] for r in rows]) for k in METRICS},
+        "lesion_false_positives_per_scan": n_fp / len(rows),
+        "lesion_sensitivity_pooled": tot_tp / tot_ref if tot_ref else None,
+        "by_size": by_size(lesions), "detection": detection_summary(scans),
+        "conventions": {"dice_both_empty": 1.0, "ci": "95% percentile bootstrap over cases (2000 resamples)",
+                        "size": "longest axial diameter of the reference nodule (mm)",
+                        "undefined": "null"},
+    }
+    if agreement:
+        multi = [a for a in agreement if a["reader_vs_reader"] is not None]
+        summary["reader_agreement"] = {
+            "n_nodules": len(agreement), "n_nodules_with_two_or_more_readers": len(multi),
+            "model_vs_consensus": summarize([a["model_vs_consensus"] for a in agreement]),
+            "model_vs_readers": summarize([a["model_vs_readers"] for a in multi]),
+            "reader_vs_reader": summarize([a["reader_vs_reader"] for a in multi])}
+    return summary
+
+
+def _plot_dice(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from monai_pipeline.io.writer import atomic_path
+
+    fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(rows) + 2), 3.2), dpi=90)
+    ax.bar(range(len(rows)), [r["dice"] for r in rows], color="tab:green")
+    ax.set_xticks(range(len(rows)), [r["case_id"] for r in rows], rotation=60, ha="right", fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("Dice")
+    ax.axhline(float(np.mean([r["dice"] for r in rows])), color="k", ls="--", lw=1, label="mean")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def _fmt(v, width: int = 11) -> str:
+    return f"{'n/a':>{width}}" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:>{width}.4g}"
+
+
+def format_table(result: dict) -> str:
+    """Plain-text table: one row per case, then the mean and its 95 % bootstrap interval."""
+    cols = ("dice", "iou", "sensitivity", "precision", "hd95_mm", "assd_mm", "lesion_tp", "lesion_fp", "lesion_fn")
+    width = max([len("case")] + [len(r["case_id"]) for r in result["rows"]])
+    lines = [f"{'case':<{width}} " + " ".join(f"{c:>11}" for c in cols)]
+    for r in result["rows"]:
+        lines.append(f"{r['case_id']:<{width}} " + " ".join(_fmt(r[c]) for c in cols))
+    m = result["metrics"]
+    lines.append(f"{'mean':<{width}} " + " ".join(_fmt(m[c]["mean"]) for c in cols))
+    lines.append(f"{'95% CI':<{width}} " + " ".join(
+        f"{m[c]['ci95_low']:>5.3g}-{m[c]['ci95_high']:<5.3g}" if m[c]["ci95_low"] is not None else f"{'n/a':>11}"
+        for c in cols))
+    return "\n".join(lines)
+
+
+def headline(result: dict) -> str:
+    """One line: mean Dice with its interval and n, lesion detection, CPM."""
+    d, det = result["metrics"]["dice"], result["detection"]
+    ci = f" (95% CI {d['ci95_low']:.3f}-{d['ci95_high']:.3f})" if d["ci95_low"] is not None else ""
+    cpm = f"CPM {det['cpm']:.3f}" if det["cpm"] is not None else "CPM n/a"
+    sens = result["lesion_sensitivity_pooled"]
+    return (f"mean Dice {d['mean']:.4f}{ci} over {d['n']} case(s); lesion sensitivity "
+            f"{'n/a' if sens is None else f'{sens:.3f}'}, {result['lesion_false_positives_per_scan']:.2f} false "
+            f"positives per scan; {cpm} over {det['n_nodules']} nodule(s)")

@@ -1,0 +1,86 @@
+"""evaluate as users run it: held-out cases only, provenance, strict JSON, detection and per-size outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from tests.helpers import run_cli, tiny_model_file
+
+
+def _refuse(token):
+    raise ValueError(f"non-standard JSON constant {token}")
+
+
+@pytest.fixture(scope="module")
+def predicted(tmp_path_factory, tiny_dataset, trained_tiny_model):
+    """The trained tiny model's predictions of every case of its manifest (training cases included)."""
+    out = tmp_path_factory.mktemp("pred")
+    r = run_cli("infer", "--model", trained_tiny_model, "--manifest", tiny_dataset / "manifest.json", "--sections",
+                "training,validation,test", "--out", out, "--device", "cpu", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_training_cases_are_refused_naming_them(predicted, tiny_dataset, trained_tiny_model, tmp_path):
+    import torch
+
+    trained_on = torch.load(trained_tiny_model, weights_only=True)["trained_on"]
+    assert trained_on, "the model file records the cases it was trained on"
+    r = run_cli("evaluate", "--pred", predicted, "--manifest", tiny_dataset / "manifest.json", "--sections", "training",
+                "--out", tmp_path / "rep")
+    assert r.returncode == 2
+    line = r.stderr.strip()
+    assert "\n" not in line and "predicted by a model trained on them" in line and trained_on[0] in line
+    assert not (tmp_path / "rep").exists()
+    r = run_cli("evaluate", "--pred", predicted, "--manifest", tiny_dataset / "manifest.json", "--sections", "training",
+                "--include-training", "--out", tmp_path / "rep")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "rep" / "summary.json").read_text(), parse_constant=_refuse)
+    assert sorted(summary["provenance"]["training_cases_included"]) == sorted(trained_on)
+
+
+def test_default_scores_held_out_cases_with_strict_json_and_detection(predicted, tiny_dataset, tmp_path):
+    manifest = json.loads((tiny_dataset / "manifest.json").read_text())
+    held_out = sorted(e["case_id"] for e in manifest["validation"] + manifest["test"])
+    r = run_cli("evaluate", "--pred", predicted, "--manifest", tiny_dataset / "manifest.json", "--out", tmp_path / "rep")
+    assert r.returncode == 0, r.stderr
+    rep = tmp_path / "rep"
+    summary = json.loads((rep / "summary.json").read_text(), parse_constant=_refuse)  # no NaN tokens
+    assert sorted(summary["cases"]) == held_out and summary["metrics"]["dice"]["n"] == len(held_out)
+    assert len(summary["provenance"]["model_sha256"]) == 1 and not summary["provenance"]["unverified"]
+    assert set(summary["by_size"]) == {"<6", "6-10", "10-20", ">=20"}
+    assert sum(b["n_nodules"] for b in summary["by_size"].values()) == summary["detection"]["n_nodules"] > 0
+    for f in ("metrics.csv", "reference_lesions.csv", "froc.csv", "froc.png", "dice.png", "candidates.csv"):
+        assert (rep / f).is_file(), f
+    with open(rep / "candidates.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["seriesuid", "coordX", "coordY", "coordZ", "probability"] if rows else True
+    assert "CPM" in r.stdout and "mean Dice" in r.stdout
+
+
+def test_fold_selects_the_out_of_fold_training_cases(predicted, tiny_dataset, tmp_path):
+    """A model trained with the manifest's validation list holds no fold out: --fold 0 names its cases."""
+    r = run_cli("evaluate", "--pred", predicted, "--manifest", tiny_dataset / "manifest.json", "--fold", "0",
+                "--out", tmp_path / "rep")
+    assert r.returncode == 2 and "predicted by a model trained on them" in r.stderr
+
+
+def test_second_infer_with_another_model_into_the_same_folder_exits_2(tiny_dataset, tmp_path):
+    image = json.loads((tiny_dataset / "manifest.json").read_text())["test"][0]["image"]
+    image = tiny_dataset / image
+    first = tiny_model_file(tmp_path / "a.pt")
+    second = tiny_model_file(tmp_path / "b.pt", {"training": {"seed": 5}})  # other weights' file, other SHA-256
+    out = tmp_path / "out"
+    r = run_cli("infer", "--model", first, "--input", image, "--out", out, "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    before = (out / f"{image.name[:-7]}.nii.gz").read_bytes()
+    r = run_cli("infer", "--model", second, "--input", image, "--out", out, "--device", "cpu")
+    assert r.returncode == 2 and "made by another model" in r.stderr and "--overwrite" in r.stderr
+    assert (out / f"{image.name[:-7]}.nii.gz").read_bytes() == before
+    r = run_cli("infer", "--model", first, "--input", image, "--out", out, "--device", "cpu", "--overlap", "0.5")
+    assert r.returncode == 2 and "inference.overlap" in r.stderr
+    r = run_cli("infer", "--model", second, "--input", image, "--out", out, "--device", "cpu", "--overwrite")
+    assert r.returncode == 0, r.stderr

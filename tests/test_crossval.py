@@ -1,0 +1,59 @@
+"""monai-pipeline cv: every fold trained, each held-out case predicted by the fold model that did not train on
+it, the summary over out-of-fold predictions only, and the folder usable as an ensemble model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import yaml
+
+from tests.helpers import TINY_OVERLAY, run_cli
+
+
+def test_cv_out_of_fold_and_ensemble(tiny_dataset, tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump({**TINY_OVERLAY, "training": {**TINY_OVERLAY["training"], "epochs": 2,
+                                                                "val_interval": 1}}))
+    manifest = tiny_dataset / "manifest.json"
+    data = json.loads(manifest.read_text())
+    folds = sorted({e["fold"] for e in data["training"]})
+    use = folds[:2]
+    cv = tmp_path / "cv"
+    r = run_cli("cv", "--manifest", manifest, "--out", cv, "--folds", ",".join(map(str, use)), "--config", cfg,
+                "--device", "cpu", "--no-progress")
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((cv / "summary.json").read_text())
+    oof = sorted(e["case_id"] for e in data["training"] if e["fold"] in use)
+    assert sorted(summary["cases"]) == oof  # out-of-fold cases only: no validation/test case, no trained case
+    for e in data["training"]:
+        if e["fold"] not in use:
+            continue
+        marker = json.loads((cv / "predictions" / ".done" / f"{e['case_id']}.json").read_text())
+        fold_model = torch.load(cv / f"fold_{e['fold']}" / "model.pt", weights_only=True)
+        assert e["case_id"] not in fold_model["trained_on"] and e["case_id"] not in marker["provenance"]["trained_on"]
+    # a second run resumes: nothing retrained, nothing predicted again
+    stamps = {k: (cv / f"fold_{k}" / "model.pt").stat().st_mtime_ns for k in use}
+    r = run_cli("cv", "--manifest", manifest, "--out", cv, "--folds", ",".join(map(str, use)), "--config", cfg,
+                "--device", "cpu", "--no-progress")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert stamps == {k: (cv / f"fold_{k}" / "model.pt").stat().st_mtime_ns for k in use}
+    last = json.loads((cv / "predictions" / "summary.json").read_text())
+    assert last["done"] == 0 and last["skipped"] == sum(e["fold"] == use[-1] for e in data["training"])
+    # the folder is an ensemble: its mask is the one from the averaged fold probabilities
+    test_image = tiny_dataset / data["test"][0]["image"]
+    r = run_cli("infer", "--model", cv, "--input", test_image, "--out", tmp_path / "ens", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    from monai_pipeline.inference import Predictor
+
+    ens = Predictor(cv, device="cpu")
+    assert len(ens.networks) == len(use)
+    data_in = ens.load(test_image)
+    manual = sum(Predictor(cv / f"fold_{k}" / "model.pt", device="cpu").probabilities(data_in["image"])
+                 for k in use) / len(use)
+    torch.testing.assert_close(ens.probabilities(data_in["image"]), manual)
+    mask = sitk.ReadImage(str(tmp_path / "ens" / f"{data['test'][0]['case_id']}.nii.gz"))
+    assert mask.GetSize() == sitk.ReadImage(str(test_image)).GetSize()
+    assert np.isin(sitk.GetArrayFromImage(mask), [0, 1]).all()
