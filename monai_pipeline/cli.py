@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="monai-pipeline", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"monai-pipeline {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error (and library warnings)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("synth", help="generate synthetic chest CT cases with nodule labels")
@@ -121,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input", required=True, type=Path)
     s.add_argument("--out", required=True, type=Path)
     _add_read_options(s)
+
+    s = sub.add_parser("check", help="verify a dataset (files, grids, labels, splits, outliers); lists every problem")
+    s.add_argument("--manifest", required=True, type=Path)
+    s.add_argument("--sections", type=_sections, default=None, help="default: all")
+    s.add_argument("--classes", type=_positive_int, default=2, help="label values allowed: 0..classes-1 (default 2)")
+    s.add_argument("--out", type=Path, help="also write the report as JSON to this file")
 
     s = sub.add_parser("train", help="train a 3D segmentation network on a manifest")
     s.add_argument("--manifest", required=True, type=Path)
@@ -255,6 +262,21 @@ def _cmd_train(a) -> int:
     return 0
 
 
+def _cmd_check(a) -> int:
+    from monai_pipeline.data.check import SECTIONS, check_dataset
+    from monai_pipeline.errors import InputError
+    from monai_pipeline.evaluation.stats import dumps_strict
+    from monai_pipeline.io.writer import atomic_write_text
+
+    report = check_dataset(a.manifest, a.sections or SECTIONS, n_classes=a.classes)
+    print(report.format())
+    if a.out:
+        atomic_write_text(a.out, dumps_strict(report.to_dict()))
+    if report.errors:
+        raise InputError(a.manifest, f"{len(report.errors)} problem(s) found (listed above)")
+    return 0
+
+
 def _cmd_cv(a) -> int:
     from monai_pipeline.config import load_config
     from monai_pipeline.crossval import cross_validate
@@ -277,7 +299,7 @@ def _cmd_infer(a) -> int:
     )
     from monai_pipeline.inference.batch import check_output_folder
 
-    cases = (cases_from_inputs(a.input) if a.input else
+    cases = (cases_from_inputs(a.input, strict=len(a.input) == 1) if a.input else
              cases_from_manifest(a.manifest, tuple(s.strip() for s in a.sections.split(","))))
     predictor = Predictor(a.model, device=None if a.device == "auto" else a.device, overlap=a.overlap,
                           sw_batch_size=a.sw_batch_size, tta=a.tta, bf16=False if a.no_bf16 else None,
@@ -327,7 +349,7 @@ def _cmd_postprocess(a) -> int:
     from monai_pipeline.data.manifest import case_id_from_path
     from monai_pipeline.errors import InputError
     from monai_pipeline.inference import Prediction, write_prediction
-    from monai_pipeline.io import read_ct, sitk_to_xyz_array
+    from monai_pipeline.io import read_ct, read_label, sitk_to_xyz_array
     from monai_pipeline.postprocess import lesion_table, postprocess_case
 
     cfg = _postprocess_config(a)
@@ -337,7 +359,7 @@ def _cmd_postprocess(a) -> int:
         raise InputError(a.input[0], "the lung filter needs the CT of each mask",
                          hint="give --image (one per mask, same order) or --no-lung-filter")
     for i, path in enumerate(a.input):
-        vol = read_ct(path)
+        vol = read_label(path)
         g = vol.geometry
         hu = None
         if a.image:
@@ -392,9 +414,76 @@ def _cmd_lidc(a) -> int:
     return EXIT_PARTIAL if summary["failed"] else 0
 
 
-COMMANDS = {"synth": _cmd_synth, "manifest": _cmd_manifest, "convert": _cmd_convert, "train": _cmd_train, "cv": _cmd_cv,
+#: per command: arguments that name existing inputs, output folders and output files (checked before any work)
+PATH_ARGS: dict[str, dict[str, tuple[str, ...]]] = {
+    "synth": {"out_dirs": ("out",)},
+    "manifest": {"inputs": ("images", "labels"), "out_files": ("out",)},
+    "convert": {"inputs": ("input",), "out_images": ("out",)},
+    "check": {"inputs": ("manifest",), "out_files": ("out",)},
+    "train": {"inputs": ("manifest", "config"), "out_dirs": ("out",)},
+    "cv": {"inputs": ("manifest", "config"), "out_dirs": ("out",)},
+    "infer": {"inputs": ("model", "manifest"), "out_dirs": ("out",)},
+    "postprocess": {"inputs": ("model", "config"), "out_dirs": ("out",)},
+    "evaluate": {"inputs": ("pred", "manifest"), "out_dirs": ("out",)},
+    "export-bundle": {"inputs": ("model", "bundle")},
+    "demo": {"out_dirs": ("out",)},
+    "lidc-convert": {"inputs": ("input", "xml"), "out_dirs": ("out",)},
+}
+
+
+def check_paths(command: str, a: argparse.Namespace) -> None:
+    """Every named input exists and is a regular file or folder; every output can be written (one
+    :class:`InputError` naming the path, before any work)."""
+    from monai_pipeline.io.paths import check_input, check_output_file, check_output_folder
+
+    spec = PATH_ARGS.get(command, {})
+    for name in spec.get("inputs", ()):
+        value = getattr(a, name, None)
+        if value is not None:
+            check_input(value)
+    for name in spec.get("out_dirs", ()):
+        if getattr(a, name, None) is not None:
+            check_output_folder(getattr(a, name))
+    for name in spec.get("out_files", ()):
+        if getattr(a, name, None) is not None:
+            check_output_file(getattr(a, name), (".json",))
+    for name in spec.get("out_images", ()):
+        if getattr(a, name, None) is not None:
+            check_output_file(getattr(a, name))
+    for name in ("image", "input") if command == "postprocess" else ():
+        for value in getattr(a, name, None) or ():
+            check_input(value)
+    if command == "infer" and a.input and len(a.input) == 1:
+        check_input(a.input[0])  # a single input is all-or-nothing; several inputs are a batch
+
+
+def describe(err: BaseException) -> str:
+    """One line for an error the library did not map itself: the file when the error names one."""
+    if isinstance(err, OSError) and err.filename:
+        return f"{err.filename}: {err.strerror or err.__class__.__name__}"
+    text = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), "")
+    return f"{err.__class__.__name__}: {text}"[:300]
+
+
+COMMANDS = {"synth": _cmd_synth, "manifest": _cmd_manifest, "convert": _cmd_convert, "check": _cmd_check,
+            "train": _cmd_train, "cv": _cmd_cv,
             "infer": _cmd_infer, "postprocess": _cmd_postprocess, "evaluate": _cmd_evaluate, "export-bundle": _cmd_export_bundle, "demo": _cmd_demo,
             "lidc-convert": _cmd_lidc}
+
+
+def _quiet_libraries(debug: bool) -> None:
+    """Library warnings (pydicom, nibabel, ITK's own console output) would print beside the project's one-line
+    message; they are shown only with --debug."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
+    if debug:
+        return
+    warnings.filterwarnings("ignore")
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -404,20 +493,30 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("monai", "ignite", "PIL", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
+    _quiet_libraries(args.debug)
     from monai_pipeline.errors import PipelineError
 
     try:
+        check_paths(args.command, args)
         return COMMANDS[args.command](args)
     except PipelineError as err:
+        if args.debug:
+            raise
         print(f"monai-pipeline: error: {err}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
         print("monai-pipeline: interrupted", file=sys.stderr)
         return 130
+    except (OSError, ValueError, RuntimeError, MemoryError) as err:
+        if args.debug:
+            raise
+        print(f"monai-pipeline: error: {describe(err)} (run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_INPUT
+    except Exception as err:  # noqa: BLE001 - an internal error still gets one line; --debug shows the traceback
+        if args.debug:
+            raise
+        print(f"monai-pipeline: internal error: {describe(err)} (run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_PARTIAL
 
 
 if __name__ == "__main__":

@@ -110,13 +110,13 @@ def make_dataset(files: list[dict], transform: Compose, cache: str, cache_dir: P
 def compute_intensity_stats(files: list[dict]) -> dict[str, float]:
     """Foreground HU statistics of the training images (nnU-Net fingerprint), read once with SimpleITK."""
     from monai_pipeline.io.geometry import sitk_to_xyz_array
-    from monai_pipeline.io.reader import read_ct
+    from monai_pipeline.io.reader import read_ct, read_label
     from monai_pipeline.transforms.array import foreground_intensity_stats
 
     imgs, labs = [], []
     for f in files:
         imgs.append(sitk_to_xyz_array(read_ct(f["image"]).image))
-        labs.append(sitk_to_xyz_array(read_ct(f["label"]).image))
+        labs.append(sitk_to_xyz_array(read_label(f["label"]).image))
     return foreground_intensity_stats(imgs, labs)
 
 
@@ -276,14 +276,26 @@ def build_scheduler(cfg: PipelineConfig, optimizer, epochs: int):
     return None
 
 
-def check_training_data(manifest: str | Path, fold: int | None) -> tuple[list[dict], list[dict]]:
-    """(training, validation) entries of the fold; every case must have a label."""
+def check_training_data(manifest: str | Path, fold: int | None, n_classes: int) -> tuple[list[dict], list[dict]]:
+    """(training, validation) entries of the fold; every case must have a label, and the dataset check
+    (:func:`~monai_pipeline.data.check.check_dataset`: files, grids, label values, splits) must find no error."""
+    from monai_pipeline.data.check import check_dataset
+
     train_files, val_files = split_for_fold(manifest, fold)
     if not train_files:
         raise InputError(manifest, "has no training cases for this fold")
     for f in train_files + val_files:
         if not f.get("label"):
             raise InputError(manifest, f"case {f.get('case_id')} has no label")
+    report = check_dataset(manifest, n_classes=n_classes, case_ids={f["case_id"] for f in train_files + val_files})
+    for w in report.warnings:
+        logger.warning("check: %s: %s", w.case_id, w.message)
+    if report.empty_labels:
+        logger.info("check: %d case(s) have an empty label: %s", len(report.empty_labels), ", ".join(report.empty_labels))
+    if report.errors:
+        first = report.errors[0]
+        raise InputError(manifest, f"{len(report.errors)} dataset problem(s), first: {first.case_id}: {first.message}",
+                         hint=f"monai-pipeline check --manifest {manifest} lists them all")
     return train_files, val_files
 
 
@@ -431,12 +443,13 @@ def train(manifest: str | Path, run: str | Path, cfg: PipelineConfig, fold: int 
     fh = None
     try:
         dev = resolve_device(device, ctx)
-        fh = _setup_logging(run, ctx.is_main)
         max_epochs = int(epochs or cfg.training.epochs)
         cfg = cfg.merged({"training": {"epochs": max_epochs}})
         set_determinism(seed=cfg.training.seed + ctx.rank)
-        train_files, val_files = check_training_data(manifest, fold)
+        # everything is checked before the run folder or its log is created
+        train_files, val_files = check_training_data(manifest, fold, cfg.network.out_channels)
         ckpt = check_run_folder(run, resume, ctx.is_main)
+        fh = _setup_logging(run, ctx.is_main)
         cfg = with_intensity_stats(cfg, train_files)
         if ctx.is_main:
             dump_config(cfg, run / "config.yaml")

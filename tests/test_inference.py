@@ -116,6 +116,6 @@ def test_bad_single_input_exits_2_without_output(tmp_path):
     assert r.stderr.strip().count("\n") == 0 and str(bad) in r.stderr
     assert not (tmp_path / "out").exists()
     r = run_cli("infer", "--model", tmp_path / "nope.pt", "--input", bad, "--out", tmp_path / "out")
-    assert r.returncode == 2 and "model file does not exist" in r.stderr
+    assert r.returncode == 2 and "does not exist" in r.stderr
     r = run_cli("infer", "--model", model, "--input", bad, "--out", tmp_path / "out", "--overlap", "1.5")
     assert r.returncode == 2 and "overlap must be >= 0 and < 1, got 1.5" in r.stderr

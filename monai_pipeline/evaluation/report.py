@@ -46,6 +46,19 @@ DEFAULT_SECTIONS = ("validation", "test")
 IRRELEVANT_FILE = "irrelevant_findings.csv"
 
 
+def read_binary_label(path: str | Path):
+    """A mask or reference label whose values must be 0 (background) and 1 (nodule): anything else (a
+    multi-class map, 255 for foreground, a float probability map) is refused, never thresholded silently."""
+    from monai_pipeline.io.reader import label_values, read_label
+
+    vol = read_label(path)
+    values = label_values(vol.image)
+    if any(v not in (0, 1) for v in values):
+        raise InputError(path, f"label values must be 0 (background) and 1 (nodule), found {values[:8]}",
+                         hint="evaluation is binary; convert the map first")
+    return vol
+
+
 def size_bucket(diameter_mm: float) -> str:
     return next(name for lo, hi, name in SIZE_BUCKETS if lo <= diameter_mm < hi)
 
@@ -180,7 +193,6 @@ def evaluate_folder(pred_dir: str | Path, manifest: str | Path, out: str | Path 
     """Evaluate the selected manifest cases that have ``PRED_DIR/<case_id>.nii.gz`` (see the module docstring);
     returns the summary with the per-case ``rows``."""
     from monai_pipeline.io.geometry import sitk_to_xyz_array
-    from monai_pipeline.io.reader import read_ct
     from monai_pipeline.io.writer import atomic_write_text
 
     pred_dir = Path(pred_dir)
@@ -200,7 +212,7 @@ def evaluate_folder(pred_dir: str | Path, manifest: str | Path, out: str | Path 
     rows, lesions, scans, cand_rows, agreement = [], [], [], [], []
     for e in present:
         cid = e["case_id"]
-        pv, rv = read_ct(pred_dir / f"{cid}.nii.gz"), read_ct(e["label"])
+        pv, rv = read_binary_label(pred_dir / f"{cid}.nii.gz"), read_binary_label(e["label"])
         if not pv.geometry.matches(rv.geometry):
             raise InputError(pred_dir / f"{cid}.nii.gz", f"grid differs from the reference label {e['label']} "
                              f"(size {pv.geometry.size} vs {rv.geometry.size})")
@@ -214,7 +226,7 @@ def evaluate_folder(pred_dir: str | Path, manifest: str | Path, out: str | Path 
         cand_rows += [(uid, c, s) for c, s in cands]
         readers = reader_files(data_root / "readers", cid)
         if readers:
-            masks = [sitk_to_xyz_array(read_ct(p).image) for p in readers]
+            masks = [sitk_to_xyz_array(read_binary_label(p).image) for p in readers]
             agreement += [{"case_id": cid, **r} for r in nodule_agreement(pred, ref, masks)]
     summary = _summary(rows, lesions, scans, agreement, provenance, missing, min_overlap, sections, fold)
     out.mkdir(parents=True, exist_ok=True)

@@ -213,14 +213,16 @@ def run_batch(predictor: Predictor, cases: list[tuple[str, str]], out: str | Pat
     return summary
 
 
-def cases_from_inputs(inputs: list[str]) -> list[tuple[str, str]]:
-    """(case_id, path) pairs for input paths; every path must exist."""
+def cases_from_inputs(inputs: list[str], strict: bool = True) -> list[tuple[str, str]]:
+    """(case_id, path) pairs for input paths. ``strict``: every path must be a readable file or folder now;
+    otherwise (a batch) a bad path becomes that case's failure when its turn comes."""
     from monai_pipeline.data.manifest import case_id_from_path
+    from monai_pipeline.io.paths import check_input
 
     out = []
     for p in inputs:
-        if not Path(p).exists():
-            raise InputError(p, "does not exist")
+        if strict:
+            check_input(p)
         out.append((case_id_from_path(p), str(p)))
     return out
 

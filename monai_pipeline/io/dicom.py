@@ -35,6 +35,47 @@ class SliceHeader:
     position: np.ndarray  # ImagePositionPatient, mm (LPS)
     orientation: np.ndarray  # ImageOrientationPatient, 6 values
     instance_number: int | None
+    pixel_spacing: tuple[float, float] | None = None  # (row spacing, column spacing), mm
+    size: tuple[int, int] | None = None  # (Rows, Columns)
+
+
+def header_vector(ds, keyword: str, n: int, path: str) -> np.ndarray:
+    """``n`` numbers of a DICOM attribute, or an :class:`InputError` that says what is wrong with it."""
+    if keyword not in ds:
+        raise InputError(path, f"has no {keyword}")
+    try:
+        raw = ds.get(keyword)
+    except Exception as err:  # noqa: BLE001 - pydicom converts values on access and may refuse them
+        raise InputError(path, f"{keyword} is not readable ({str(err).splitlines()[0][:80]})") from err
+    values = list(raw) if hasattr(raw, "__iter__") and not isinstance(raw, str | bytes) else [raw]
+    if raw is None or len(values) == 0 or (len(values) == 1 and str(values[0]).strip() == ""):
+        raise InputError(path, f"{keyword} is empty")
+    if len(values) != n:
+        raise InputError(path, f"{keyword} must have {n} values, got {len(values)}")
+    try:
+        out = np.asarray([float(v) for v in values], dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        shown = "\\".join(map(str, values))[:60]
+        raise InputError(path, f"{keyword} is not numeric ({shown!r})") from err
+    if not np.all(np.isfinite(out)):
+        raise InputError(path, f"{keyword} holds a non-finite value")
+    return out
+
+
+def check_orientation(iop: np.ndarray, path: str) -> None:
+    """ImageOrientationPatient must be two orthogonal unit vectors (row and column directions)."""
+    r, c = iop[:3], iop[3:]
+    if not (abs(np.linalg.norm(r) - 1) < 1e-2 and abs(np.linalg.norm(c) - 1) < 1e-2 and abs(np.dot(r, c)) < 1e-2):
+        raise InputError(path, f"ImageOrientationPatient is not two orthogonal unit vectors "
+                         f"({', '.join(f'{v:g}' for v in iop)})")
+
+
+def _optional_int(ds, keyword: str) -> int | None:
+    v = ds.get(keyword)
+    try:
+        return int(v) if v is not None and str(v).strip() != "" else None
+    except (TypeError, ValueError):
+        return None
 
 
 @dataclass
@@ -116,20 +157,48 @@ def scan_folder(folder: str | Path, recursive: bool = False) -> dict[str, Series
                 patient_id=str(ds.get("PatientID", "")),
                 series_description=str(ds.get("SeriesDescription", "")),
             )
-        if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
-            # not an image slice (e.g. structured report in the same series): skip, but say so
-            logger.warning("%s: no ImagePositionPatient/ImageOrientationPatient, skipped", path)
+        if "PixelData" not in ds and "Rows" not in ds:
+            # not an image (e.g. a structured report in the same series): skip, but say so
+            logger.warning("%s: not an image (no Rows/PixelData), skipped", path)
             continue
+        orientation = header_vector(ds, "ImageOrientationPatient", 6, path)
+        check_orientation(orientation, path)
+        spacing = header_vector(ds, "PixelSpacing", 2, path) if "PixelSpacing" in ds else None
+        if spacing is not None and not np.all(spacing > 0):
+            raise InputError(path, f"PixelSpacing must be positive, got {spacing.tolist()}")
+        rows, cols = _optional_int(ds, "Rows"), _optional_int(ds, "Columns")
+        if not rows or not cols or rows < 1 or cols < 1:
+            raise InputError(path, f"Rows/Columns missing or not positive ({ds.get('Rows')!r} x {ds.get('Columns')!r})")
         info.slices.append(
             SliceHeader(
                 path=path,
                 sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
-                position=np.asarray([float(v) for v in ds.ImagePositionPatient]),
-                orientation=np.asarray([float(v) for v in ds.ImageOrientationPatient]),
-                instance_number=int(ds.InstanceNumber) if ds.get("InstanceNumber") is not None else None,
+                position=header_vector(ds, "ImagePositionPatient", 3, path),
+                orientation=orientation,
+                instance_number=_optional_int(ds, "InstanceNumber"),
+                pixel_spacing=None if spacing is None else (float(spacing[0]), float(spacing[1])),
+                size=(rows, cols),
             )
         )
     return {k: v for k, v in series.items() if v.slices}
+
+
+def dicom_subfolders(folder: Path, max_depth: int = 4, limit: int = 5) -> list[tuple[str, int]]:
+    """Subfolders (relative paths) under ``folder`` that hold DICOM files directly, with their file counts."""
+    found = []
+    base_depth = len(folder.parts)
+    for root, dirs, names in os.walk(folder):
+        depth = len(Path(root).parts) - base_depth
+        if depth >= max_depth:
+            dirs[:] = []
+        if depth == 0:
+            continue
+        n = sum(1 for name in names[:50] if _is_dicom_file(os.path.join(root, name)))
+        if n:
+            found.append((os.path.relpath(root, folder), len(names)))
+            if len(found) >= limit:
+                break
+    return found
 
 
 def choose_series(
@@ -137,6 +206,11 @@ def choose_series(
 ) -> SeriesInfo:
     """Pick ``series_uid`` or else the CT series with most slices, warning about the others."""
     if not series:
+        subs = dicom_subfolders(Path(folder))
+        if subs:
+            where = ", ".join(f"{d} ({n} files)" for d, n in subs)
+            raise InputError(folder, f"holds no DICOM image files itself; DICOM files are in subfolder(s): {where}",
+                             hint="pass the series folder")
         raise InputError(folder, "holds no DICOM image files")
     if series_uid is not None:
         if series_uid not in series:
@@ -184,6 +258,16 @@ def check_series_geometry(folder: str | Path, info: SeriesInfo) -> SeriesCheck:
     if not np.allclose(iops, iops[0], atol=1e-4):
         raise InputError(folder, f"series {info.series_instance_uid} mixes slice orientations "
                          "(ImageOrientationPatient differs between files), e.g. a scout with the axial slices")
+    sizes = sorted({s.size for s in info.slices if s.size is not None})
+    if len(sizes) > 1:
+        raise InputError(folder, f"series {info.series_instance_uid} mixes slice sizes (Rows x Columns "
+                         f"{', '.join(f'{r}x{c}' for r, c in sizes[:4])})")
+    spacings = sorted({s.pixel_spacing for s in info.slices if s.pixel_spacing is not None})
+    if len(spacings) > 1 and not np.allclose(spacings, spacings[0], rtol=1e-3, atol=1e-4):
+        raise InputError(folder, f"series {info.series_instance_uid}: PixelSpacing differs between slices "
+                         f"({', '.join(f'{a:g}x{b:g}' for a, b in spacings[:4])} mm)")
+    if any(s.pixel_spacing is None for s in info.slices) and spacings:
+        raise InputError(folder, f"series {info.series_instance_uid}: PixelSpacing is missing in some slices")
     ordered = info.sorted_slices()
     pos = np.array([float(np.dot(s.position, info.normal())) for s in ordered])
     problems: list[str] = []

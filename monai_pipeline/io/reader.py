@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 NONUNIFORM_CHOICES = ("error", "resample")
+CONTENTS = ("ct", "label")
+#: a CT in Hounsfield units has air (about -1000 HU) somewhere and nothing beyond these bounds
+HU_AIR_MAX, HU_MIN, HU_MAX = -200.0, -10000.0, 40000.0
 
 
 @dataclass
@@ -39,16 +42,21 @@ class ReadOptions:
     nonuniform: ``"error"`` (default) or ``"resample"`` (warn and interpolate to the median slice spacing)
         for series with non-uniform spacing or missing slices.
     allow_gantry_tilt: read a tilted series anyway (warn; the grid is then only approximately right).
+    content: ``"ct"`` (default: values must look like Hounsfield units, unless ``allow_non_ct``) or ``"label"``
+        (non-negative integer values up to 255).
     """
 
     series_uid: str | None = None
     allow_non_ct: bool = False
     nonuniform: str = "error"
     allow_gantry_tilt: bool = False
+    content: str = "ct"
 
     def __post_init__(self):
         if self.nonuniform not in NONUNIFORM_CHOICES:
             raise ValueError(f"nonuniform must be one of {NONUNIFORM_CHOICES}, got {self.nonuniform!r}")
+        if self.content not in CONTENTS:
+            raise ValueError(f"content must be one of {CONTENTS}, got {self.content!r}")
 
 
 @dataclass
@@ -78,29 +86,94 @@ def read_ct(path: str | Path, options: ReadOptions | None = None) -> CTVolume:
 
     Raises :class:`InputError` naming ``path`` for anything that cannot be read as one 3D CT grid.
     """
+    from monai_pipeline.io.paths import check_input
+
     options = options or ReadOptions()
-    p = Path(path)
-    if not p.exists():
-        raise InputError(p, "does not exist")
+    p = check_input(path)
     if p.is_dir():
-        return _read_dicom_folder(p, options)
-    if p.suffix.lower() == ".dcm" or _looks_like_dicom(p):
-        return _read_dicom_file(p, options)
-    if not str(p).lower().endswith(IMAGE_SUFFIXES):
+        vol = _read_dicom_folder(p, options)
+    elif p.suffix.lower() == ".dcm" or _looks_like_dicom(p):
+        vol = _read_dicom_file(p, options)
+    elif not str(p).lower().endswith(IMAGE_SUFFIXES):
         raise InputError(p, "unsupported file type", hint="expected .nii, .nii.gz, .nrrd, .mha, .mhd, .dcm "
                          "or a DICOM folder")
-    if str(p).lower().endswith((".nii", ".nii.gz")):
-        check_nifti_complete(p)
+    else:
+        vol = _read_image_file(p)
+    check_voxels(vol, options)
+    return vol
+
+
+def read_label(path: str | Path) -> CTVolume:
+    """A label or mask file: same readers, but values must be non-negative integers up to 255 (no HU check)."""
+    return read_ct(path, ReadOptions(allow_non_ct=True, content="label"))
+
+
+def _read_image_file(p: Path) -> CTVolume:
+    nifti = str(p).lower().endswith((".nii", ".nii.gz"))
+    affine = check_nifti_complete(p) if nifti else None
     try:
         image = sitk.ReadImage(str(p))
     except RuntimeError as err:
         raise InputError(p, f"not a readable image ({_first_line(err)})") from err
     _require_3d(p, image)
+    if affine is not None:
+        _apply_nifti_rule(p, image, affine)
     return CTVolume(image=image, source=str(p))
 
 
-def check_nifti_complete(p: Path) -> None:
-    """Refuse truncated NIfTI files (SimpleITK fills a truncated ``.nii.gz`` with zeros without a word).
+def _apply_nifti_rule(p: Path, image: sitk.Image, affine: np.ndarray) -> None:
+    """Follow nibabel's rule for the geometry (sform when its code is > 0, else qform): when SimpleITK read
+    another one (the two forms disagree), stamp nibabel's on the image, or refuse what ITK cannot represent."""
+    ours = Geometry.from_sitk(image).ras_affine()
+    if np.allclose(ours, affine, atol=1e-3):
+        return
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    cols = affine[:3, :3] / np.where(spacing > 0, spacing, 1)
+    if np.any(spacing <= 0) or not np.allclose(cols.T @ cols, np.eye(3), atol=1e-4):
+        raise InputError(p, "its sform has sheared or zero-length axes (not a voxel grid SimpleITK can represent)")
+    logger.warning("%s: the NIfTI qform and sform disagree; using the sform (nibabel's rule: sform when "
+                   "sform_code > 0)", p)
+    Geometry.from_ras_affine(affine, image.GetSize()).apply(image)
+
+
+def check_voxels(vol: CTVolume, options: ReadOptions) -> None:
+    """Refuse NaN/Inf voxels; a CT must look like Hounsfield units (air present, values in range) unless
+    ``allow_non_ct``; a label must hold non-negative integers up to 255."""
+    image, src = vol.image, vol.source
+    if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+        arr = sitk.GetArrayViewFromImage(image)
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        if bad:
+            raise InputError(src, f"{bad} voxel(s) are NaN or infinite")
+        if options.content == "label" and not np.all(np.mod(arr, 1) == 0):
+            raise InputError(src, "is a float image with non-integer values, not a label map")
+    mm = sitk.MinimumMaximumImageFilter()
+    mm.Execute(image)
+    lo, hi = mm.GetMinimum(), mm.GetMaximum()
+    if options.content == "label":
+        if lo < 0 or hi > 255:
+            raise InputError(src, f"label values must lie in 0..255, got {lo:g}..{hi:g}")
+        return
+    if options.allow_non_ct:
+        return
+    if lo < HU_MIN or hi > HU_MAX:
+        raise InputError(src, f"values {lo:g}..{hi:g} lie outside the CT range ({HU_MIN:g}..{HU_MAX:g} HU)",
+                         hint="not a CT in Hounsfield units? pass --force to read it anyway")
+    if lo > HU_AIR_MAX:
+        raise InputError(src, f"no voxel at or below {HU_AIR_MAX:g} HU (values {lo:g}..{hi:g}): no air, so not a "
+                         "CT in Hounsfield units as far as we can tell", hint="pass --force to read it anyway")
+
+
+def label_values(image: sitk.Image) -> list[int]:
+    """The distinct values of a label image (read with :func:`read_label`), ascending."""
+    arr = sitk.GetArrayViewFromImage(image)
+    counts = np.bincount(np.asarray(arr, dtype=np.uint8).ravel(), minlength=1)
+    return [int(v) for v in np.flatnonzero(counts)]
+
+
+def check_nifti_complete(p: Path) -> np.ndarray | None:
+    """Refuse truncated NIfTI files (SimpleITK fills a truncated ``.nii.gz`` with zeros without a word);
+    returns nibabel's voxel-to-RAS affine when the header has a qform or sform code > 0 (else None).
 
     The header (nibabel) gives the expected byte count; for gzip files the trailer's ISIZE must match it
     (mod 2**32), and only if it does not (e.g. a multi-member gzip) is the stream decompressed and counted.
@@ -116,18 +189,24 @@ def check_nifti_complete(p: Path) -> None:
         hdr = img.header
         # dataobj.offset is where nibabel really reads (vox_offset may be 0 in single-file headers)
         expected = int(img.dataobj.offset) + int(np.prod(hdr.get_data_shape())) * hdr.get_data_dtype().itemsize
+        coded = int(hdr["sform_code"]) > 0 or int(hdr["qform_code"]) > 0
+        affine = np.asarray(img.affine, dtype=np.float64) if coded else None
     except Exception as err:  # noqa: BLE001 - nibabel raises many kinds for a damaged header
         raise InputError(p, f"not a readable NIfTI file ({_first_line(err)})") from err
+    if affine is not None and not np.all(np.isfinite(affine)):
+        raise InputError(p, "its qform/sform holds non-finite values")
     if not str(p).lower().endswith(".gz"):
         size = p.stat().st_size
         if size < expected:
             raise InputError(p, f"truncated: {size} of {expected} bytes")
-        return
+        _check_finite_nifti(p, img)
+        return affine
     with open(p, "rb") as fh:
         fh.seek(-4, 2)
         isize = struct.unpack("<I", fh.read(4))[0]
     if isize == expected % 2 ** 32:
-        return
+        _check_finite_nifti(p, img)
+        return affine
     total = 0
     try:
         with gzip.open(p, "rb") as fh:
@@ -137,6 +216,24 @@ def check_nifti_complete(p: Path) -> None:
         raise InputError(p, f"truncated or damaged gzip stream after {total} of {expected} bytes") from err
     if total < expected:
         raise InputError(p, f"truncated: {total} of {expected} bytes")
+    _check_finite_nifti(p, img)
+    return affine
+
+
+def _check_finite_nifti(p: Path, img) -> None:
+    """SimpleITK turns NaN/Inf voxels of a NIfTI file into 0 without a word: count them with nibabel first
+    (float files, or a non-finite scale slope, only; integer voxels cannot be NaN)."""
+    hdr = img.header
+    slope = hdr["scl_slope"]
+    if hdr.get_data_dtype().kind != "f" and (slope is None or np.isnan(slope) or np.isfinite(slope)):
+        return
+    try:
+        arr = np.asanyarray(img.dataobj)
+    except Exception as err:  # noqa: BLE001 - damaged data: reported as such
+        raise InputError(p, f"voxel data not readable ({_first_line(err)})") from err
+    bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+    if bad:
+        raise InputError(p, f"{bad} voxel(s) are NaN or infinite")
 
 
 def _first_line(err: Exception) -> str:
@@ -164,6 +261,13 @@ def _read_dicom_file(p: Path, options: ReadOptions) -> CTVolume:
         raise InputError(p, f"unreadable DICOM header ({err.__class__.__name__})") from err
     if "Rows" not in ds or "SOPClassUID" not in ds:
         raise InputError(p, "is not a DICOM image file (no SOPClassUID/Rows: damaged or not an image)")
+    placed = "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds
+    if placed:
+        dicom.check_orientation(dicom.header_vector(ds, "ImageOrientationPatient", 6, str(p)), str(p))
+        dicom.header_vector(ds, "ImagePositionPatient", 3, str(p))
+    elif not options.allow_non_ct:
+        raise InputError(p, "has no ImagePositionPatient/ImageOrientationPatient: where it lies in the patient is "
+                         "unknown", hint="pass --force to read it with origin 0 and identity direction")
     modality = str(ds.get("Modality", ""))
     if modality != dicom.CT_MODALITY and not options.allow_non_ct:
         raise InputError(p, f"modality is {modality or '<none>'}, not CT", hint="pass allow_non_ct/--force")

@@ -103,12 +103,28 @@ class CropForegroundMMd(MapTransform):
 
         from monai.transforms import CropForegroundd
 
+        from monai_pipeline.errors import InputError
         from monai_pipeline.io.geometry import spacing_from_affine
 
-        spacing = spacing_from_affine(data[self.source_key].affine)
+        source = data[self.source_key]
+        spacing = spacing_from_affine(source.affine)
         margin = [int(math.ceil(self.margin_mm / s)) for s in spacing]
-        return CropForegroundd(keys=self.keys, source_key=self.source_key, select_fn=self.select_fn, margin=margin,
-                               allow_smaller=True, allow_missing_keys=self.allow_missing_keys)(data)
+        selected = self.select_fn(source)
+        if not bool(selected.any()):
+            raise InputError(source.meta.get("filename_or_obj"), f"nothing to crop to: {self.select_fn!r} selects no "
+                             "voxel (an all-air volume? is this a CT in Hounsfield units?)")
+        return CropForegroundd(keys=self.keys, source_key=self.source_key, select_fn=_Selected(selected),
+                               margin=margin, allow_smaller=True, allow_missing_keys=self.allow_missing_keys)(data)
+
+
+class _Selected:
+    """A ``select_fn`` returning a mask computed beforehand (the selection is computed once per call)."""
+
+    def __init__(self, mask):
+        self.mask = mask
+
+    def __call__(self, img):
+        return self.mask
 
 
 class LoadCTd(MapTransform):

@@ -45,12 +45,13 @@ from monai_pipeline.transforms.dictionary import (
 
 
 def load_transforms(keys: tuple[str, ...] = ("image", "label"), reader_options: dict | None = None) -> list:
-    """``LoadImaged`` with the project's SimpleITK reader, channel first, and the image/label geometry check."""
-    return [
-        LoadImaged(keys=list(keys), reader=SimpleITKReader(**(reader_options or {})), image_only=True),
-        EnsureChannelFirstd(keys=list(keys), channel_dim="no_channel"),
-        CheckGeometryd(keys=list(keys)),
-    ]
+    """``LoadImaged`` with the project's SimpleITK reader (the image checked as CT in HU, the label as a label
+    map), channel first, and the image/label geometry check."""
+    out = [LoadImaged(keys="image", reader=SimpleITKReader(**(reader_options or {})), image_only=True)]
+    labels = [k for k in keys if k != "image"]
+    if labels:
+        out.append(LoadImaged(keys=labels, reader=SimpleITKReader(content="label", allow_non_ct=True), image_only=True))
+    return [*out, EnsureChannelFirstd(keys=list(keys), channel_dim="no_channel"), CheckGeometryd(keys=list(keys))]
 
 
 def preprocess_transforms(cfg: PipelineConfig, keys: tuple[str, ...] = ("image", "label")) -> list:

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 from monai_pipeline.data.synth_dataset import _dicom_safe
 from monai_pipeline.data.synthetic import SynthConfig, generate_case
-from monai_pipeline.io import Geometry, read_ct, sitk_to_xyz_array, write_mask
+from monai_pipeline.io import Geometry, read_ct, read_label, sitk_to_xyz_array, write_mask
 from monai_pipeline.io.dicom_writer import write_ct_series
 from tests.conftest import physical_points_lps
 
@@ -68,7 +68,7 @@ def test_network_space_roundtrip(tmp_path, orientation):
     sitk.WriteImage(case.image, str(tmp_path / "img.nii.gz"))
     sitk.WriteImage(case.label, str(tmp_path / "lab.nii.gz"))
     vol = read_ct(tmp_path / "img.nii.gz")
-    lab = read_ct(tmp_path / "lab.nii.gz")
+    lab = read_label(tmp_path / "lab.nii.gz")
     cfg = load_config({"preprocessing": {"target_spacing": [1.3, 1.1, 1.7]}})
     pre = Compose([EnsureChannelFirstd(keys=["image", "label"], channel_dim="no_channel"),
                    *preprocess_transforms(cfg, ("image", "label"))])

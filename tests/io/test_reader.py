@@ -123,7 +123,7 @@ def test_several_series_choose_largest_ct_or_by_uid(tmp_path, pydicom_dir, caplo
 def test_gantry_tilt_detected(tmp_path):
     from monai_pipeline.io.dicom_writer import write_ct_series
 
-    img = sitk.Image([8, 8, 6], sitk.sitkInt16)
+    img = sitk.Image([8, 8, 6], sitk.sitkInt16) - 1000  # air: a CT in HU
     img.SetSpacing((1.0, 1.0, 2.0))
     paths = write_ct_series(img, tmp_path / "tilt")
     # shear the positions: each slice moves 0.5 mm in y per 2 mm in z (14 degrees)
