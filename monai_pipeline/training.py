@@ -139,20 +139,25 @@ class CSVLogger:
         self._losses, self._t0 = [], time.time()
 
     def _iter(self, engine) -> None:
-        self._losses.append(float(engine.state.output[0]["loss"] if isinstance(engine.state.output, list)
-                                  else engine.state.output["loss"]))
+        out = engine.state.output[0] if isinstance(engine.state.output, list) else engine.state.output
+        self._losses.append(float(out["loss"].detach()) if isinstance(out["loss"], torch.Tensor) else float(out["loss"]))
 
     def _epoch(self, engine) -> None:
         val = ""
         if self.evaluator is not None and self.evaluator.state.epoch == engine.state.epoch:
             val = f"{self.evaluator.state.metrics.get('val_mean_dice', float('nan')):.5f}"
-        new = not self.path.exists()
-        with open(self.path, "a", newline="") as fh:
-            w = csv.writer(fh)
-            if new:
-                w.writerow(self.FIELDS)
-            w.writerow([engine.state.epoch, f"{np.mean(self._losses):.5f}", f"{self.optimizer.param_groups[0]['lr']:.6g}",
-                        val, f"{time.time() - self._t0:.1f}"])
+        import io
+
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        if not self.path.exists():
+            w.writerow(self.FIELDS)
+        w.writerow([engine.state.epoch, f"{np.mean(self._losses):.5f}", f"{self.optimizer.param_groups[0]['lr']:.6g}",
+                    val, f"{time.time() - self._t0:.1f}"])
+        with open(self.path, "a") as fh:  # one write: a kill leaves the row whole or absent
+            fh.write(buf.getvalue())
+            fh.flush()
+            os.fsync(fh.fileno())
 
 
 def read_log(path: str | Path) -> list[dict]:
@@ -213,6 +218,30 @@ def _write_rank_record(run: Path, ctx: DistContext, network: torch.nn.Module, ep
     atomic_write_text(run / "ranks" / f"rank{ctx.rank}.json", json.dumps(
         {"rank": ctx.rank, "world_size": ctx.world_size, "backend": ctx.backend, "epochs": epochs,
          "weights_sha256": weights_fingerprint(network)}))
+
+
+def checkpoint_epoch(path: str | Path) -> int:
+    """The epoch of a ``last_checkpoint_epoch=N.pt`` file."""
+    return int(re.search(r"epoch=(\d+)", str(path)).group(1))
+
+
+def reconcile_log(log: Path, epoch: int) -> None:
+    """Drop ``log.csv`` rows beyond ``epoch`` (written before a kill, after the last checkpoint): the resumed
+    run trains and logs those epochs again."""
+    if not log.is_file():
+        return
+    from monai_pipeline.io.writer import atomic_write_text
+
+    lines = log.read_text().splitlines(keepends=True)
+
+    def kept(line: str) -> bool:  # a complete row of an epoch up to the checkpoint's
+        head = line.split(",", 1)[0]
+        return line.endswith("\n") and head.isdigit() and int(head) <= epoch
+
+    keep = lines[:1] + [ln for ln in lines[1:] if kept(ln)]
+    if len(keep) != len(lines):
+        logger.info("log.csv: dropped %d row(s) beyond the checkpoint's epoch %d", len(lines) - len(keep), epoch)
+        atomic_write_text(log, "".join(keep))
 
 
 def latest_checkpoint(run: str | Path) -> Path | None:
@@ -378,10 +407,14 @@ def attach_checkpointing(trainer: SupervisedTrainer, run: Path, save_dict: dict,
     if ckpt is not None:
         CheckpointLoader(load_path=str(ckpt), load_dict={**save_dict, "trainer": trainer}, map_location=dev).attach(trainer)
         logger.info("resuming from %s", ckpt)
+        if ctx.is_main:
+            reconcile_log(run / "log.csv", checkpoint_epoch(ckpt))
     if ctx.is_main:
+        # the epoch's log row first, then its checkpoint: a kill between the two leaves a row beyond the
+        # checkpoint, which resume drops and logs again (every epoch counted once)
+        CSVLogger(run / "log.csv", optimizer, evaluator).attach(trainer)
         CheckpointSaver(save_dir=str(run / "checkpoints"), save_dict={**save_dict, "trainer": trainer},
                         file_prefix=LAST_PREFIX, save_interval=1, n_saved=1, epoch_level=True).attach(trainer)
-        CSVLogger(run / "log.csv", optimizer, evaluator).attach(trainer)
         if progress:
             from ignite.handlers import ProgressBar
 

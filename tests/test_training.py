@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from monai_pipeline.config import load_config
-from monai_pipeline.training import latest_checkpoint, train
+from monai_pipeline.training import checkpoint_epoch, latest_checkpoint, train
 from tests.helpers import TINY_OVERLAY
 
 
@@ -47,31 +47,48 @@ def test_nnunet_normalisation_stats_stored(tiny_dataset, tmp_path):
     assert -900 < stats["mean"] < 100, "foreground of nodules in HU"
 
 
-def test_kill_and_resume(tiny_dataset, tmp_path):
+def test_killed_at_random_moments_and_resumed_each_time(tiny_dataset, tmp_path):
+    """SIGKILL at three random moments in a row (start-up, mid-epoch, between a log row and its checkpoint, ...),
+    resuming each time: the run ends at the configured epoch count with every epoch logged exactly once and a
+    model file that loads."""
+    import random
+
     cfg_path = tmp_path / "tiny.yaml"
     cfg_path.write_text(yaml.safe_dump({**TINY_OVERLAY, "training": {**TINY_OVERLAY["training"], "val_interval": 50}}))
     run = tmp_path / "run"
     args = [sys.executable, "-m", "monai_pipeline.cli", "train", "--manifest", str(tiny_dataset / "manifest.json"),
-            "--out", str(run), "--config", str(cfg_path), "--epochs", "40", "--device", "cpu", "--no-progress"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        ck = latest_checkpoint(run)
-        if ck is not None and int(ck.stem.split("=")[-1]) >= 3:
-            break
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    killed_at = int(latest_checkpoint(run).stem.split("=")[-1])
-    assert 3 <= killed_at < 40 and not (run / "model.pt").exists()
+            "--out", str(run), "--config", str(cfg_path), "--epochs", "30", "--device", "cpu", "--no-progress"]
+    rng = random.Random(1234)
+    kills = 0
+    for _ in range(3):
+        resume = ["--resume"] if latest_checkpoint(run) is not None else []
+        start_epoch = checkpoint_epoch(latest_checkpoint(run)) if resume else 0
+        proc = subprocess.Popen([*args, *resume], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        # wait until this attempt has trained at least one epoch of its own, then a random extra moment
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            ck = latest_checkpoint(run)
+            if ck is not None and checkpoint_epoch(ck) > start_epoch:
+                break
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 0.6))
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 2 and not (run / "model.pt").exists(), "killed part-way, more than once"
     # without --resume the run folder is protected
     r = subprocess.run(args, capture_output=True, text=True)
     assert r.returncode == 2 and "already holds a training run" in r.stderr
     r = subprocess.run([*args, "--resume"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     blob = torch.load(run / "model.pt", weights_only=True)
-    assert blob["epochs_trained"] == 40
+    assert blob["epochs_trained"] == 30
     assert "resuming from" in (run / "train.log").read_text()
     with open(run / "log.csv") as fh:
         epochs = [int(r["epoch"]) for r in csv.DictReader(fh)]
-    assert epochs[-1] == 40 and min(e for e in epochs if e > killed_at) == killed_at + 1
+    assert epochs == list(range(1, 31)), "every epoch logged once, none missing"
+    from monai_pipeline.networks import load_model_file
+
+    load_model_file(run / "model.pt")

@@ -22,6 +22,8 @@ from monai_pipeline.errors import InputError
 logger = logging.getLogger(__name__)
 
 CT_MODALITY = "CT"
+#: objects filed beside image slices that are not slices themselves (every other file must be a valid slice)
+NON_IMAGE_MODALITIES = ("SR", "PR", "KO", "SEG", "RTSTRUCT", "RTPLAN", "REG", "DOC", "FID")
 #: relative deviation from the median slice spacing tolerated before a series counts as non-uniform
 SPACING_TOLERANCE = 0.05
 #: degrees between the slice normal and the slice-to-slice step above which a gantry tilt is reported
@@ -147,6 +149,9 @@ def scan_folder(folder: str | Path, recursive: bool = False) -> dict[str, Series
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception as err:  # noqa: BLE001
             raise InputError(path, f"unreadable DICOM header ({err.__class__.__name__}: {err})") from err
+        meta = getattr(ds, "file_meta", None)
+        if getattr(ds, "preamble", None) is not None and (meta is None or "TransferSyntaxUID" not in meta):
+            raise InputError(path, "damaged file meta information (no TransferSyntaxUID)")
         uid = str(ds.get("SeriesInstanceUID", "")) or "<no SeriesInstanceUID>"
         info = series.get(uid)
         if info is None:
@@ -157,15 +162,24 @@ def scan_folder(folder: str | Path, recursive: bool = False) -> dict[str, Series
                 patient_id=str(ds.get("PatientID", "")),
                 series_description=str(ds.get("SeriesDescription", "")),
             )
-        if "PixelData" not in ds and "Rows" not in ds:
-            # not an image (e.g. a structured report in the same series): skip, but say so
-            logger.warning("%s: not an image (no Rows/PixelData), skipped", path)
+        if str(ds.get("Modality", "")).upper() in NON_IMAGE_MODALITIES:
+            # a report, presentation state, segmentation or structure set filed with the images: skip, say so
+            logger.warning("%s: %s object, not an image slice: skipped", path, ds.get("Modality"))
             continue
         orientation = header_vector(ds, "ImageOrientationPatient", 6, path)
         check_orientation(orientation, path)
         spacing = header_vector(ds, "PixelSpacing", 2, path) if "PixelSpacing" in ds else None
         if spacing is not None and not np.all(spacing > 0):
             raise InputError(path, f"PixelSpacing must be positive, got {spacing.tolist()}")
+        for keyword in ("RescaleSlope", "RescaleIntercept"):
+            if keyword in ds:
+                value = float(header_vector(ds, keyword, 1, path)[0])
+                if keyword == "RescaleSlope" and value == 0:
+                    raise InputError(path, "RescaleSlope is 0 (every voxel would be the intercept)")
+        for keyword, allowed in (("BitsAllocated", (8, 16, 32)), ("PixelRepresentation", (0, 1)),
+                                 ("SamplesPerPixel", (1,))):
+            if keyword in ds and _optional_int(ds, keyword) not in allowed:
+                raise InputError(path, f"{keyword} must be one of {allowed}, got {str(ds.get(keyword))[:20]!r}")
         rows, cols = _optional_int(ds, "Rows"), _optional_int(ds, "Columns")
         if not rows or not cols or rows < 1 or cols < 1:
             raise InputError(path, f"Rows/Columns missing or not positive ({ds.get('Rows')!r} x {ds.get('Columns')!r})")
@@ -297,7 +311,10 @@ def check_series_geometry(folder: str | Path, info: SeriesInfo) -> SeriesCheck:
 
 def gdcm_sorted_files(folder: str | Path, info: SeriesInfo) -> list[str]:
     """File names of the series in GDCM's order (position along the normal), restricted to ``info``'s files."""
-    names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), info.series_instance_uid)
+    try:
+        names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), info.series_instance_uid)
+    except RuntimeError as err:
+        raise InputError(folder, "GDCM cannot parse the series' headers (a damaged attribute)") from err
     ours = {os.path.realpath(p) for p in info.files}
     names = [n for n in names if os.path.realpath(n) in ours]
     if len(names) != info.n_slices:  # GDCM skipped files (e.g. in subfolders): fall back to our ordering

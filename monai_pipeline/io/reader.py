@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,7 +172,7 @@ def label_values(image: sitk.Image) -> list[int]:
     return [int(v) for v in np.flatnonzero(counts)]
 
 
-def check_nifti_complete(p: Path) -> np.ndarray | None:
+def check_nifti_complete(p: Path) -> np.ndarray | None:  # noqa: C901 - one linear sequence of checks
     """Refuse truncated NIfTI files (SimpleITK fills a truncated ``.nii.gz`` with zeros without a word);
     returns nibabel's voxel-to-RAS affine when the header has a qform or sform code > 0 (else None).
 
@@ -184,6 +185,9 @@ def check_nifti_complete(p: Path) -> np.ndarray | None:
 
     import nibabel as nib
 
+    problems = nifti_header_problems(p)
+    if problems:
+        raise InputError(p, f"damaged NIfTI header: {problems[0]}")
     try:
         img = nib.load(str(p))
         hdr = img.header
@@ -218,6 +222,41 @@ def check_nifti_complete(p: Path) -> np.ndarray | None:
         raise InputError(p, f"truncated: {total} of {expected} bytes")
     _check_finite_nifti(p, img)
     return affine
+
+
+def nifti_header_problems(p: Path) -> list[str]:
+    """What nibabel's diagnosis finds wrong in the raw header block (nibabel itself would silently repair it
+    on load, and SimpleITK may read the file another way: either could be garbage, so we refuse)."""
+    import gzip
+
+    import nibabel as nib
+
+    opener = gzip.open if str(p).lower().endswith(".gz") else open
+    try:
+        with opener(p, "rb") as fh:
+            raw = fh.read(540)
+    except (OSError, EOFError) as err:
+        return [f"header not readable ({err.__class__.__name__})"]
+    if len(raw) < 348:
+        return [f"file too short for a NIfTI header ({len(raw)} bytes)"]
+    size = struct.unpack("<i", raw[:4])[0]
+    size_be = struct.unpack(">i", raw[:4])[0]
+    cls = nib.Nifti2Header if 540 in (size, size_be) else nib.Nifti1Header
+    block = raw[:cls.template_dtype.itemsize]
+    if len(block) < cls.template_dtype.itemsize:
+        return ["file too short for its header"]
+    report = [ln.strip() for ln in cls.diagnose_binaryblock(block).splitlines() if ln.strip()]
+    hdr = cls(binaryblock=block, check=False)
+    minimum = cls.template_dtype.itemsize + 4  # single file: the data follow the header and its extension flag
+    dims = [int(v) for v in hdr["dim"]]
+    if not 1 <= dims[0] <= 7:
+        report.append(f"dim[0] (number of dimensions) must be 1..7, got {dims[0]}")
+    elif any(d < 1 for d in dims[1:dims[0] + 1]):
+        report.append(f"dimensions must be positive, got {dims[1:dims[0] + 1]}")
+    if float(hdr["vox_offset"]) < minimum:
+        report.append(f"vox_offset {float(hdr['vox_offset']):g} lies inside the header (at least {minimum} in a "
+                      "single-file NIfTI)")
+    return report
 
 
 def _check_finite_nifti(p: Path, img) -> None:

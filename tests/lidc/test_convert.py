@@ -206,3 +206,37 @@ def test_evaluate_reports_reader_agreement_on_a_per_reader_conversion(lidc_root,
     assert len(rows) == ra["n_nodules"]
     summary = json.loads((tmp_path / "rep" / "summary.json").read_text())
     assert summary["provenance"]["unverified"], "copied labels record no model: said, not hidden"
+
+
+def test_killed_at_random_moments_and_resumed(lidc_root, tmp_path):
+    """SIGKILL lidc-convert at random moments several times in a row, resuming each time: the end result equals
+    an uninterrupted conversion (tables and manifest), and no temporary file is left behind."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root, _ = lidc_root
+    clean = tmp_path / "clean"
+    convert_lidc(root, clean, min_diameter_mm=0.0, per_reader=True, progress=False)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "monai_pipeline.cli", "lidc-convert", "--input", str(root), "--out", str(out),
+            "--min-diameter-mm", "0", "--per-reader", "--no-progress"]
+    rng = random.Random(7)
+    kills = 0
+    for _ in range(4):
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        time.sleep(rng.uniform(2.5, 5.0))  # imports take ~2-3 s; the cases follow
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    r = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1, r.stderr  # the damaged case fails every time; the others are done
+    assert kills >= 1
+    for name in ("nodules.csv", "irrelevant_findings.csv", "manifest.json"):
+        assert (out / name).read_text() == (clean / name).read_text().replace(str(clean), str(out)), name
+    assert sorted(p.name for p in (out / "labels").iterdir()) == sorted(p.name for p in (clean / "labels").iterdir())
+    assert not [p for p in out.rglob(".*") if ".part" in p.name], "no temporary files left"
