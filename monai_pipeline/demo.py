@@ -65,7 +65,9 @@ def run_demo(out: str | Path, n_cases: int | None = None, epochs: int | None = N
     from monai_pipeline.data.manifest import load_manifest
 
     truth = {e["case_id"]: e["label"] for e in load_manifest(manifest, "test")}
-    run_batch(Predictor(model, device="cpu"), cases_from_manifest(manifest, ("test",)), preds, overlays=truth)
+    # the demo owns its output folder: predictions are always made afresh by this model
+    run_batch(Predictor(model, device="cpu"), cases_from_manifest(manifest, ("test",)), preds, overlays=truth,
+              overwrite=True)
     print(f"[4/4] evaluation -> {out / 'report'}")
     if (out / "report").exists():
         shutil.rmtree(out / "report")

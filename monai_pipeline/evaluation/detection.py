@@ -164,8 +164,9 @@ def plot_froc(curve: dict, cpm_value: float | None, path: Path) -> None:
     from monai_pipeline.io.writer import atomic_path
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=90)
-    x = np.maximum(curve["fps_per_scan"], 1e-3)
-    ax.step(x, curve["sensitivity"], where="post", color="tab:blue", label="FROC")
+    # the curve stays flat beyond its last operating point (as the CPM reads it): drawn to the plot's edge
+    x = np.append(np.maximum(curve["fps_per_scan"], 1e-3), 16.0)
+    ax.step(x, np.append(curve["sensitivity"], curve["sensitivity"][-1]), where="post", color="tab:blue", label="FROC")
     ax.plot(FP_RATES, sensitivity_at(curve), "o", color="tab:orange", label="CPM points")
     ax.set_xscale("log")
     ax.set_xlim(1 / 16, 16)

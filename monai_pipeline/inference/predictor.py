@@ -88,7 +88,8 @@ def prediction_provenance(model_path: str | Path, cfg: PipelineConfig, read_opti
     settings = {"model_sha256": sha, "inference": dataclasses.asdict(cfg.inference),
                 "postprocess": dataclasses.asdict(cfg.postprocess) if postprocess else None,
                 "save_prob": save_prob, "read_options": dataclasses.asdict(read_options or ReadOptions())}
-    canonical = json.dumps(settings, sort_keys=True, default=str)
+    settings = json.loads(json.dumps(settings, default=str))  # as stored: lists, not tuples (compared later)
+    canonical = json.dumps(settings, sort_keys=True)
     return {"model_sha256": sha, "model_file": str(Path(model_path).resolve()),
             "settings_sha256": hashlib.sha256(canonical.encode()).hexdigest(), "settings": settings,
             "trained_on": sorted(trained_on or []), "versions": versions()}

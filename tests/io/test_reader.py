@@ -174,3 +174,22 @@ def test_truncated_nifti_refused(tmp_path):
     with pytest.raises(InputError, match="truncated: "):
         read_ct(tmp_path / "cut.nii")
     assert read_ct(good).geometry.size == (40, 30, 20)
+
+
+def test_nifti_qform_sform_disagreement_follows_nibabels_rule(tmp_path):
+    """Both forms valid but different: SimpleITK alone would mix them; the reader takes the sform (its code > 0),
+    exactly the affine nibabel reports, spacing and origin alike."""
+    import nibabel as nib
+
+    from monai_pipeline.io import Geometry
+
+    qform = np.array([[-0.7, 0, 0, 10.0], [0, -0.7, 0, 20.0], [0, 0, 2.0, -30.0], [0, 0, 0, 1]])
+    sform = np.array([[-0.9, 0, 0, 55.0], [0, -0.8, 0, -12.0], [0, 0, 2.5, 80.0], [0, 0, 0, 1]])
+    img = nib.Nifti1Image(np.full((10, 12, 6), -1000, np.int16), sform)
+    img.header.set_qform(qform, code=1)
+    img.header.set_sform(sform, code=2)
+    nib.save(img, str(tmp_path / "two_forms.nii.gz"))
+    vol = read_ct(tmp_path / "two_forms.nii.gz")
+    np.testing.assert_allclose(Geometry.from_sitk(vol.image).ras_affine(), nib.load(tmp_path / "two_forms.nii.gz").affine,
+                               atol=1e-4)
+    np.testing.assert_allclose(vol.image.GetSpacing(), (0.9, 0.8, 2.5), atol=1e-5)
