@@ -155,7 +155,9 @@ class Predictor:
 
     def load(self, path: str | Path) -> dict:
         """Read and preprocess one input: ``{"image": network input, "original": the input grid in HU}``."""
+        t0 = time.perf_counter()
         data = run_transform(self.transform, {"image": str(path)}, path)
+        data["load_seconds"] = time.perf_counter() - t0
         if min(data["image"].shape[1:]) == 0:
             thr = self.cfg.preprocessing.body_threshold_hu
             raise InputError(path, f"no voxel above {thr} HU to crop the body to (is this a CT in HU?)")
@@ -184,5 +186,6 @@ class Predictor:
         t2 = time.perf_counter()
         cid = case_id or case_id_from_path(data["original"].meta["filename_or_obj"])
         pred = export_prediction(probs, data["image"].affine, data["original"], self.cfg, cid, save_prob, postprocess)
-        pred.seconds = {"preprocess_s": t1 - t0, "network_s": t2 - t1, "export_s": time.perf_counter() - t2}
+        pred.seconds = {"read_preprocess_s": float(data.get("load_seconds", t1 - t0)), "network_s": t2 - t1,
+                        "export_s": time.perf_counter() - t2}
         return pred

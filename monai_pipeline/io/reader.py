@@ -172,7 +172,7 @@ def label_values(image: sitk.Image) -> list[int]:
     return [int(v) for v in np.flatnonzero(counts)]
 
 
-def check_nifti_complete(p: Path) -> np.ndarray | None:  # noqa: C901 - one linear sequence of checks
+def check_nifti_complete(p: Path) -> np.ndarray | None:
     """Refuse truncated NIfTI files (SimpleITK fills a truncated ``.nii.gz`` with zeros without a word);
     returns nibabel's voxel-to-RAS affine when the header has a qform or sform code > 0 (else None).
 
