@@ -85,7 +85,9 @@ def test_killed_at_random_moments_and_resumed_each_time(tiny_dataset, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     blob = torch.load(run / "model.pt", weights_only=True)
     assert blob["epochs_trained"] == 30
-    assert "resuming from" in (run / "train.log").read_text()
+    log_text = (run / "train.log").read_text()
+    assert "resuming from" in log_text
+    assert log_text.count("model written to") == 1, "train.log receives each message once"
     with open(run / "log.csv") as fh:
         epochs = [int(r["epoch"]) for r in csv.DictReader(fh)]
     assert epochs == list(range(1, 31)), "every epoch logged once, none missing"

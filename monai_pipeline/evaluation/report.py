@@ -97,6 +97,7 @@ def check_held_out(pred_dir: Path, case_ids: list[str], include_training: bool) 
     """Refuse (InputError) predictions of cases their model was trained on, unless ``include_training``.
     Returns what the report records: the models, settings and the cases whose provenance is unknown."""
     trained, unverified, models, settings = [], [], set(), set()
+    details: dict[str, dict] = {}
     for cid in case_ids:
         prov = provenance_of(pred_dir, cid)
         if prov is None:
@@ -104,6 +105,7 @@ def check_held_out(pred_dir: Path, case_ids: list[str], include_training: bool) 
             continue
         models.add(prov.get("model_sha256", ""))
         settings.add(prov.get("settings_sha256", ""))
+        details.setdefault(prov.get("settings_sha256", ""), prov.get("settings", {}))
         if cid in set(prov.get("trained_on", [])):
             trained.append(cid)
     if trained and not include_training:
@@ -113,8 +115,8 @@ def check_held_out(pred_dir: Path, case_ids: list[str], include_training: bool) 
     if unverified:
         logger.warning("%d prediction(s) record no model (no provenance): cannot check they were not trained on: %s",
                        len(unverified), ", ".join(unverified[:8]))
-    return {"model_sha256": sorted(models), "settings_sha256": sorted(settings), "unverified": unverified,
-            "training_cases_included": trained}
+    return {"model_sha256": sorted(models), "settings_sha256": sorted(settings), "settings": details,
+            "unverified": unverified, "training_cases_included": trained}
 
 
 def load_candidates(pred_dir: Path, case_id: str) -> list[tuple[tuple[float, float, float], float]]:
