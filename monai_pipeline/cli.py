@@ -494,11 +494,14 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("monai", "ignite", "PIL", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     _quiet_libraries(args.debug)
-    from monai_pipeline.errors import PipelineError
+    from monai_pipeline.errors import EXIT_PREEMPTED, PipelineError, Preempted
 
     try:
         check_paths(args.command, args)
         return COMMANDS[args.command](args)
+    except Preempted as err:
+        print(f"monai-pipeline: preempted: {err}", file=sys.stderr)
+        return EXIT_PREEMPTED
     except PipelineError as err:
         if args.debug:
             raise

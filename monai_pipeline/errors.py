@@ -24,3 +24,11 @@ class InputError(PipelineError, ValueError):
 
 class ConfigError(PipelineError, ValueError):
     """Invalid configuration value: "<param> must be <rule>, got <value>"."""
+
+
+#: exit status of a preempted training run (EX_TEMPFAIL): a checkpoint was written, resubmitting resumes it
+EXIT_PREEMPTED = 75
+
+
+class Preempted(PipelineError):
+    """Training stopped on a scheduler's signal after a checkpoint was written; ``--resume`` continues it."""

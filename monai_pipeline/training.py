@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import csv
 import glob
+import json
 import logging
 import os
 import re
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +45,7 @@ from monai.utils import set_determinism
 
 from monai_pipeline.config import PipelineConfig, dump_config
 from monai_pipeline.data.manifest import split_for_fold
-from monai_pipeline.errors import InputError
+from monai_pipeline.errors import InputError, Preempted
 from monai_pipeline.inferers import AutocastInferer, build_sliding_window, use_cpu_bf16
 from monai_pipeline.networks import build_network, save_model_file, unwrap
 from monai_pipeline.transforms.pipeline import train_transforms, val_transforms
@@ -64,6 +66,79 @@ class DistContext:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+#: signals a scheduler sends before it stops a job (SLURM: --signal=..., preemption, time limit)
+PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+PREEMPTED_MARKER = "preempted.json"
+
+
+class PreemptionHandler:
+    """On SIGTERM or SIGUSR1, every rank finishes its current step; the ranks agree (an all-reduce per
+    iteration under DDP, so all stop at the same step) and the trainer terminates. The caller then writes the
+    checkpoint. Handlers are installed only in the main thread and restored by :meth:`restore`."""
+
+    def __init__(self, ctx: DistContext, device: torch.device):
+        self.ctx, self.device = ctx, device
+        self.requested = False
+        self.stopped = False
+        self._previous: dict = {}
+
+    def install(self) -> None:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in PREEMPT_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._on_signal)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _on_signal(self, signum, frame) -> None:
+        self.requested = True
+
+    def attach(self, trainer: SupervisedTrainer) -> None:
+        """Attach after every other handler: at an epoch's end the stop waits for them (log row, checkpoint,
+        LR step, validation), since ignite fires no EPOCH_COMPLETED for an epoch terminated on its last step."""
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, self._check)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, self._stop_at_epoch_end)
+
+    def _check(self, engine) -> None:
+        flag = self.requested
+        if self.ctx.world_size > 1:  # every rank calls this once per iteration: the collective stays in step
+            t = torch.tensor([1 if flag else 0], dtype=torch.int32,
+                             device=self.device if self.ctx.backend == "nccl" else "cpu")
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            flag = bool(t.item())
+        if not flag:
+            return
+        self.stopped = True
+        if engine.state.iteration % engine.state.epoch_length == 0:
+            return  # the epoch's last step: stop once its EPOCH_COMPLETED handlers have run
+        logger.warning("preemption signal: stopping after iteration %d (epoch %d)", engine.state.iteration,
+                       engine.state.epoch)
+        engine.terminate()
+
+    def _stop_at_epoch_end(self, engine) -> None:
+        if self.stopped and not engine.should_terminate:
+            logger.warning("preemption signal: stopping at the end of epoch %d", engine.state.epoch)
+            engine.terminate()
+
+
+def save_preemption_checkpoint(run: Path, save_dict: dict, trainer: SupervisedTrainer) -> Path:
+    """The mid-epoch state (weights, optimiser, scheduler, the trainer's iteration) as the run's "last" checkpoint,
+    written atomically; ``--resume`` finishes the interrupted epoch from the next iteration."""
+    from monai_pipeline.io.writer import atomic_path, atomic_write_text
+
+    path = run / "checkpoints" / f"{LAST_PREFIX}_checkpoint_epoch={trainer.state.epoch}.pt"
+    with atomic_path(path) as tmp:
+        torch.save({k: v.state_dict() for k, v in {**save_dict, "trainer": trainer}.items()}, tmp)
+    atomic_write_text(run / PREEMPTED_MARKER, json.dumps({"iteration": int(trainer.state.iteration),
+                                                          "epoch": int(trainer.state.epoch), "checkpoint": path.name}))
+    return path
 
 
 def init_distributed(device: str) -> DistContext:
@@ -474,6 +549,7 @@ def train(manifest: str | Path, run: str | Path, cfg: PipelineConfig, fold: int 
     run = Path(run)
     ctx = init_distributed(device or "auto")
     fh = None
+    preemption: PreemptionHandler | None = None
     try:
         dev = resolve_device(device, ctx)
         max_epochs = int(epochs or cfg.training.epochs)
@@ -505,7 +581,21 @@ def train(manifest: str | Path, run: str | Path, cfg: PipelineConfig, fold: int 
             save_dict["lr_scheduler"] = scheduler
         attach_checkpointing(trainer, run, save_dict, ckpt, dev, ctx, evaluator, optimizer, progress,
                              cfg.training.early_stopping_patience)
+        if ctx.is_main:
+            (run / PREEMPTED_MARKER).unlink(missing_ok=True)  # this run may end normally
+        preemption = PreemptionHandler(ctx, dev)
+        preemption.attach(trainer)
+        preemption.install()
         run_trainer(trainer, cfg.training.cache)
+        finished = trainer.state.iteration >= max_epochs * (trainer.state.epoch_length or 1)
+        if preemption.stopped and not finished:
+            if ctx.is_main:
+                path = save_preemption_checkpoint(run, save_dict, trainer)
+                logger.warning("preempted: checkpoint %s written; resubmit with --resume", path)
+            if ctx.world_size > 1:
+                dist.barrier()
+            raise Preempted(f"{run}: training preempted at epoch {trainer.state.epoch}, iteration "
+                            f"{trainer.state.iteration}; checkpoint written, rerun with --resume to continue")
         if ctx.world_size > 1:
             sync_ranks(network, run, ctx, int(trainer.state.epoch))
         model_path = run / "model.pt"
@@ -515,6 +605,8 @@ def train(manifest: str | Path, run: str | Path, cfg: PipelineConfig, fold: int 
             dist.barrier()
         return model_path
     finally:
+        if preemption is not None:
+            preemption.restore()
         if ctx.world_size > 1 and ctx.owns_group and dist.is_initialized():
             # an undestroyed gloo group is torn down by interpreter exit, which can abort the process
             # ("terminate called without an active exception") after a successful run

@@ -50,6 +50,62 @@ def test_two_process_training_identical_weights_one_checkpoint(tiny_dataset, tmp
     assert torch.load(run / "model.pt", weights_only=True)["epochs_trained"] == 3
 
 
+def test_sigterm_preempts_two_process_training_and_resume_completes(tiny_dataset, tmp_path):
+    """SIGTERM (as SLURM sends before preemption or the time limit) to a 2-process training mid-run: both ranks
+    finish their step and stop together, rank 0 writes a checkpoint and the marker, the exit status says
+    "preempted"; the resumed run ends at the configured epoch count with every epoch logged once."""
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump({**TINY_OVERLAY, "training": {**TINY_OVERLAY["training"], "epochs": 10,
+                                                                "batch_size": 1, "val_interval": 50}}))
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+            "-m", "monai_pipeline.cli", "train", "--manifest", str(tiny_dataset / "manifest.json"), "--out", str(run),
+            "--config", str(cfg), "--device", "cpu", "--no-progress"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    from monai_pipeline.training import checkpoint_epoch, latest_checkpoint
+
+    while time.time() < deadline and proc.poll() is None:
+        ck = latest_checkpoint(run)
+        if ck is not None and checkpoint_epoch(ck) >= 2:
+            break
+        time.sleep(0.05)
+    time.sleep(0.15)
+    os.killpg(proc.pid, signal.SIGTERM)  # every process of the job, as SLURM signals a job step
+    _, err = proc.communicate(timeout=120)
+    assert err.count("monai-pipeline: preempted:") == 2, err[-3000:]  # both ranks stopped cleanly
+    marker = json.loads((run / "preempted.json").read_text())
+    assert (run / "checkpoints" / marker["checkpoint"]).is_file() and not (run / "model.pt").exists()
+    r = subprocess.run([*args, "--resume"], capture_output=True, text=True, env=ENV, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not (run / "preempted.json").exists()
+    blob = torch.load(run / "model.pt", weights_only=True)
+    assert blob["epochs_trained"] == 10
+    with open(run / "log.csv") as fh:
+        epochs = [int(row["epoch"]) for row in csv.DictReader(fh)]
+    assert epochs == list(range(1, 11)), epochs
+
+
+def test_preempted_exit_status_in_process(tiny_dataset, tmp_path):
+    """A single process: SIGUSR1 to itself mid-training gives exit status 75 and a checkpoint."""
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump({**TINY_OVERLAY, "training": {**TINY_OVERLAY["training"], "epochs": 30,
+                                                                "batch_size": 1, "val_interval": 50}}))
+    args = [sys.executable, "-m", "monai_pipeline.cli", "train", "--manifest", str(tiny_dataset / "manifest.json"),
+            "--out", str(tmp_path / "run"), "--config", str(cfg), "--device", "cpu", "--no-progress"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+    from monai_pipeline.training import latest_checkpoint
+
+    deadline = time.time() + 300
+    while time.time() < deadline and latest_checkpoint(tmp_path / "run") is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err[-2000:]
+    assert (tmp_path / "run" / "preempted.json").is_file()
+
+
 def _infer_args(model, manifest, out, *extra):
     return [sys.executable, "-m", "monai_pipeline.cli", "infer", "--model", str(model), "--manifest", str(manifest),
             "--sections", "training,validation,test", "--out", str(out), "--device", "cpu", "--no-progress", *extra]
