@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 import yaml
 
@@ -94,3 +95,28 @@ def test_killed_at_random_moments_and_resumed_each_time(tiny_dataset, tmp_path):
     from monai_pipeline.networks import load_model_file
 
     load_model_file(run / "model.pt")
+
+
+@pytest.mark.parametrize("signal_at,completed_before_stop", [(7, [1]), (10, [1, 2])])
+def test_preemption_handler_mid_epoch_and_at_epoch_end(signal_at, completed_before_stop):
+    """Signal mid-epoch (iteration 7 of epochs of 5): stop after that iteration, the partial epoch not completed
+    (resume finishes it). Signal on an epoch's last iteration (10): the epoch's EPOCH_COMPLETED handlers still run
+    (log row, checkpoint, LR step). Either way every epoch completes exactly once across the resume."""
+    from ignite.engine import Engine, Events
+
+    from monai_pipeline.training import DistContext, PreemptionHandler
+
+    engine = Engine(lambda e, b: None)
+    done: list[int] = []
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: done.append(e.state.epoch))  # e.g. the log row
+    handler = PreemptionHandler(DistContext(), torch.device("cpu"))
+    engine.add_event_handler(Events.ITERATION_STARTED,
+                             lambda e: setattr(handler, "requested", e.state.iteration >= signal_at))
+    handler.attach(engine)
+    engine.run(range(5), max_epochs=4)
+    assert handler.stopped and engine.state.iteration == signal_at and done == completed_before_stop
+    resumed = Engine(lambda e, b: None)
+    resumed.add_event_handler(Events.EPOCH_COMPLETED, lambda e: done.append(e.state.epoch))
+    resumed.load_state_dict(engine.state_dict())
+    resumed.run(range(5), max_epochs=4)
+    assert done == [1, 2, 3, 4], "every epoch completed exactly once across the preemption"
