@@ -17,7 +17,7 @@ from monai_pipeline.inference import Prediction, Predictor, write_prediction
 
 
 def segment(image: str | Path, model: str | Path | Predictor, out: str | Path | None = None,
-            case_id: str | None = None, save_prob: bool = False, postprocess: bool = True,
+            case_id: str | None = None, save_prob: bool = False, postprocess: bool = True, fmt: str = "nifti",
             **predictor_options: Any) -> Prediction:
     """Segment one CT (NIfTI/NRRD/MHA file, DICOM file or series folder).
 
@@ -29,6 +29,8 @@ def segment(image: str | Path, model: str | Path | Predictor, out: str | Path | 
         case_id: output name (default: from the file or folder name).
         save_prob: also return/write the foreground probability on the input grid.
         postprocess: apply the model's post-processing (default) or return the raw decision.
+        fmt: with ``out``, "nifti" (default), "dicom-seg" (a DICOM SEG referencing the source series; DICOM
+            series input only) or "both".
         predictor_options: ``device``, ``overlap``, ``tta``, ``read_options`` ... (see :class:`Predictor`);
             only with a model path.
 
@@ -43,5 +45,5 @@ def segment(image: str | Path, model: str | Path | Predictor, out: str | Path | 
         predictor = Predictor(model, **predictor_options)
     pred = predictor.predict(Path(image), case_id, save_prob=save_prob, postprocess=postprocess)
     if out is not None:
-        write_prediction(pred, out, predictor.provenance(save_prob, postprocess))
+        write_prediction(pred, out, predictor.provenance(save_prob, postprocess, fmt), fmt)
     return pred

@@ -168,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="apply the model's post-processing (default); --no-postprocess writes the raw decision")
     s.add_argument("--overwrite", action="store_true",
                    help="replace outputs in --out made by another model or other settings (default: refuse)")
+    s.add_argument("--format", choices=("nifti", "dicom-seg", "both"), default="nifti",
+                   help="mask format: NIfTI (default), a DICOM SEG referencing the source series (DICOM input), or both")
     s.add_argument("--shard", type=_shard, help="process the I-th of N slices of the case list, e.g. 0/4")
     s.add_argument("--no-progress", action="store_true")
     _add_read_options(s)
@@ -307,14 +309,14 @@ def _cmd_infer(a) -> int:
     if len(cases) == 1 and a.shard is None:
         # a single input is all-or-nothing: a bad input exits 2 and writes nothing
         cid, path = cases[0]
-        provenance = predictor.provenance(a.save_prob, a.postprocess)
+        provenance = predictor.provenance(a.save_prob, a.postprocess, a.format)
         check_output_folder(a.out, [cid], provenance, a.overwrite)
         pred = predictor.predict(path, cid, save_prob=a.save_prob, postprocess=a.postprocess)
-        write_prediction(pred, a.out, provenance)
-        print(f"{a.out / (cid + '.nii.gz')}: {len(pred.lesions)} lesion(s)")
+        written = write_prediction(pred, a.out, provenance, a.format)
+        print(f"{written[0]}: {len(pred.lesions)} lesion(s)")
         return 0
     summary = run_batch(predictor, cases, a.out, shard=a.shard, save_prob=a.save_prob, progress=not a.no_progress,
-                        postprocess=a.postprocess, overwrite=a.overwrite)
+                        postprocess=a.postprocess, overwrite=a.overwrite, fmt=a.format)
     print(f"done {summary.done}, skipped {summary.skipped}, failed {summary.failed}")
     for cid, reason in summary.failures:
         print(f"failed: {cid}: {reason}", file=sys.stderr)
@@ -455,6 +457,29 @@ def check_paths(command: str, a: argparse.Namespace) -> None:
             check_input(value)
     if command == "infer" and a.input and len(a.input) == 1:
         check_input(a.input[0])  # a single input is all-or-nothing; several inputs are a batch
+    if command == "infer" and a.format != "nifti":
+        _check_dicom_inputs(a)
+
+
+def _check_dicom_inputs(a: argparse.Namespace) -> None:
+    """``--format dicom-seg|both`` needs DICOM series folders as input (and highdicom): refused before any work."""
+    from monai_pipeline.errors import InputError
+
+    try:
+        import highdicom  # noqa: F401
+    except ImportError as err:
+        raise InputError(None, f"--format {a.format} needs highdicom",
+                         hint="pip install 'monai-pipeline[dicomseg]'") from err
+
+    paths = list(a.input) if a.input else []
+    if a.manifest:
+        from monai_pipeline.data.manifest import load_manifest
+
+        paths = [e["image"] for s in a.sections.split(",") for e in load_manifest(a.manifest, s.strip())]
+    for p in paths:
+        if not Path(p).is_dir():
+            raise InputError(p, f"--format {a.format} needs a DICOM series folder as input (a SEG references its "
+                             "source images)", hint="use --format nifti for this input")
 
 
 def describe(err: BaseException) -> str:

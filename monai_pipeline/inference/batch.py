@@ -38,10 +38,18 @@ def read_marker(out: Path, case_id: str) -> dict | None:
 
 
 def is_complete(out: Path, case_id: str) -> bool:
-    """An output counts as done when its marker exists and the mask header reads with the marker's geometry."""
+    """An output counts as done when its marker exists, the files of its format exist, and (NIfTI) the mask
+    header reads with the marker's geometry."""
     rec = read_marker(out, case_id)
+    if rec is None or not (out / f"{case_id}_lesions.csv").is_file():
+        return False
+    fmt = rec.get("format", "nifti")
+    if fmt in ("dicom-seg", "both") and not (out / f"{case_id}_seg.dcm").is_file():
+        return False
+    if fmt == "dicom-seg":
+        return True
     mask = out / f"{case_id}.nii.gz"
-    if rec is None or not mask.is_file() or not (out / f"{case_id}_lesions.csv").is_file():
+    if not mask.is_file():
         return False
     try:
         return header_geometry(str(mask)).matches(Geometry.from_dict(rec["geometry"]), atol_mm=1e-3)
@@ -122,7 +130,7 @@ def _append_csv(path: Path, header: list[str], row: list) -> None:
 def output_paths(out: Path, case_id: str) -> list[Path]:
     """Every file a case may write (mask, lesions, probability map, overlay, done-marker)."""
     return [out / f"{case_id}.nii.gz", out / f"{case_id}_lesions.csv", out / f"{case_id}_prob.nii.gz",
-            out / "png" / f"{case_id}.png", out / ".done" / f"{case_id}.json"]
+            out / f"{case_id}_seg.dcm", out / "png" / f"{case_id}.png", out / ".done" / f"{case_id}.json"]
 
 
 def _remove_stale_parts(out: Path, case_ids: list[str]) -> None:
@@ -148,7 +156,7 @@ def _save_overlay(data: dict, pred, truth_path: str | None, path: Path) -> None:
 
 def run_batch(predictor: Predictor, cases: list[tuple[str, str]], out: str | Path, shard: tuple[int, int] | None = None,
               save_prob: bool = False, progress: bool = True, overlays: dict[str, str] | None = None,
-              postprocess: bool = True, overwrite: bool = False) -> BatchSummary:
+              postprocess: bool = True, overwrite: bool = False, fmt: str = "nifti") -> BatchSummary:
     """Predict ``cases`` ((case_id, input path) pairs) into ``out``; never stops at a failing case.
 
     Outputs made earlier by the same model with the same settings are skipped (resume); outputs of another
@@ -163,7 +171,7 @@ def run_batch(predictor: Predictor, cases: list[tuple[str, str]], out: str | Pat
     if dup:
         raise PipelineError(f"case ids must be unique, got duplicates: {', '.join(dup[:5])}")
     mine = shard_cases(cases, shard)
-    provenance = predictor.provenance(save_prob, postprocess)
+    provenance = predictor.provenance(save_prob, postprocess, fmt)
     check_output_folder(out, [c[0] for c in mine], provenance, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     _remove_stale_parts(out, [c[0] for c in mine])
@@ -189,7 +197,7 @@ def run_batch(predictor: Predictor, cases: list[tuple[str, str]], out: str | Pat
         try:
             data = futures.pop(k).result()
             pred = predictor.predict(data, cid, save_prob=save_prob, postprocess=postprocess)
-            write_prediction(pred, out, provenance)
+            write_prediction(pred, out, provenance, fmt)
             if overlays and cid in overlays:
                 _save_overlay(data, pred, overlays[cid], out / "png" / f"{cid}.png")
             summary.done += 1

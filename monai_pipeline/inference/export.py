@@ -26,6 +26,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
 from monai_pipeline.config import PipelineConfig
+from monai_pipeline.errors import InputError
 from monai_pipeline.io.geometry import LPS_TO_RAS, Geometry, sitk_to_xyz_array, xyz_array_to_sitk
 from monai_pipeline.io.writer import atomic_write_text, write_image, write_mask
 from monai_pipeline.postprocess import lesion_table, postprocess_case, write_lesion_csv
@@ -42,6 +43,7 @@ class Prediction:
     lesions: list[dict] = field(default_factory=list)
     prob: sitk.Image | None = None
     seconds: dict = field(default_factory=dict)
+    source_files: list[str] | None = None  # a DICOM series' slice files in the order of the third axis
 
 
 def decide(probs: torch.Tensor) -> np.ndarray:
@@ -81,7 +83,8 @@ def original_geometry(original) -> Geometry:
 
 
 def export_prediction(probs: torch.Tensor, affine_ras: np.ndarray, original, cfg: PipelineConfig, case_id: str,
-                      save_prob: bool = False, postprocess: bool = True) -> Prediction:
+                      save_prob: bool = False, postprocess: bool = True,
+                      source_files: list[str] | None = None) -> Prediction:
     """Steps 1-4 of the module docstring for one case.
 
     Args:
@@ -91,6 +94,7 @@ def export_prediction(probs: torch.Tensor, affine_ras: np.ndarray, original, cfg
         cfg: the model's configuration (``postprocess`` and ``preprocessing.body_threshold_hu`` are used).
         save_prob: also resample the foreground probability (linear) onto the input grid.
         postprocess: False keeps the raw resampled decision (``infer --no-postprocess``).
+        source_files: a DICOM series' slice files (third-axis order), kept for DICOM SEG output.
     """
     geometry = original_geometry(original)
     affine_ras = np.asarray(affine_ras, dtype=np.float64)
@@ -106,7 +110,8 @@ def export_prediction(probs: torch.Tensor, affine_ras: np.ndarray, original, cfg
     if save_prob:
         prob_img = resample_to_grid(fg_net.astype(np.float32), affine_ras, geometry, sitk.sitkLinear,
                                     sitk.sitkFloat32)
-    return Prediction(str(case_id), np.asarray(mask, dtype=np.uint8), geometry, lesions, prob_img)
+    return Prediction(str(case_id), np.asarray(mask, dtype=np.uint8), geometry, lesions, prob_img,
+                      source_files=list(source_files) if source_files else None)
 
 
 def mask_description(provenance: dict | None) -> str:
@@ -116,17 +121,31 @@ def mask_description(provenance: dict | None) -> str:
     return f"monai-pipeline model={provenance['model_sha256'][:24]} settings={provenance['settings_sha256'][:24]}"
 
 
-def write_prediction(pred: Prediction, out: str | Path, provenance: dict | None = None) -> list[Path]:
-    """Mask, lesion table (and probability map) for one case into ``out``; the done-marker, which records the
-    geometry and ``provenance`` (model SHA-256, settings), is written last."""
+FORMATS = ("nifti", "dicom-seg", "both")
+
+
+def write_prediction(pred: Prediction, out: str | Path, provenance: dict | None = None,
+                     fmt: str = "nifti") -> list[Path]:
+    """Mask (NIfTI, and/or DICOM SEG referencing the source series with ``fmt``), lesion table (and probability
+    map) for one case into ``out``; the done-marker, which records the geometry and ``provenance`` (model SHA-256,
+    settings), is written last."""
     out = Path(out)
-    paths = [write_mask(pred.mask, pred.geometry, out / f"{pred.case_id}.nii.gz",
-                        description=mask_description(provenance)),
-             write_lesion_csv(pred.lesions, out / f"{pred.case_id}_lesions.csv")]
+    paths = []
+    if fmt in ("dicom-seg", "both"):
+        from monai_pipeline.io.dicom_seg import write_dicom_seg
+
+        if not pred.source_files:
+            raise InputError(pred.case_id, "DICOM SEG needs a DICOM series as input (its source images)")
+        paths.append(write_dicom_seg(pred.mask, pred.source_files, out / f"{pred.case_id}_seg.dcm", provenance))
+    if fmt in ("nifti", "both"):
+        paths.append(write_mask(pred.mask, pred.geometry, out / f"{pred.case_id}.nii.gz",
+                                description=mask_description(provenance)))
+    paths.append(write_lesion_csv(pred.lesions, out / f"{pred.case_id}_lesions.csv"))
     if pred.prob is not None:
         paths.append(write_image(pred.prob, out / f"{pred.case_id}_prob.nii.gz"))
     atomic_write_text(out / ".done" / f"{pred.case_id}.json", json.dumps(
-        {"case_id": pred.case_id, "geometry": pred.geometry.to_dict(), "provenance": provenance or {}}, indent=1))
+        {"case_id": pred.case_id, "geometry": pred.geometry.to_dict(), "format": fmt, "provenance": provenance or {}},
+        indent=1))
     return paths
 
 

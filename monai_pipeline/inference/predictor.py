@@ -78,7 +78,7 @@ def ensemble_members(path: Path) -> list[Path]:
 
 def prediction_provenance(model_path: str | Path, cfg: PipelineConfig, read_options: ReadOptions | None = None,
                           save_prob: bool = False, postprocess: bool = True, model_sha256: str | None = None,
-                          trained_on: list[str] | None = None) -> dict[str, Any]:
+                          trained_on: list[str] | None = None, fmt: str = "nifti") -> dict[str, Any]:
     """What makes a prediction what it is: the model file's SHA-256 and every setting that changes the mask,
     plus a hash of those settings (``settings_sha256``) that resume and ``evaluate`` compare, the case ids the
     model was trained on (``evaluate`` refuses to score them) and the software versions."""
@@ -87,7 +87,8 @@ def prediction_provenance(model_path: str | Path, cfg: PipelineConfig, read_opti
     sha = model_sha256 or file_sha256(model_path)
     settings = {"model_sha256": sha, "inference": dataclasses.asdict(cfg.inference),
                 "postprocess": dataclasses.asdict(cfg.postprocess) if postprocess else None,
-                "save_prob": save_prob, "read_options": dataclasses.asdict(read_options or ReadOptions())}
+                "save_prob": save_prob, "read_options": dataclasses.asdict(read_options or ReadOptions()),
+                "format": fmt}
     settings = json.loads(json.dumps(settings, default=str))  # as stored: lists, not tuples (compared later)
     canonical = json.dumps(settings, sort_keys=True)
     return {"model_sha256": sha, "model_file": str(Path(model_path).resolve()),
@@ -148,10 +149,10 @@ class Predictor:
         """Case ids the model (any fold of an ensemble) was trained on; empty for older or bundle models."""
         return list(self._trained_on)
 
-    def provenance(self, save_prob: bool = False, postprocess: bool = True) -> dict[str, Any]:
+    def provenance(self, save_prob: bool = False, postprocess: bool = True, fmt: str = "nifti") -> dict[str, Any]:
         """:func:`prediction_provenance` of this predictor's model and settings."""
         return prediction_provenance(self.model_path, self.cfg, self.read_options, save_prob, postprocess,
-                                     model_sha256=self.model_sha256, trained_on=self.trained_on)
+                                     model_sha256=self.model_sha256, trained_on=self.trained_on, fmt=fmt)
 
     def load(self, path: str | Path) -> dict:
         """Read and preprocess one input: ``{"image": network input, "original": the input grid in HU}``."""
@@ -185,7 +186,8 @@ class Predictor:
         probs = self.probabilities(data["image"])
         t2 = time.perf_counter()
         cid = case_id or case_id_from_path(data["original"].meta["filename_or_obj"])
-        pred = export_prediction(probs, data["image"].affine, data["original"], self.cfg, cid, save_prob, postprocess)
+        pred = export_prediction(probs, data["image"].affine, data["original"], self.cfg, cid, save_prob, postprocess,
+                                 source_files=data.get("source_files"))
         pred.seconds = {"read_preprocess_s": float(data.get("load_seconds", t1 - t0)), "network_s": t2 - t1,
                         "export_s": time.perf_counter() - t2}
         return pred

@@ -76,6 +76,7 @@ def write_ct_series(
         ds.PatientID = patient_id
         ds.PatientName = "Synthetic^Phantom"
         ds.PatientSex = "O"
+        ds.PatientBirthDate = ""  # Type 2: present, empty (no identity in synthetic data)
         ds.StudyDate = ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")
         ds.StudyTime = ds.SeriesTime = ds.ContentTime = now.strftime("%H%M%S")
         ds.StudyID = "1"

@@ -156,6 +156,8 @@ class LoadCTd(MapTransform):
             arr = torch.from_numpy(sitk_to_xyz_array(vol.image))[None]  # stored dtype (int16 HU): no copy
             d[key] = MetaTensor(arr, meta=volume_meta(vol))
             d[self.original_key] = MetaTensor(arr, meta=volume_meta(vol))
+            if vol.slices is not None:  # a DICOM series: its files in the order of the third axis (for DICOM SEG)
+                d["source_files"] = [s.path for s in vol.slices]
         return d
 
 
