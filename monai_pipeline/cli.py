@@ -168,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="apply the model's post-processing (default); --no-postprocess writes the raw decision")
     s.add_argument("--overwrite", action="store_true",
                    help="replace outputs in --out made by another model or other settings (default: refuse)")
+    s.add_argument("--preview", action="store_true",
+                   help="also write <case>_preview.png: axial/coronal/sagittal slices through each lesion")
     s.add_argument("--format", choices=("nifti", "dicom-seg", "both"), default="nifti",
                    help="mask format: NIfTI (default), a DICOM SEG referencing the source series (DICOM input), or both")
     s.add_argument("--shard", type=_shard, help="process the I-th of N slices of the case list, e.g. 0/4")
@@ -200,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--include-training", action="store_true",
                    help="score cases the predicting model was trained on (default: refuse, exit 2)")
     s.add_argument("--min-overlap", type=_fraction, default=0.0, help="fraction of a lesion to cover to detect it")
+
+    s = sub.add_parser("report", help="one self-contained HTML page for a training run, inference batch or evaluation")
+    s.add_argument("folder", type=Path, help="a run, prediction or report folder (or one holding several)")
+    s.add_argument("--out", type=Path, help="HTML file (default: FOLDER/report.html)")
 
     s = sub.add_parser("export-bundle", help="drop a trained model.pt into a MONAI bundle's models/ folder")
     s.add_argument("--model", required=True, type=Path)
@@ -311,12 +317,17 @@ def _cmd_infer(a) -> int:
         cid, path = cases[0]
         provenance = predictor.provenance(a.save_prob, a.postprocess, a.format)
         check_output_folder(a.out, [cid], provenance, a.overwrite)
-        pred = predictor.predict(path, cid, save_prob=a.save_prob, postprocess=a.postprocess)
+        data = predictor.load(path)
+        pred = predictor.predict(data, cid, save_prob=a.save_prob, postprocess=a.postprocess)
         written = write_prediction(pred, a.out, provenance, a.format)
+        if a.preview:
+            from monai_pipeline.inference.batch import save_preview
+
+            save_preview(data, pred, a.out)
         print(f"{written[0]}: {len(pred.lesions)} lesion(s)")
         return 0
     summary = run_batch(predictor, cases, a.out, shard=a.shard, save_prob=a.save_prob, progress=not a.no_progress,
-                        postprocess=a.postprocess, overwrite=a.overwrite, fmt=a.format)
+                        postprocess=a.postprocess, overwrite=a.overwrite, fmt=a.format, preview=a.preview)
     print(f"done {summary.done}, skipped {summary.skipped}, failed {summary.failed}")
     for cid, reason in summary.failures:
         print(f"failed: {cid}: {reason}", file=sys.stderr)
@@ -388,6 +399,16 @@ def _cmd_evaluate(a) -> int:
     return 0
 
 
+def _cmd_report(a) -> int:
+    from monai_pipeline.io.paths import check_output_file
+    from monai_pipeline.report import write_report
+
+    if a.out:
+        check_output_file(a.out, (".html", ".htm"))
+    print(write_report(a.folder, a.out))
+    return 0
+
+
 def _cmd_export_bundle(a) -> int:
     from monai_pipeline.bundle import export_to_bundle
     from monai_pipeline.errors import InputError
@@ -428,6 +449,7 @@ PATH_ARGS: dict[str, dict[str, tuple[str, ...]]] = {
     "postprocess": {"inputs": ("model", "config"), "out_dirs": ("out",)},
     "evaluate": {"inputs": ("pred", "manifest"), "out_dirs": ("out",)},
     "export-bundle": {"inputs": ("model", "bundle")},
+    "report": {"inputs": ("folder",), "out_files": ()},
     "demo": {"out_dirs": ("out",)},
     "lidc-convert": {"inputs": ("input", "xml"), "out_dirs": ("out",)},
 }
@@ -492,7 +514,7 @@ def describe(err: BaseException) -> str:
 
 COMMANDS = {"synth": _cmd_synth, "manifest": _cmd_manifest, "convert": _cmd_convert, "check": _cmd_check,
             "train": _cmd_train, "cv": _cmd_cv,
-            "infer": _cmd_infer, "postprocess": _cmd_postprocess, "evaluate": _cmd_evaluate, "export-bundle": _cmd_export_bundle, "demo": _cmd_demo,
+            "infer": _cmd_infer, "postprocess": _cmd_postprocess, "evaluate": _cmd_evaluate, "export-bundle": _cmd_export_bundle, "report": _cmd_report, "demo": _cmd_demo,
             "lidc-convert": _cmd_lidc}
 
 

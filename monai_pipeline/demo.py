@@ -67,15 +67,18 @@ def run_demo(out: str | Path, n_cases: int | None = None, epochs: int | None = N
     truth = {e["case_id"]: e["label"] for e in load_manifest(manifest, "test")}
     # the demo owns its output folder: predictions are always made afresh by this model
     run_batch(Predictor(model, device="cpu"), cases_from_manifest(manifest, ("test",)), preds, overlays=truth,
-              overwrite=True)
+              overwrite=True, preview=True)
     print(f"[4/4] evaluation -> {out / 'report'}")
     if (out / "report").exists():
         shutil.rmtree(out / "report")
     res = evaluate_folder(preds, manifest, out / "report", sections=("test",))
     print(format_table(res))
     print(headline(res))
-    print(f"outputs: masks {preds}/*.nii.gz, overlays {preds}/png/, curve {run}/training_curve.png, "
-          f"report {out / 'report'}; {time.time() - t0:.0f} s in all")
+    from monai_pipeline.report import write_report
+
+    html = write_report(out)
+    print(f"outputs: masks {preds}/*.nii.gz, previews {preds}/*_preview.png, overlays {preds}/png/, curve "
+          f"{run}/training_curve.png, report {out / 'report'}, HTML {html}; {time.time() - t0:.0f} s in all")
     d, cpm = res["metrics"]["dice"], res["detection"]["cpm"]
     print(f"demo: FROC CPM on the held-out cases: {'n/a' if cpm is None else f'{cpm:.3f}'} "
           f"({res['detection']['n_nodules']} nodules; froc.png in {out / 'report'})")

@@ -101,3 +101,71 @@ def save_overlays_png(image: sitk.Image, pred: sitk.Image, truth: sitk.Image | N
     fig.suptitle("prediction (green dashed) vs ground truth (red)", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _scale_bar(ax, pixel_mm: float, length_mm: float = 20.0) -> None:
+    """A ``length_mm`` bar (white, lower left) on an image whose columns are ``pixel_mm`` wide."""
+    x0, x1 = ax.get_xlim()
+    y0, y1 = ax.get_ylim()
+    n = length_mm / pixel_mm
+    left, bottom = min(x0, x1) + 0.05 * abs(x1 - x0), max(y0, y1) - 0.06 * abs(y1 - y0)
+    ax.plot([left, left + n], [bottom, bottom], color="white", linewidth=3, solid_capstyle="butt")
+    ax.text(left, bottom - 0.03 * abs(y1 - y0), f"{length_mm:g} mm", color="white", fontsize=7, va="bottom")
+
+
+def _views(arr: np.ndarray, lab: np.ndarray, c: tuple[int, int, int], spacing) -> list[tuple]:
+    """(title, image, outline, aspect, column pixel mm) for axial, coronal and sagittal slices through ``c``."""
+    sx, sy, sz = spacing
+    i, j, k = c
+    return [("axial", arr[:, :, k].T, lab[:, :, k].T, sy / sx, sx),
+            ("coronal", arr[:, j, :].T[::-1], lab[:, j, :].T[::-1], sz / sx, sx),
+            ("sagittal", arr[i, :, :].T[::-1], lab[i, :, :].T[::-1], sz / sy, sy)]
+
+
+def save_preview_png(image: sitk.Image, mask: sitk.Image, path: str | Path, max_lesions: int = 4,
+                     window: tuple[float, float] = LUNG_WINDOW) -> Path:
+    """``<case_id>_preview.png``: one row per lesion (largest first; the volume centre when there is none) with
+    axial, coronal and sagittal slices through its centre, the mask outlined in green over the CT (lung window)
+    and a 20 mm scale bar. Radiological convention (volumes reoriented to LPS first)."""
+    from scipy import ndimage
+
+    plt = _plt()
+    oriented = sitk.DICOMOrient(image, "LPS")
+    arr, lab = sitk_to_xyz_array(oriented), to_lps_array(mask) > 0
+    spacing = oriented.GetSpacing()
+    labels, n = ndimage.label(lab, structure=np.ones((3, 3, 3)))
+    centres: list[tuple[str, tuple[int, int, int]]] = []
+    if n:
+        sizes = np.bincount(labels.ravel())[1:]
+        for idx in np.argsort(sizes)[::-1][:max_lesions]:
+            c = ndimage.center_of_mass(labels == idx + 1)
+            centres.append((f"lesion {len(centres) + 1} ({sizes[idx] * float(np.prod(spacing)):.0f} mm3)",
+                            tuple(int(round(v)) for v in c)))
+    else:
+        centres.append(("no lesion: volume centre", tuple(s // 2 for s in arr.shape)))
+    fig, axes = plt.subplots(len(centres), 3, figsize=(9.6, 3.3 * len(centres)), dpi=90, squeeze=False)
+    for row, (title, c) in zip(axes, centres, strict=True):
+        for ax, (view, img, outline, aspect, px) in zip(row, _views(arr, lab, c, spacing), strict=True):
+            ax.imshow(img, cmap="gray", vmin=window[0], vmax=window[1], aspect=aspect)
+            if outline.any():
+                ax.contour(outline, levels=[0.5], colors="lime", linewidths=1.0)
+            ax.set_title(f"{title}: {view}", fontsize=8)
+            ax.axis("off")
+            _scale_bar(ax, px)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def save_dice_boxplot(dice: list[float], path: str | Path) -> Path:
+    """``dice_box.png``: the distribution of per-case Dice (box plot with every case as a point)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(3.2, 3.6), dpi=90)
+    ax.boxplot([dice], widths=0.5, showfliers=False)
+    ax.scatter(np.ones(len(dice)) + np.random.default_rng(0).uniform(-0.08, 0.08, len(dice)), dice, s=14,
+               color="tab:green", zorder=3)
+    ax.set_ylim(0, 1)
+    ax.set_xticks([1], [f"{len(dice)} cases"])
+    ax.set_ylabel("Dice")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return _save(fig, path)

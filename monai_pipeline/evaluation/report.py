@@ -243,8 +243,12 @@ def evaluate_folder(pred_dir: str | Path, manifest: str | Path, out: str | Path 
                                                                 "model_vs_readers", "reader_vs_reader"]))
     atomic_write_text(out / "summary.json", dumps_strict(summary))
     if plot:
+        from monai_pipeline.visualize import save_dice_boxplot
+
         _plot_dice(rows, out / "dice.png")
+        save_dice_boxplot([r["dice"] for r in rows], out / "dice_box.png")
         plot_froc(curve, summary["detection"]["cpm"], out / "froc.png")
+        _plot_worst(rows, {e["case_id"]: e for e in present}, pred_dir, out)
     return {"rows": rows, **summary}
 
 
@@ -274,6 +278,28 @@ def _summary(rows, lesions, scans: list[ScanDetections], agreement, provenance, 
             "model_vs_readers": summarize([a["model_vs_readers"] for a in multi]),
             "reader_vs_reader": summarize([a["reader_vs_reader"] for a in multi])}
     return summary
+
+
+def _plot_worst(rows: list[dict], entries: dict[str, dict], pred_dir: Path, out: Path, n: int = 3) -> None:
+    """``worst_<case_id>.png``: prediction against reference through each lesion, for the ``n`` lowest-Dice cases."""
+    import SimpleITK as sitk
+
+    from monai_pipeline.visualize import save_overlays_png
+
+    for old in out.glob("worst_*.png"):
+        old.unlink()
+    from monai_pipeline.errors import PipelineError
+    from monai_pipeline.io.reader import ReadOptions, read_ct
+
+    for r in sorted(rows, key=lambda r: r["dice"])[:n]:
+        e = entries[r["case_id"]]
+        label = sitk.ReadImage(e["label"])
+        try:
+            ct = read_ct(e["image"], ReadOptions(allow_non_ct=True)).image
+        except PipelineError:  # the picture falls back to a blank background; the metrics never depended on it
+            ct = label * 0 - 1000
+        save_overlays_png(ct, sitk.ReadImage(str(pred_dir / f"{r['case_id']}.nii.gz")), label,
+                          out / f"worst_{r['case_id']}.png")
 
 
 def _plot_dice(rows: list[dict], path: Path) -> None:

@@ -130,7 +130,8 @@ def _append_csv(path: Path, header: list[str], row: list) -> None:
 def output_paths(out: Path, case_id: str) -> list[Path]:
     """Every file a case may write (mask, lesions, probability map, overlay, done-marker)."""
     return [out / f"{case_id}.nii.gz", out / f"{case_id}_lesions.csv", out / f"{case_id}_prob.nii.gz",
-            out / f"{case_id}_seg.dcm", out / "png" / f"{case_id}.png", out / ".done" / f"{case_id}.json"]
+            out / f"{case_id}_seg.dcm", out / f"{case_id}_stats.json", out / f"{case_id}_preview.png",
+            out / "png" / f"{case_id}.png", out / ".done" / f"{case_id}.json"]
 
 
 def _remove_stale_parts(out: Path, case_ids: list[str]) -> None:
@@ -141,6 +142,15 @@ def _remove_stale_parts(out: Path, case_ids: list[str]) -> None:
         for target in output_paths(out, cid):
             for p in stale_parts(target):
                 p.unlink(missing_ok=True)
+
+
+def save_preview(data: dict, pred, out: Path) -> Path:
+    """``<case_id>_preview.png``: axial, coronal and sagittal slices through each lesion (see visualize)."""
+    from monai_pipeline.io.geometry import xyz_array_to_sitk
+    from monai_pipeline.visualize import save_preview_png
+
+    ct = xyz_array_to_sitk(data["original"][0].numpy(), pred.geometry)
+    return save_preview_png(ct, xyz_array_to_sitk(pred.mask, pred.geometry), out / f"{pred.case_id}_preview.png")
 
 
 def _save_overlay(data: dict, pred, truth_path: str | None, path: Path) -> None:
@@ -156,7 +166,8 @@ def _save_overlay(data: dict, pred, truth_path: str | None, path: Path) -> None:
 
 def run_batch(predictor: Predictor, cases: list[tuple[str, str]], out: str | Path, shard: tuple[int, int] | None = None,
               save_prob: bool = False, progress: bool = True, overlays: dict[str, str] | None = None,
-              postprocess: bool = True, overwrite: bool = False, fmt: str = "nifti") -> BatchSummary:
+              postprocess: bool = True, overwrite: bool = False, fmt: str = "nifti",
+              preview: bool = False) -> BatchSummary:
     """Predict ``cases`` ((case_id, input path) pairs) into ``out``; never stops at a failing case.
 
     Outputs made earlier by the same model with the same settings are skipped (resume); outputs of another
@@ -198,6 +209,8 @@ def run_batch(predictor: Predictor, cases: list[tuple[str, str]], out: str | Pat
             data = futures.pop(k).result()
             pred = predictor.predict(data, cid, save_prob=save_prob, postprocess=postprocess)
             write_prediction(pred, out, provenance, fmt)
+            if preview:
+                save_preview(data, pred, out)
             if overlays and cid in overlays:
                 _save_overlay(data, pred, overlays[cid], out / "png" / f"{cid}.png")
             summary.done += 1
@@ -215,10 +228,27 @@ def run_batch(predictor: Predictor, cases: list[tuple[str, str]], out: str | Pat
         bar.update(1)
     bar.close()
     pool.shutdown()
+    write_batch_lesions(out, [c[0] for c in mine], out / f"lesions{tag}.csv")
     atomic_write_text(out / f"summary{tag}.json", json.dumps(
         {"done": summary.done, "skipped": summary.skipped, "failed": summary.failed, "total": len(mine),
          "provenance": provenance}, indent=1))
     return summary
+
+
+def write_batch_lesions(out: Path, case_ids: list[str], path: Path) -> Path:
+    """One table across the batch: every case's lesion rows (done now or earlier) with its ``case_id`` first."""
+    from monai_pipeline.postprocess.lesions import LESION_FIELDS
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["case_id", *LESION_FIELDS], extrasaction="ignore")
+    w.writeheader()
+    for cid in case_ids:
+        f = out / f"{cid}_lesions.csv"
+        if f.is_file():
+            with open(f) as fh:
+                for row in csv.DictReader(fh):
+                    w.writerow({"case_id": cid, **row})
+    return atomic_write_text(path, buf.getvalue())
 
 
 def cases_from_inputs(inputs: list[str], strict: bool = True) -> list[tuple[str, str]]:

@@ -114,6 +114,24 @@ def export_prediction(probs: torch.Tensor, affine_ras: np.ndarray, original, cfg
                       source_files=list(source_files) if source_files else None)
 
 
+def case_statistics_json(pred: Prediction, provenance: dict | None = None) -> str:
+    """``<case_id>_stats.json``: per lesion its volume (mm3 and ml), equivalent and longest axial diameter (mm),
+    mean and max HU, centroid (mm, LPS) and score; the totals; and the model and settings that made them."""
+    from monai_pipeline.evaluation.stats import dumps_strict
+
+    lesions = [{"lesion": r["lesion"], "volume_mm3": r["volume_mm3"], "volume_ml": round(r["volume_mm3"] / 1000.0, 4),
+                "equivalent_diameter_mm": r["equivalent_diameter_mm"],
+                "longest_axial_diameter_mm": r["longest_axial_diameter_mm"], "mean_hu": r["mean_hu"],
+                "max_hu": r["max_hu"], "centroid_lps_mm": [r["centroid_x_mm"], r["centroid_y_mm"], r["centroid_z_mm"]],
+                "score": r["score"] if r["score"] != "" else None} for r in pred.lesions]
+    prov = provenance or {}
+    return dumps_strict({"case_id": pred.case_id, "n_lesions": len(lesions),
+                         "total_volume_ml": round(sum(x["volume_ml"] for x in lesions), 4), "lesions": lesions,
+                         "geometry": pred.geometry.to_dict(),
+                         "model": {"sha256": prov.get("model_sha256"), "file": prov.get("model_file")},
+                         "settings": prov.get("settings"), "versions": prov.get("versions")})
+
+
 def mask_description(provenance: dict | None) -> str:
     """The NIfTI ``descrip`` (80 characters at most): which model and settings made the mask (hash prefixes)."""
     if not provenance:
@@ -141,6 +159,7 @@ def write_prediction(pred: Prediction, out: str | Path, provenance: dict | None 
         paths.append(write_mask(pred.mask, pred.geometry, out / f"{pred.case_id}.nii.gz",
                                 description=mask_description(provenance)))
     paths.append(write_lesion_csv(pred.lesions, out / f"{pred.case_id}_lesions.csv"))
+    paths.append(atomic_write_text(out / f"{pred.case_id}_stats.json", case_statistics_json(pred, provenance)))
     if pred.prob is not None:
         paths.append(write_image(pred.prob, out / f"{pred.case_id}_prob.nii.gz"))
     atomic_write_text(out / ".done" / f"{pred.case_id}.json", json.dumps(

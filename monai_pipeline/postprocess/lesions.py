@@ -17,7 +17,7 @@ from monai_pipeline.io.writer import atomic_write_text
 from monai_pipeline.postprocess.array import label_components
 
 LESION_FIELDS = ("lesion", "volume_mm3", "equivalent_diameter_mm", "longest_axial_diameter_mm", "centroid_x_mm",
-                 "centroid_y_mm", "centroid_z_mm", "mean_hu", "n_voxels", "score")
+                 "centroid_y_mm", "centroid_z_mm", "mean_hu", "max_hu", "n_voxels", "score")
 #: a lesion's score from its voxel indices (N, 3) on the mask's grid, e.g. its maximum foreground probability
 ScoreFn = Callable[[np.ndarray], float]
 
@@ -80,6 +80,7 @@ def lesion_table(mask: np.ndarray, geometry: Geometry, hu: np.ndarray | None = N
             "centroid_x_mm": round(float(centroid[0]), 3), "centroid_y_mm": round(float(centroid[1]), 3),
             "centroid_z_mm": round(float(centroid[2]), 3),
             "mean_hu": round(float(hu[sl][comp].mean()), 2) if hu is not None else float("nan"),
+            "max_hu": round(float(hu[sl][comp].max()), 2) if hu is not None else float("nan"),
             "n_voxels": int(len(idx)),
             "score": round(float(score(idx)), 5) if score is not None else "",
         })
