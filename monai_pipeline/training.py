@@ -53,6 +53,7 @@ from monai_pipeline.transforms.pipeline import train_transforms, val_transforms
 logger = logging.getLogger(__name__)
 LAST_PREFIX = "last"
 BEST_NAME = "best_network.pt"
+BEST_RECORD = "best.json"
 
 
 @dataclass
@@ -433,9 +434,7 @@ def build_evaluator(cfg: PipelineConfig, run: Path, val_files: list[dict], netwo
     val_loader = DataLoader(val_ds, batch_size=1, sampler=val_sampler, num_workers=t.num_workers)
     handlers: list = []
     if ctx.is_main:
-        handlers = [StatsHandler(iteration_log=False, name="monai_pipeline.trainer"),
-                    CheckpointSaver(save_dir=str(run / "checkpoints"), save_dict={"network": unwrap(network)},
-                                    save_key_metric=True, key_metric_filename=BEST_NAME)]
+        handlers = [StatsHandler(iteration_log=False, name="monai_pipeline.trainer"), BestCheckpoint(run, network)]
     n_classes = cfg.network.out_channels
     post = Compose([AsDiscreted(keys="pred", argmax=True, to_onehot=n_classes),
                     AsDiscreted(keys="label", to_onehot=n_classes)])
@@ -523,6 +522,38 @@ def sync_ranks(network, run: Path, ctx: DistContext, epochs: int) -> None:
     _write_rank_record(run, ctx, network, epochs)
 
 
+class BestCheckpoint:
+    """Keeps ``checkpoints/best_network.pt`` as the weights with the highest validation Dice of the whole run,
+    resumes and preemptions included: the best score is kept beside it (``best.json``), so a validation after a
+    resume replaces the weights only when it really improves (MONAI's saver keeps the score in memory only)."""
+
+    def __init__(self, run: Path, network, metric: str = "val_mean_dice"):
+        self.path, self.record = run / "checkpoints" / BEST_NAME, run / "checkpoints" / BEST_RECORD
+        self.network, self.metric = network, metric
+
+    def best(self) -> dict | None:
+        try:
+            return json.loads(self.record.read_text()) if self.record.is_file() else None
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def attach(self, evaluator: SupervisedEvaluator) -> None:
+        evaluator.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, evaluator: SupervisedEvaluator) -> None:
+        from monai_pipeline.io.writer import atomic_path, atomic_write_text
+
+        score = float(evaluator.state.metrics[self.metric])
+        previous = self.best()
+        if previous is not None and not score > float(previous["score"]):
+            return
+        with atomic_path(self.path) as tmp:
+            torch.save(unwrap(self.network).state_dict(), tmp)
+        atomic_write_text(self.record, json.dumps({"score": score, "epoch": int(evaluator.state.epoch),
+                                                   "metric": self.metric}))
+        logger.info("best %s so far: %.4f at epoch %d", self.metric, score, evaluator.state.epoch)
+
+
 def save_final_model(run: Path, network, cfg: PipelineConfig, evaluator, epochs: int, dev: torch.device,
                      train_files: list[dict], val_files: list[dict]) -> Path:
     """``RUN/model.pt``: the best validation checkpoint when there is one, else the last weights; records the
@@ -532,7 +563,9 @@ def save_final_model(run: Path, network, cfg: PipelineConfig, evaluator, epochs:
              "validated_on": sorted(f["case_id"] for f in val_files)}
     if best.exists():
         unwrap(network).load_state_dict(torch.load(best, map_location=dev, weights_only=True))
-        extra["best_val_mean_dice"] = float(evaluator.state.best_metric) if evaluator else None
+        record = BestCheckpoint(run, network).best()
+        extra["best_val_mean_dice"] = float(record["score"]) if record else None
+        extra["best_epoch"] = int(record["epoch"]) if record else None
     path = save_model_file(run / "model.pt", network, cfg, extra)
     plot_training_curve(run)
     logger.info("model written to %s", path)

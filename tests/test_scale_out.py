@@ -40,7 +40,7 @@ def test_two_process_training_identical_weights_one_checkpoint(tiny_dataset, tmp
     assert {x["backend"] for x in ranks} == {"gloo"} and {x["world_size"] for x in ranks} == {2}
     assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"], "DDP ranks diverged"
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert ckpts == ["best_network.pt", "last_checkpoint_epoch=2.pt"], ckpts
+    assert ckpts == ["best.json", "best_network.pt", "last_checkpoint_epoch=2.pt"], ckpts
     assert len((run / "log.csv").read_text().strip().splitlines()) == 3, "one log row per epoch (rank 0 only)"
     blob = torch.load(run / "model.pt", weights_only=True)
     assert blob["epochs_trained"] == 2

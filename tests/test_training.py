@@ -120,3 +120,21 @@ def test_preemption_handler_mid_epoch_and_at_epoch_end(signal_at, completed_befo
     resumed.load_state_dict(engine.state_dict())
     resumed.run(range(5), max_epochs=4)
     assert done == [1, 2, 3, 4], "every epoch completed exactly once across the preemption"
+
+
+def test_best_checkpoint_survives_a_resume(tiny_dataset, tmp_path):
+    """After a resume, a validation that is not better than the best of the whole run (kept in best.json) must not
+    replace best_network.pt; model.pt records the run's best score and its epoch."""
+    import json
+
+    cfg = load_config(TINY_OVERLAY, {"training": {"epochs": 2, "val_interval": 1}})
+    run = tmp_path / "run"
+    train(tiny_dataset / "manifest.json", run, cfg, device="cpu", progress=False)
+    record = json.loads((run / "checkpoints" / "best.json").read_text())
+    assert 0.0 <= record["score"] <= 1.0 and record["epoch"] in (1, 2)
+    (run / "checkpoints" / "best.json").write_text(json.dumps({**record, "score": 0.999}))  # an unbeatable best
+    before = (run / "checkpoints" / "best_network.pt").read_bytes()
+    train(tiny_dataset / "manifest.json", run, cfg, epochs=4, device="cpu", resume=True, progress=False)
+    assert (run / "checkpoints" / "best_network.pt").read_bytes() == before
+    blob = torch.load(run / "model.pt", weights_only=True)
+    assert blob["best_val_mean_dice"] == 0.999 and blob["best_epoch"] == record["epoch"] and blob["epochs_trained"] == 4
