@@ -273,8 +273,7 @@ def _cmd_train(a) -> int:
 def _cmd_check(a) -> int:
     from monai_pipeline.data.check import SECTIONS, check_dataset
     from monai_pipeline.errors import InputError
-    from monai_pipeline.evaluation.stats import dumps_strict
-    from monai_pipeline.io.writer import atomic_write_text
+    from monai_pipeline.io.writer import atomic_write_text, dumps_strict
 
     report = check_dataset(a.manifest, a.sections or SECTIONS, n_classes=a.classes)
     print(report.format())
@@ -305,7 +304,7 @@ def _cmd_infer(a) -> int:
         run_batch,
         write_prediction,
     )
-    from monai_pipeline.inference.batch import check_output_folder
+    from monai_pipeline.inference.batch import check_existing_outputs
 
     cases = (cases_from_inputs(a.input, strict=len(a.input) == 1) if a.input else
              cases_from_manifest(a.manifest, tuple(s.strip() for s in a.sections.split(","))))
@@ -316,7 +315,7 @@ def _cmd_infer(a) -> int:
         # a single input is all-or-nothing: a bad input exits 2 and writes nothing
         cid, path = cases[0]
         provenance = predictor.provenance(a.save_prob, a.postprocess, a.format)
-        check_output_folder(a.out, [cid], provenance, a.overwrite)
+        check_existing_outputs(a.out, [cid], provenance, a.overwrite)
         data = predictor.load(path)
         pred = predictor.predict(data, cid, save_prob=a.save_prob, postprocess=a.postprocess)
         written = write_prediction(pred, a.out, provenance, a.format)

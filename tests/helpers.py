@@ -31,3 +31,17 @@ def tiny_model_file(path: Path, overlay: dict | None = None) -> Path:
 
     cfg = load_config(TINY_OVERLAY, overlay)
     return save_model_file(path, build_network(cfg.network), cfg)
+
+
+def wait_for_checkpoint(run: Path, min_epoch: int, proc: subprocess.Popen, timeout: float = 300.0) -> None:
+    """Poll until ``run`` holds a "last" checkpoint of epoch >= ``min_epoch``, ``proc`` ended, or ``timeout`` s."""
+    import time
+
+    from monai_pipeline.training import checkpoint_epoch, latest_checkpoint
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        ck = latest_checkpoint(run)
+        if ck is not None and checkpoint_epoch(ck) >= min_epoch:
+            return
+        time.sleep(0.05)

@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from monai_pipeline.data.manifest import load_manifest
-from tests.helpers import TINY_OVERLAY, run_cli, tiny_model_file
+from tests.helpers import TINY_OVERLAY, run_cli, tiny_model_file, wait_for_checkpoint
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
 
@@ -63,14 +63,7 @@ def test_sigterm_preempts_two_process_training_and_resume_completes(tiny_dataset
             "--config", str(cfg), "--device", "cpu", "--no-progress"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
                             start_new_session=True)
-    deadline = time.time() + 300
-    from monai_pipeline.training import checkpoint_epoch, latest_checkpoint
-
-    while time.time() < deadline and proc.poll() is None:
-        ck = latest_checkpoint(run)
-        if ck is not None and checkpoint_epoch(ck) >= 2:
-            break
-        time.sleep(0.05)
+    wait_for_checkpoint(run, 2, proc)
     time.sleep(0.15)
     os.killpg(proc.pid, signal.SIGTERM)  # every process of the job, as SLURM signals a job step
     _, err = proc.communicate(timeout=120)

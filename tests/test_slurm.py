@@ -17,7 +17,7 @@ import SimpleITK as sitk
 import yaml
 
 from tests.conftest import REPO
-from tests.helpers import TINY_OVERLAY, run_cli
+from tests.helpers import TINY_OVERLAY, run_cli, wait_for_checkpoint
 
 SRUN = """#!/bin/bash
 # stub srun: the command once per node (--ntasks-per-node=1), SLURM_NODEID/SLURM_PROCID set; signals forwarded
@@ -80,15 +80,9 @@ def test_multinode_training_preempted_requeued_and_resumed(tiny_dataset, tmp_pat
     script = REPO / "scripts" / "slurm" / "train_multinode.sbatch"
     proc = subprocess.Popen(["sbatch", str(script)], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    from monai_pipeline.training import checkpoint_epoch, latest_checkpoint
 
     run = tmp_path / "run"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        ck = latest_checkpoint(run)
-        if ck is not None and checkpoint_epoch(ck) >= 2:
-            break
-        time.sleep(0.05)
+    wait_for_checkpoint(run, 2, proc)
     proc.send_signal(signal.SIGUSR1)  # what --signal=B:USR1@300 sends the batch script before the time limit
     out, _ = proc.communicate(timeout=240)
     assert proc.returncode == 0, out[-3000:]

@@ -15,7 +15,7 @@ import yaml
 
 from monai_pipeline.config import load_config
 from monai_pipeline.training import checkpoint_epoch, latest_checkpoint, train
-from tests.helpers import TINY_OVERLAY
+from tests.helpers import TINY_OVERLAY, wait_for_checkpoint
 
 
 def _losses(run):
@@ -67,12 +67,7 @@ def test_killed_at_random_moments_and_resumed_each_time(tiny_dataset, tmp_path):
         proc = subprocess.Popen([*args, *resume], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
         # wait until this attempt has trained at least one epoch of its own, then a random extra moment
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None:
-            ck = latest_checkpoint(run)
-            if ck is not None and checkpoint_epoch(ck) > start_epoch:
-                break
-            time.sleep(0.05)
+        wait_for_checkpoint(run, start_epoch + 1, proc)
         time.sleep(rng.uniform(0.0, 0.6))
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -36,7 +36,8 @@ from monai_pipeline.evaluation.detection import (
 )
 from monai_pipeline.evaluation.metrics import METRICS, case_metrics
 from monai_pipeline.evaluation.readers import nodule_agreement, reader_files
-from monai_pipeline.evaluation.stats import dumps_strict, summarize
+from monai_pipeline.evaluation.stats import summarize
+from monai_pipeline.io.writer import dumps_strict
 
 logger = logging.getLogger(__name__)
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from monai_pipeline.io.writer import dumps_strict, json_safe  # noqa: F401 - re-exported (they lived here before)
+
 #: resamples of the bootstrap, and the seed that makes every report reproducible
 N_RESAMPLES, SEED = 2000, 0
 
@@ -47,23 +49,3 @@ def summarize(values: Sequence[float | None]) -> dict[str, Any]:
     low, high = bootstrap_ci(v)
     return {"mean": float(v.mean()), "median": float(np.median(v)), "std": float(v.std(ddof=1)) if n > 1 else None,
             "ci95_low": low, "ci95_high": high, "n": n}
-
-
-def json_safe(obj: Any) -> Any:
-    """``obj`` with every NaN/inf float replaced by ``None`` and numpy scalars made plain (strict JSON)."""
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def dumps_strict(obj: Any) -> str:
-    """JSON that strict parsers accept (no NaN/Infinity tokens)."""
-    import json
-
-    return json.dumps(json_safe(obj), indent=1, allow_nan=False)

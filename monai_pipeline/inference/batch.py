@@ -77,7 +77,7 @@ def provenance_difference(old: dict, new: dict) -> str | None:
     return None
 
 
-def check_output_folder(out: Path, case_ids: list[str], provenance: dict, overwrite: bool) -> None:
+def check_existing_outputs(out: Path, case_ids: list[str], provenance: dict, overwrite: bool) -> None:
     """Refuse (before any work) to mix outputs of another model or other settings into ``out``."""
     if overwrite:
         return
@@ -183,7 +183,7 @@ def run_batch(predictor: Predictor, cases: list[tuple[str, str]], out: str | Pat
         raise PipelineError(f"case ids must be unique, got duplicates: {', '.join(dup[:5])}")
     mine = shard_cases(cases, shard)
     provenance = predictor.provenance(save_prob, postprocess, fmt)
-    check_output_folder(out, [c[0] for c in mine], provenance, overwrite)
+    check_existing_outputs(out, [c[0] for c in mine], provenance, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     _remove_stale_parts(out, [c[0] for c in mine])
     summary = BatchSummary()

@@ -117,7 +117,7 @@ def export_prediction(probs: torch.Tensor, affine_ras: np.ndarray, original, cfg
 def case_statistics_json(pred: Prediction, provenance: dict | None = None) -> str:
     """``<case_id>_stats.json``: per lesion its volume (mm3 and ml), equivalent and longest axial diameter (mm),
     mean and max HU, centroid (mm, LPS) and score; the totals; and the model and settings that made them."""
-    from monai_pipeline.evaluation.stats import dumps_strict
+    from monai_pipeline.io.writer import dumps_strict
 
     lesions = [{"lesion": r["lesion"], "volume_mm3": r["volume_mm3"], "volume_ml": round(r["volume_mm3"] / 1000.0, 4),
                 "equivalent_diameter_mm": r["equivalent_diameter_mm"],

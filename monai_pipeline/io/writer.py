@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -80,3 +83,21 @@ def write_mask(mask_xyz: np.ndarray, geometry: Geometry, path: str | Path, descr
     if description:
         image.SetMetaData("descrip", description[:79])
     return write_image(image, path)
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every NaN/inf float replaced by ``None`` and numpy scalars made plain (strict JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def dumps_strict(obj: Any) -> str:
+    """JSON that strict parsers accept (no NaN/Infinity tokens)."""
+    return json.dumps(json_safe(obj), indent=1, allow_nan=False)
