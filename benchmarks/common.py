@@ -20,20 +20,32 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
 
 
-def make_volume(out: Path, n_slices: int = 300, seed: int = 42) -> tuple[Path, Path]:
-    """A synthetic 512 x 512 x n chest CT at 0.7 x 0.7 x 1.25 mm with nodules (NIfTI image and label)."""
+#: volumes the benchmark checks its defaults on beyond its own (name: seed, orientation, in-plane and slice
+#: spacing in mm): other seeds than the demo's training cases, non-RAS directions, other spacings
+UNSEEN_VOLUMES = {
+    "flipped_rows_ff": (1042, "flipped_rows", 0.7, 1.25),  # rows flipped, feet-first slices, like the issue's CT
+    "prone_2mm": (2077, "prone", 0.8, 2.0),
+}
+
+
+def make_volume(out: Path, n_slices: int = 300, seed: int = 42, orientation: str = "axial_hf",
+                spacing_xy: float = 0.7, spacing_z: float = 1.25, name: str | None = None) -> tuple[Path, Path]:
+    """A synthetic 512 x 512 x n chest CT with nodules (NIfTI image and label): by default at 0.7 x 0.7 x 1.25 mm,
+    head first, RAS-like; ``orientation`` one of the generator's (``flipped_rows``: rows flipped, feet first)."""
     import SimpleITK as sitk
 
     from monai_pipeline.data.synthetic import SynthConfig, generate_case
 
-    img, lab = out / f"bench_{n_slices}.nii.gz", out / f"bench_{n_slices}_label.nii.gz"
+    out.mkdir(parents=True, exist_ok=True)
+    stem = name or f"bench_{n_slices}"
+    img, lab = out / f"{stem}.nii.gz", out / f"{stem}_label.nii.gz"
     if not img.exists():
-        cfg = SynthConfig(matrix=512, spacing_xy=(0.7, 0.7), spacing_z=(1.25, 1.25), extent_z_mm=n_slices * 1.25,
-                          n_nodules=(4, 5), diameter_mm=(5.0, 25.0))
-        case = generate_case(seed, cfg, orientation="axial_hf")
+        cfg = SynthConfig(matrix=512, spacing_xy=(spacing_xy, spacing_xy), spacing_z=(spacing_z, spacing_z),
+                          extent_z_mm=n_slices * spacing_z, n_nodules=(4, 5), diameter_mm=(5.0, 25.0))
+        case = generate_case(seed, cfg, orientation=orientation)
         assert case.image.GetSize() == (512, 512, n_slices), case.image.GetSize()
-        sitk.WriteImage(case.image, str(img))
         sitk.WriteImage(case.label, str(lab))
+        sitk.WriteImage(case.image, str(img))  # last: its presence means both were written
     return img, lab
 
 
@@ -86,3 +98,9 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a > 0, b > 0
     s = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
     return 1.0 if s == 0 else 2.0 * int(np.count_nonzero(a & b)) / s
+
+
+def make_unseen(out: Path, name: str, n_slices: int = 300) -> tuple[Path, Path]:
+    """One of :data:`UNSEEN_VOLUMES` (``n_slices`` slices)."""
+    seed, orientation, sxy, sz = UNSEEN_VOLUMES[name]
+    return make_volume(out, n_slices, seed, orientation, sxy, sz, name=f"{name}_{n_slices}")

@@ -84,6 +84,10 @@ def _add_read_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--allow-gantry-tilt", action="store_true", help="read tilted series anyway (approximate grid)")
 
 
+def _int_list(text: str | None) -> list[int] | None:
+    return None if text is None else [int(v) for v in text.split(",") if v.strip()]
+
+
 def _read_options(args):
     from monai_pipeline.io.reader import ReadOptions
 
@@ -163,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="mirroring test-time augmentation, 8 flips (default: the model's configuration)")
     s.add_argument("--no-bf16", action="store_true", help="disable bf16 autocast on CPU")
+    s.add_argument("--tta-scope", choices=("candidates", "volume"),
+                   help="mirror only around the plain pass's candidates, or the whole volume (default: the model's)")
+    s.add_argument("--tta-axes", help="axes mirrored by TTA, e.g. 0 or 0,1 (default: the model's configuration)")
+    s.add_argument("--resample", choices=("linear", "nearest"),
+                   help="back onto the input grid: resample the probability (linear) or the label (nearest); "
+                        "default: the model's configuration")
     s.add_argument("--save-prob", action="store_true", help="also write <case>_prob.nii.gz (foreground probability)")
     s.add_argument("--postprocess", action=argparse.BooleanOptionalAction, default=True,
                    help="apply the model's post-processing (default); --no-postprocess writes the raw decision")
@@ -310,7 +320,8 @@ def _cmd_infer(a) -> int:
              cases_from_manifest(a.manifest, tuple(s.strip() for s in a.sections.split(","))))
     predictor = Predictor(a.model, device=None if a.device == "auto" else a.device, overlap=a.overlap,
                           sw_batch_size=a.sw_batch_size, tta=a.tta, bf16=False if a.no_bf16 else None,
-                          stitch_device=a.stitch_device, read_options=_read_options(a))
+                          resample=a.resample, tta_axes=_int_list(a.tta_axes),
+                          tta_scope=a.tta_scope, stitch_device=a.stitch_device, read_options=_read_options(a))
     if len(cases) == 1 and a.shard is None:
         # a single input is all-or-nothing: a bad input exits 2 and writes nothing
         cid, path = cases[0]

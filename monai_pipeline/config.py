@@ -35,6 +35,7 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("cosine", "poly", "none")
 NETWORKS = ("UNet", "SegResNet", "DynUNet", "BasicUNet")
 SAMPLINGS = ("posneg", "lesion")
+RESAMPLE_MODES = ("linear", "nearest")
 BLEND_MODES = ("gaussian", "constant")
 Triple = tuple[float, float, float]
 IntTriple = tuple[int, int, int]
@@ -183,11 +184,20 @@ class InferenceConfig:
     mode: str  # gaussian | constant blending
     sigma_scale: float
     tta: bool
+    tta_axes: tuple[int, ...]  # network-grid axes (0 = x, 1 = y, 2 = z) mirrored by TTA: 2^len passes
+    tta_scope: str  # candidates: mirrored passes only around the plain pass's candidates | volume: everywhere
     bf16: bool | str
     sw_device: str | None
+    resample: str  # linear: foreground probability resampled (around candidates), then decided | nearest: label
+    channels_last: bool  # run the network in channels-last 3D memory format
 
     def __post_init__(self) -> None:
         _positive_triple("inference.roi_size", self.roi_size)
+        _one_of("inference.resample", self.resample, RESAMPLE_MODES)
+        _one_of("inference.tta_scope", self.tta_scope, ("candidates", "volume"))
+        _need(len(self.tta_axes) > 0 and len(set(self.tta_axes)) == len(self.tta_axes)
+              and all(a in (0, 1, 2) for a in self.tta_axes),
+              f"inference.tta_axes must be distinct axes out of 0, 1, 2, got {list(self.tta_axes)}")
         _need(0 <= self.overlap < 1, f"inference.overlap must be >= 0 and < 1, got {self.overlap}")
         _need(self.sw_batch_size >= 1, f"inference.sw_batch_size must be >= 1, got {self.sw_batch_size}")
         _one_of("inference.mode", self.mode, BLEND_MODES)
@@ -272,6 +282,10 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
             except ConfigError as err:
                 errors.append(str(err))
         raise ConfigError(errors[0])
+    if origin is tuple and len(typing.get_args(hint)) == 2 and typing.get_args(hint)[1] is Ellipsis:
+        item = typing.get_args(hint)[0]
+        _need(isinstance(value, list | tuple), f"{name} must be a list, got {value!r}")
+        return tuple(_coerce(f"{name}[{i}]", v, item) for i, v in enumerate(value))
     if origin is tuple:
         args = typing.get_args(hint)
         _need(isinstance(value, list | tuple) and len(value) == len(args),

@@ -21,8 +21,14 @@ from monai.inferers import Inferer, SlidingWindowInferer
 
 from monai_pipeline.config import PipelineConfig
 
-#: the 7 non-trivial mirrorings of a (B, C, X, Y, Z) tensor
-MIRROR_AXES = ((2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4))
+
+def mirrorings(axes: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Every combination of the spatial ``axes`` (0 = x) as tensor dims of ``(B, C, X, Y, Z)``, the identity
+    first: 2^len(axes) mirrorings."""
+    from itertools import combinations
+
+    dims = [a + 2 for a in sorted(axes)]
+    return [c for k in range(len(dims) + 1) for c in combinations(dims, k)]
 
 
 @lru_cache(maxsize=1)
@@ -78,10 +84,67 @@ class AutocastInferer(Inferer):
         return out.float()
 
 
+#: TTA with ``tta_scope: candidates``: voxels whose plain-pass foreground probability exceeds this are candidates
+TTA_CANDIDATE_PROBABILITY = 0.05
+#: ... and each candidate is mirrored with this much context around it (voxels of the network grid)
+TTA_CONTEXT_VOXELS = 16
+
+
+def window_count(shape: tuple[int, ...], roi: tuple[int, ...], overlap: float) -> int:
+    """Windows a sliding window of ``roi`` with ``overlap`` places over ``shape`` (as MONAI's scan intervals)."""
+    import math
+
+    count = 1
+    for n, r in zip(shape, roi, strict=True):
+        if n <= r:
+            continue
+        step = max(1, int(r * (1 - overlap)))
+        count *= math.ceil((n - r) / step) + 1
+    return count
+
+
+def candidate_regions(fg: torch.Tensor, threshold: float, context: int, min_size: tuple[int, ...]) -> list:
+    """Where mirroring TTA is worth running: the candidates (``fg`` > ``threshold``; ``fg`` a ``(X, Y, Z)``
+    foreground probability) dilated by ``context`` voxels, as (box, region) pairs -- ``box`` the slices of one
+    connected dilated region's bounding box, widened to at least ``min_size`` (the window, so no window is
+    padded) within the volume; ``region`` its voxels inside the box (bool). Every voxel lies in at most one
+    region."""
+    import numpy as np
+    from scipy import ndimage
+
+    cand = (fg > threshold).cpu().numpy()
+    if not cand.any():
+        return []
+    # dilation by a box of 2 * context + 1: a maximum filter on the coarse question "is a candidate near?"
+    near = ndimage.maximum_filter(cand.astype(np.uint8), size=2 * context + 1, mode="constant") > 0
+    labels, _ = ndimage.label(near)
+    shape = near.shape
+    out = []
+    for i, box in enumerate(ndimage.find_objects(labels), start=1):
+        grown = []
+        for b, n, m in zip(box, shape, min_size, strict=True):
+            lo, hi, target = b.start, b.stop, min(m, n)
+            if hi - lo < target:  # centre a window-sized box on the region, inside the volume
+                lo = max(0, min(lo - (target - (hi - lo)) // 2, n - target))
+                hi = lo + target
+            grown.append(slice(lo, hi))
+        grown = tuple(grown)
+        out.append((grown, torch.from_numpy(labels[grown] == i)))
+    return out
+
+
 class ProbabilityInferer(Inferer):
     """Class probabilities ``(B, C, X, Y, Z)`` (float32, on the stitching device) of a batch of preprocessed
-    images: sliding window with the configured blending, softmax, averaged over the 8 mirrorings when
-    ``cfg.inference.tta``, under autocast (fp16 on CUDA, bf16 on capable CPUs unless ``bf16`` is false).
+    images: sliding window with the configured blending, softmax, and with ``cfg.inference.tta`` averaged over
+    the mirrorings of ``tta_axes`` (every combination); under autocast (fp16 on CUDA, bf16 on capable CPUs
+    unless ``bf16`` is false).
+
+    ``tta_scope: volume`` mirrors the whole volume (2^n full passes). ``candidates`` runs the plain pass over
+    the whole volume and the mirrored passes only around its candidates (foreground probability above
+    :data:`TTA_CANDIDATE_PROBABILITY`, with :data:`TTA_CONTEXT_VOXELS` of context; each region's box is at least
+    one window): elsewhere every mirrored pass would have to turn a confident background into foreground to
+    change the decision. It costs a fraction of the full TTA (measured in ``docs/performance.md``); when the
+    regions' boxes need as many windows as the whole volume, the whole volume is mirrored instead.
 
     Args:
         cfg: the model's configuration (its ``inference`` section).
@@ -93,19 +156,49 @@ class ProbabilityInferer(Inferer):
         super().__init__()
         self.device = torch.device(device)
         self.window = build_sliding_window(cfg, sw_device=self.device, device=stitch_device or self.device)
-        self.tta = cfg.inference.tta
+        self.flips = mirrorings(tuple(cfg.inference.tta_axes)) if cfg.inference.tta else [()]
+        self.scope = cfg.inference.tta_scope
+        self.roi = tuple(cfg.inference.roi_size)
+        self.overlap = cfg.inference.overlap
         self.bf16 = cfg.inference.bf16
+        self.last_tta_fraction = 0.0  # mirrored windows of the last call / those of a whole-volume TTA
+
+    def _mirrored_mean(self, x: torch.Tensor, network, flips: list) -> torch.Tensor:
+        acc = None
+        for axes in flips:
+            xi = torch.flip(x, axes) if axes else x
+            out = torch.softmax(self.window(xi, network).float(), dim=1)
+            out = torch.flip(out, axes) if axes else out
+            acc = out if acc is None else acc + out
+        return acc
 
     @torch.no_grad()
     def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> torch.Tensor:
         x = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
         x = x.to(self.device)
-        flips = [(), *MIRROR_AXES] if self.tta else [()]
-        acc = None
+        n = len(self.flips)
         with autocast_context(self.device, self.bf16):
-            for axes in flips:
-                xi = torch.flip(x, axes) if axes else x
-                out = torch.softmax(self.window(xi, network).float(), dim=1)
-                out = torch.flip(out, axes) if axes else out
-                acc = out if acc is None else acc + out
-        return acc / len(flips)
+            if n == 1 or self.scope == "volume":
+                self.last_tta_fraction = 1.0 if n > 1 else 0.0
+                return self._mirrored_mean(x, network, self.flips) / n
+            plain = self._mirrored_mean(x, network, [()])
+            out = plain.clone()
+            fraction = 0.0
+            for b in range(x.shape[0]):
+                regions = candidate_regions(plain[b, 1:].sum(0), TTA_CANDIDATE_PROBABILITY, TTA_CONTEXT_VOXELS,
+                                            self.roi)
+                whole = window_count(tuple(x.shape[2:]), self.roi, self.overlap)
+                covered = sum(window_count(tuple(r.shape), self.roi, self.overlap) for _, r in regions) / whole
+                if covered >= 1.0:
+                    out[b] = self._mirrored_mean(x[b:b + 1], network, self.flips)[0] / n
+                    fraction += 1.0
+                    continue
+                fraction += covered
+                for box, region in regions:
+                    sub = (slice(b, b + 1), slice(None), *box)
+                    mirrored = self._mirrored_mean(x[sub], network, self.flips[1:])
+                    mean = (plain[sub] + mirrored) / n
+                    keep = region.to(out.device)[None, None]
+                    out[sub] = torch.where(keep, mean, plain[sub])
+            self.last_tta_fraction = fraction / x.shape[0]
+        return out

@@ -143,11 +143,14 @@ def save_preemption_checkpoint(run: Path, save_dict: dict, trainer: SupervisedTr
 
 
 def init_distributed(device: str) -> DistContext:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1): nccl on CUDA, gloo on CPU."""
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1): nccl on CUDA with a GPU per process,
+    gloo on CPU and when more processes than GPUs share a node (nccl refuses two ranks on one GPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext()
-    backend = "nccl" if device.startswith("cuda") and torch.cuda.is_available() else "gloo"
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    cuda = device.startswith("cuda") and torch.cuda.is_available()
+    backend = "nccl" if cuda and torch.cuda.device_count() >= per_node else "gloo"
     owns = not dist.is_initialized()
     if owns:
         dist.init_process_group(backend=backend)
@@ -168,7 +171,7 @@ def resolve_device(device: str | None, ctx: DistContext | None = None) -> torch.
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(None, "device must be 'cpu' when no CUDA GPU is available, got 'cuda'")
     if device == "cuda" and ctx is not None and ctx.world_size > 1:
-        device = f"cuda:{ctx.local_rank}"
+        device = f"cuda:{ctx.local_rank % torch.cuda.device_count()}"  # ranks share GPUs when there are fewer
     return torch.device(device)
 
 

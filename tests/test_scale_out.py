@@ -55,7 +55,8 @@ def test_sigterm_preempts_two_process_training_and_resume_completes(tiny_dataset
     finish their step and stop together, rank 0 writes a checkpoint and the marker, the exit status says
     "preempted"; the resumed run ends at the configured epoch count with every epoch logged once."""
     cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump({**TINY_OVERLAY, "training": {**TINY_OVERLAY["training"], "epochs": 10,
+    # enough epochs that a loaded machine cannot finish the run between the checkpoint and the signal
+    cfg.write_text(yaml.safe_dump({**TINY_OVERLAY, "training": {**TINY_OVERLAY["training"], "epochs": 30,
                                                                 "batch_size": 1, "val_interval": 50}}))
     run = tmp_path / "run"
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
@@ -74,10 +75,10 @@ def test_sigterm_preempts_two_process_training_and_resume_completes(tiny_dataset
     assert r.returncode == 0, r.stderr[-3000:]
     assert not (run / "preempted.json").exists()
     blob = torch.load(run / "model.pt", weights_only=True)
-    assert blob["epochs_trained"] == 10
+    assert blob["epochs_trained"] == 30
     with open(run / "log.csv") as fh:
         epochs = [int(row["epoch"]) for row in csv.DictReader(fh)]
-    assert epochs == list(range(1, 11)), epochs
+    assert epochs == list(range(1, 31)), epochs
 
 
 def test_preempted_exit_status_in_process(tiny_dataset, tmp_path):

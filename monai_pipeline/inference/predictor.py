@@ -103,7 +103,7 @@ class Predictor:
         model_path: a ``model.pt`` written by ``monai-pipeline train`` (or a bundle's ``models/model.pt``), or a
             ``monai-pipeline cv`` folder (its ``cv.json``): then the fold models' probabilities are averaged.
         device: where the network runs ("cpu", "cuda", "cuda:1"; default: cuda when available).
-        overlap, sw_batch_size, tta, bf16: override the model's ``inference`` configuration.
+        overlap, sw_batch_size, tta, tta_axes, tta_scope, bf16, resample: override the model's ``inference`` configuration.
         stitch_device: where the full-volume output is accumulated; "cpu" lets a GPU infer volumes whose
             probabilities would not fit in its memory.
         postprocess: overrides of the model's ``postprocess`` configuration (a dict of its keys).
@@ -112,7 +112,8 @@ class Predictor:
 
     def __init__(self, model_path: str | Path, device: str | None = None, overlap: float | None = None,
                  sw_batch_size: int | None = None, tta: bool | None = None, bf16: bool | str | None = None,
-                 stitch_device: str | None = None, postprocess: dict | None = None,
+                 resample: str | None = None, tta_axes: list[int] | None = None,
+                 tta_scope: str | None = None, stitch_device: str | None = None, postprocess: dict | None = None,
                  read_options: ReadOptions | None = None):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model_path = Path(model_path)
@@ -124,9 +125,12 @@ class Predictor:
         if any(c != stored[0] for c in stored[1:]):
             raise InputError(self.model_path, "the fold models were trained with different configurations")
         overrides = {k: v for k, v in (("overlap", overlap), ("sw_batch_size", sw_batch_size), ("tta", tta),
-                                       ("bf16", bf16)) if v is not None}
+                                       ("bf16", bf16), ("resample", resample),
+                                       ("tta_axes", tta_axes), ("tta_scope", tta_scope)) if v is not None}
         self.cfg: PipelineConfig = config_from_model_dict(self.blob["config"]).merged(
             {"inference": overrides, "postprocess": postprocess or {}})
+        if self.cfg.inference.channels_last:
+            self.networks = [net.to(memory_format=torch.channels_last_3d) for net in self.networks]
         self.read_options = read_options or ReadOptions()
         self.transform = prediction_transforms(self.cfg, self.read_options)
         self.inferer = ProbabilityInferer(self.cfg, self.device, stitch_device)

@@ -78,6 +78,13 @@ class Geometry:
     def empty_image(self, pixel_type: int = sitk.sitkUInt8) -> sitk.Image:
         return self.apply(sitk.Image(list(self.size), pixel_type))
 
+    def sub_grid(self, start: tuple[int, ...], size: tuple[int, ...]) -> Geometry:
+        """The grid of the box of ``size`` voxels starting at index ``start`` (x, y, z) of this grid: same spacing
+        and direction, origin moved to voxel ``start``."""
+        origin = self.lps_affine() @ np.array([*[float(v) for v in start], 1.0])
+        return Geometry(tuple(int(v) for v in size), self.spacing, tuple(float(v) for v in origin[:3]),
+                        self.direction)
+
     def matches(self, other: Geometry, atol_mm: float = 1e-3, atol_dir: float = 1e-4) -> bool:
         """True when both grids put every voxel at the same place (within ``atol_mm``)."""
         return (

@@ -14,6 +14,7 @@ from scipy.spatial.distance import pdist
 
 from monai_pipeline.io.geometry import Geometry
 from monai_pipeline.io.writer import atomic_write_text
+from monai_pipeline.lungs import bounding_box
 from monai_pipeline.postprocess.array import label_components
 
 LESION_FIELDS = ("lesion", "volume_mm3", "equivalent_diameter_mm", "longest_axial_diameter_mm", "centroid_x_mm",
@@ -55,7 +56,12 @@ def lesion_table(mask: np.ndarray, geometry: Geometry, hu: np.ndarray | None = N
     component's voxel indices. ``return_labels`` also returns the component labels (x, y, z; row ``k`` is
     label ``k + 1``).
     """
-    m = np.asarray(mask) > 0
+    full = np.asarray(mask) > 0
+    box = bounding_box(full)  # all work inside the mask's bounding box
+    if box is None:
+        return ([], np.zeros(full.shape, np.int32)) if return_labels else []
+    m, origin = full[box], np.array([b.start for b in box])
+    hu_box = np.asarray(hu)[box] if hu is not None else None
     if m.flags.f_contiguous and not m.flags.c_contiguous:  # (x, y, z) view of a (z, y, x) array
         lab_c, n = label_components(m.T, connectivity)
         lab = lab_c.T
@@ -70,7 +76,7 @@ def lesion_table(mask: np.ndarray, geometry: Geometry, hu: np.ndarray | None = N
         if sl is None:
             continue
         comp = lab[sl] == i
-        idx = np.argwhere(comp) + [s.start for s in sl]
+        idx = np.argwhere(comp) + [s.start for s in sl] + origin
         vol = len(idx) * vox
         centroid = lps[:3, :3] @ idx.mean(axis=0) + lps[:3, 3]
         rows.append({
@@ -79,12 +85,16 @@ def lesion_table(mask: np.ndarray, geometry: Geometry, hu: np.ndarray | None = N
             "longest_axial_diameter_mm": round(longest_axial_diameter(comp, geometry.spacing), 3),
             "centroid_x_mm": round(float(centroid[0]), 3), "centroid_y_mm": round(float(centroid[1]), 3),
             "centroid_z_mm": round(float(centroid[2]), 3),
-            "mean_hu": round(float(hu[sl][comp].mean()), 2) if hu is not None else float("nan"),
-            "max_hu": round(float(hu[sl][comp].max()), 2) if hu is not None else float("nan"),
+            "mean_hu": round(float(hu_box[sl][comp].mean()), 2) if hu_box is not None else float("nan"),
+            "max_hu": round(float(hu_box[sl][comp].max()), 2) if hu_box is not None else float("nan"),
             "n_voxels": int(len(idx)),
             "score": round(float(score(idx)), 5) if score is not None else "",
         })
-    return (rows, lab) if return_labels else rows
+    if not return_labels:
+        return rows
+    labels = np.zeros(full.shape, np.int32)
+    labels[box] = lab
+    return rows, labels
 
 
 def write_lesion_csv(rows: list[dict], path: str | Path) -> Path:

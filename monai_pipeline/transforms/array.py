@@ -23,6 +23,14 @@ class HUThreshold:
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         return img > self.threshold_hu
 
+    def bounding_box(self, img: NdarrayOrTensor) -> tuple[slice, ...] | None:
+        """Spatial box (x, y, z slices) of the selected voxels of a ``(C, X, Y, Z)`` image; None when empty."""
+        from monai_pipeline.lungs import bounding_box
+
+        sel = self(img)
+        sel = sel.detach().cpu().numpy() if isinstance(sel, torch.Tensor) else np.asarray(sel)
+        return bounding_box(sel.any(axis=0))
+
     def __repr__(self) -> str:
         return f"HUThreshold({self.threshold_hu})"
 
@@ -33,28 +41,33 @@ class LungSelect:
 
     Input ``(C, X, Y, Z)`` in HU on a RAS grid (z = axial slices). Air outside the body touches the slice border
     and is excluded; when no enclosed air is found (not a chest CT) the body (voxels above ``threshold_hu``) is
-    returned instead, so the crop never comes out empty.
+    returned instead, so the crop never comes out empty. ``stride`` subsamples in-plane: a crop needs a bounding
+    box, not an exact contour (:meth:`bounding_box` never makes the full-size mask).
     """
 
     def __init__(self, threshold_hu: float = -500.0, min_voxels: int = 1000, stride: int = 1):
         self.threshold_hu = float(threshold_hu)
         self.min_voxels = int(min_voxels)
-        self.stride = int(stride)  # in-plane subsampling: a crop needs a bounding box, not an exact contour
+        self.stride = int(stride)
+
+    def coarse(self, img: NdarrayOrTensor):
+        """The selection as a :class:`~monai_pipeline.lungs.CoarseMask` of the spatial shape."""
+        from monai_pipeline.lungs import CoarseMask, enclosed_air
+
+        arr = np.asarray(img.detach().cpu() if isinstance(img, torch.Tensor) else img)[0]
+        f = (self.stride, self.stride, 1)
+        small = arr[::f[0], ::f[1], :]
+        enclosed = enclosed_air(small, self.threshold_hu, axis=2)
+        if np.count_nonzero(enclosed) < max(1, self.min_voxels // self.stride ** 2):
+            enclosed = small > self.threshold_hu
+        return CoarseMask(enclosed, f, arr.shape)
+
+    def bounding_box(self, img: NdarrayOrTensor) -> tuple[slice, ...] | None:
+        """Spatial box (x, y, z slices) of the selection; None when nothing is selected."""
+        return self.coarse(img).bounding_box()
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
-        from monai_pipeline.lungs import enclosed_air, upsample_to
-
-        arr = np.asarray(img.detach().cpu() if isinstance(img, torch.Tensor) else img)
-        if self.stride > 1:
-            f = (self.stride, self.stride, 1)
-            small = LungSelect(self.threshold_hu, max(1, self.min_voxels // self.stride ** 2))(
-                arr[:, ::f[0], ::f[1], :])
-            out = upsample_to(np.asarray(small)[0], f, arr.shape[1:])[None]
-            return torch.as_tensor(out) if isinstance(img, torch.Tensor) else out
-        enclosed = enclosed_air(arr[0], self.threshold_hu, axis=2)
-        if np.count_nonzero(enclosed) < self.min_voxels:
-            enclosed = arr[0] > self.threshold_hu
-        out = enclosed[None]
+        out = self.coarse(img).full()[None]
         return torch.as_tensor(out) if isinstance(img, torch.Tensor) else out
 
     def __repr__(self) -> str:

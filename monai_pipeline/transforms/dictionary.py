@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
 
+import numpy as np
+import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
@@ -91,7 +93,10 @@ class LesionComponentsd(MapTransform):
 
 class CropForegroundMMd(MapTransform):
     """``CropForegroundd`` with the margin in mm, converted per axis from the source image's own affine at call
-    time (so it can run on the original grid, before resampling)."""
+    time (so it can run on the original grid, before resampling). ``select_fn`` is called on the source image;
+    one with a ``bounding_box(img)`` method (:class:`~monai_pipeline.transforms.array.LungSelect`,
+    :class:`~monai_pipeline.transforms.array.HUThreshold`) gives the box directly, and the crop is MONAI's
+    ``SpatialCropd`` of that box plus the margin (clipped to the image), which updates the affine."""
 
     def __init__(self, keys: KeysCollection, source_key: str, select_fn, margin_mm: float,
                  allow_missing_keys: bool = False):
@@ -101,30 +106,29 @@ class CropForegroundMMd(MapTransform):
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         import math
 
-        from monai.transforms import CropForegroundd
+        from monai.transforms import SpatialCropd
 
         from monai_pipeline.errors import InputError
         from monai_pipeline.io.geometry import spacing_from_affine
+        from monai_pipeline.lungs import bounding_box
 
         source = data[self.source_key]
         spacing = spacing_from_affine(source.affine)
         margin = [int(math.ceil(self.margin_mm / s)) for s in spacing]
-        selected = self.select_fn(source)
-        if not bool(selected.any()):
+        if hasattr(self.select_fn, "bounding_box"):
+            box = self.select_fn.bounding_box(source)
+        else:
+            sel = self.select_fn(source)
+            sel = sel.detach().cpu().numpy() if isinstance(sel, torch.Tensor) else np.asarray(sel)
+            box = bounding_box(sel.reshape(sel.shape[-3:]) if sel.ndim == 3 else sel.any(axis=0))
+        if box is None:
             raise InputError(source.meta.get("filename_or_obj"), f"nothing to crop to: {self.select_fn!r} selects no "
                              "voxel (an all-air volume? is this a CT in Hounsfield units?)")
-        return CropForegroundd(keys=self.keys, source_key=self.source_key, select_fn=_Selected(selected),
-                               margin=margin, allow_smaller=True, allow_missing_keys=self.allow_missing_keys)(data)
-
-
-class _Selected:
-    """A ``select_fn`` returning a mask computed beforehand (the selection is computed once per call)."""
-
-    def __init__(self, mask):
-        self.mask = mask
-
-    def __call__(self, img):
-        return self.mask
+        shape = source.shape[1:]
+        start = [max(0, b.start - m) for b, m in zip(box, margin, strict=True)]
+        end = [min(int(n), b.stop + m) for b, m, n in zip(box, margin, shape, strict=True)]
+        return SpatialCropd(keys=self.keys, roi_start=start, roi_end=end,
+                            allow_missing_keys=self.allow_missing_keys)(data)
 
 
 class LoadCTd(MapTransform):

@@ -60,3 +60,17 @@ def test_foreground_stats():
     assert s["mean"] == pytest.approx(249.5) and s["p00_5"] < s["mean"] < s["p99_5"]
     with pytest.raises(ValueError, match="no foreground voxels"):
         foreground_intensity_stats([img], [np.zeros_like(img)])
+
+
+def test_lung_select_bounding_box_equals_the_full_masks_box() -> None:
+    """The crop asks only for a box: computed on the coarse grid, it is the box of the full-size selection."""
+    from monai_pipeline.lungs import bounding_box
+
+    rng = np.random.default_rng(3)
+    for stride in (1, 2, 3):
+        img = np.full((1, 61, 47, 20), 40.0, np.float32)
+        img[0, :3] = -1000.0  # air outside the body touches the border
+        x0, y0 = rng.integers(8, 30), rng.integers(8, 20)
+        img[0, x0:x0 + 17, y0:y0 + 13, 3:15] = -850.0  # one enclosed "lung"
+        sel = LungSelect(-500.0, min_voxels=10, stride=stride)
+        assert sel.bounding_box(img) == bounding_box(np.asarray(sel(img))[0])

@@ -1,0 +1,67 @@
+"""The export step's inversion: candidate-box linear resampling equals resampling the whole volume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy import ndimage
+
+from monai_pipeline.inference.export import invert_foreground, resample_to_grid
+from monai_pipeline.io.geometry import Geometry, sitk_to_xyz_array
+
+
+def _rotation(deg: float) -> np.ndarray:
+    a = np.deg2rad(deg)
+    return np.array([[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0], [0.0, 0.0, 1.0]])
+
+
+def _margin_map(shape: tuple[int, int, int], seed: int) -> np.ndarray:
+    """A smooth p(fg) - p(bg) field in [-1, 1] with a handful of positive blobs (some close to each other and to
+    the border) on a negative background."""
+    rng = np.random.default_rng(seed)
+    field = np.full(shape, -0.9, np.float32)
+    for _ in range(7):
+        c = [rng.integers(0, s) for s in shape]
+        r = rng.uniform(1.0, 5.0)
+        zz = np.indices(shape).astype(np.float32)
+        d = np.sqrt(sum((zz[a] - c[a]) ** 2 for a in range(3)))
+        field = np.maximum(field, (1.8 * np.exp(-(d / r) ** 2) - 0.9).astype(np.float32))
+    field += rng.normal(0, 0.05, shape).astype(np.float32)
+    return ndimage.gaussian_filter(field, 0.7).astype(np.float32)
+
+
+CASES = [
+    # (input direction, input spacing mm, input size): flipped rows + feet first, oblique, finer and coarser grids
+    (np.diag([1.0, -1.0, -1.0]), (0.7, 0.7, 1.25), (70, 64, 36)),
+    (_rotation(17.0), (0.9, 0.8, 2.0), (60, 58, 24)),
+    (np.eye(3)[:, [1, 0, 2]], (1.6, 1.4, 3.0), (30, 32, 16)),
+]
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_invert_foreground_equals_whole_volume_linear_resampling(case: int) -> None:
+    direction, spacing, size = CASES[case]
+    net_shape = (48, 44, 30)
+    margin = _margin_map(net_shape, seed=case)
+    affine_ras = np.diag([1.0, 1.0, 1.5, 1.0])
+    affine_ras[:3, 3] = (-20.0, -18.0, -20.0)
+    # an input grid centred on the network grid, so some candidates fall off its edges
+    centre_lps = np.array([20.0 - 24.0, 18.0 - 22.0, -20.0 + 22.5])
+    d = np.asarray(direction, dtype=np.float64)
+    origin = centre_lps - d @ (np.asarray(size) / 2.0 * np.asarray(spacing))
+    geometry = Geometry(size, spacing, tuple(origin), tuple(d.reshape(-1)))
+
+    whole = sitk_to_xyz_array(resample_to_grid(margin, affine_ras, geometry, sitk.sitkLinear, sitk.sitkFloat32)) > 0
+    boxes = invert_foreground(margin, affine_ras, geometry)
+    assert boxes.shape == tuple(size) and boxes.dtype == np.uint8
+    assert whole.sum() > 50, "the test field must put foreground on the input grid"
+    np.testing.assert_array_equal(boxes.astype(bool), whole)
+
+
+def test_invert_foreground_empty_and_outside() -> None:
+    geometry = Geometry((20, 20, 10), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), tuple(np.eye(3).reshape(-1)))
+    assert not invert_foreground(np.full((8, 8, 8), -1.0, np.float32), np.eye(4), geometry).any()
+    far = np.eye(4)
+    far[:3, 3] = (500.0, 500.0, 500.0)  # network grid nowhere near the input grid
+    assert not invert_foreground(np.ones((8, 8, 8), np.float32), far, geometry).any()
