@@ -28,16 +28,21 @@ def save_model_config(cfg: PipelineConfig, bundle_root: str | Path) -> Path:
 
 def export_to_bundle(model_path: str | Path, bundle_root: str | Path) -> Path:
     """Drop a ``monai-pipeline train`` model into a bundle: ``models/model.pt`` (the state dict, as model-zoo
-    checkpoints are) and ``models/pipeline.yaml`` (its configuration)."""
+    checkpoints are), ``models/pipeline.yaml`` (its configuration) and ``models/model_card.json`` (what it was
+    trained on: case count per source, e.g. synthetic phantoms only; the epochs; the best validation Dice)."""
     from monai_pipeline.config import config_from_model_dict
-    from monai_pipeline.io.writer import atomic_path
-    from monai_pipeline.networks import load_model_file
+    from monai_pipeline.io.writer import atomic_path, atomic_write_text
+    from monai_pipeline.networks import describe_training_data, load_model_file
 
     net, blob = load_model_file(model_path)
     root = Path(bundle_root)
     with atomic_path(root / "models" / "model.pt") as tmp:
         torch.save(net.state_dict(), tmp)
     save_model_config(config_from_model_dict(blob["config"]), root)
+    card = {"training_data": blob.get("training_data"), "summary": describe_training_data(blob),
+            "n_trained_on": len(blob.get("trained_on", [])), "validated_on": blob.get("validated_on", []),
+            "epochs_trained": blob.get("epochs_trained"), "best_val_mean_dice": blob.get("best_val_mean_dice")}
+    atomic_write_text(root / "models" / "model_card.json", json.dumps(card, indent=1))
     return root / "models" / "model.pt"
 
 

@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--extent-mm", type=float, default=300.0, help="cranio-caudal coverage in mm (default 300)")
     s.add_argument("--min-diameter-mm", type=float, default=3.0)
     s.add_argument("--pngs", type=int, default=2, help="PNG previews for the first N cases (default 2)")
+    s.add_argument("--background", nargs="+", type=Path,
+                   help="real chest CT(s) (files or DICOM folders): insert synthetic nodules into their lungs "
+                        "instead of drawing phantoms (real anatomy as background)")
 
     s = sub.add_parser("manifest", help="build a decathlon-style manifest with patient-level folds")
     s.add_argument("--images", required=True, type=Path)
@@ -245,6 +248,12 @@ def _cmd_synth(a) -> int:
     from monai_pipeline.data.synth_dataset import synthesize
     from monai_pipeline.data.synthetic import SynthConfig
 
+    if a.background:
+        from monai_pipeline.data.synth_dataset import synthesize_background
+
+        m = synthesize_background(a.out, a.background, a.cases, a.seed, (a.min_diameter_mm, 30.0), pngs=a.pngs)
+        print(f"wrote {a.cases} case(s) and {m}")
+        return 0
     cfg = SynthConfig(matrix=a.matrix, extent_z_mm=a.extent_mm, diameter_mm=(a.min_diameter_mm, 30.0))
     m = synthesize(a.out, a.cases, a.seed, a.format, cfg, pngs=a.pngs)
     print(f"wrote {a.cases} case(s) and {m}")
@@ -449,7 +458,7 @@ def _cmd_lidc(a) -> int:
 
 #: per command: arguments that name existing inputs, output folders and output files (checked before any work)
 PATH_ARGS: dict[str, dict[str, tuple[str, ...]]] = {
-    "synth": {"out_dirs": ("out",)},
+    "synth": {"inputs": ("background",), "out_dirs": ("out",)},
     "manifest": {"inputs": ("images", "labels"), "out_files": ("out",)},
     "convert": {"inputs": ("input",), "out_images": ("out",)},
     "check": {"inputs": ("manifest",), "out_files": ("out",)},
@@ -473,8 +482,8 @@ def check_paths(command: str, a: argparse.Namespace) -> None:
     spec = PATH_ARGS.get(command, {})
     for name in spec.get("inputs", ()):
         value = getattr(a, name, None)
-        if value is not None:
-            check_input(value)
+        for v in value if isinstance(value, list) else ([] if value is None else [value]):
+            check_input(v)
     for name in spec.get("out_dirs", ()):
         if getattr(a, name, None) is not None:
             check_output_folder(getattr(a, name))

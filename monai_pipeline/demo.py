@@ -25,7 +25,14 @@ logger = logging.getLogger(__name__)
 #: anatomy and spacings), 120 mm of the chest, nodules of 5 mm and more
 DEMO_SYNTH = SynthConfig(matrix=256, spacing_xy=(0.6, 0.9), spacing_z=(1.0, 2.5), extent_z_mm=120.0,
                          n_nodules=(2, 4), diameter_mm=(5.0, 25.0))
-DEMO_CASES, DEMO_TEST, DEMO_VAL = 38, 6, 2
+DEMO_CASES, DEMO_TEST, DEMO_VAL = 32, 6, 2
+#: real CT of ``../shared/realct`` used by the demo (when present): the background of the real-background
+#: training cases (synthetic nodules in its lung bases), and the held-out scan on which false positives are
+#: counted (another patient and scanner; never trained on, no nodules; an upper abdomen without lungs)
+REAL_CT = Path(__file__).resolve().parents[1].parent / "shared" / "realct"
+REAL_BACKGROUND, REAL_HELD_OUT, REAL_SEEN = "ct_thorax_abdomen_3mm.nii.gz", "ct_dicom_abdomen", \
+    "ct_thorax_abdomen_3mm_30slices.nii.gz"
+DEMO_REAL_CASES = 6
 
 
 def demo_config(quick: bool = False) -> PipelineConfig:
@@ -38,7 +45,51 @@ def demo_config(quick: bool = False) -> PipelineConfig:
     return cfg
 
 
-def run_demo(out: str | Path, n_cases: int | None = None, epochs: int | None = None, quick: bool = False) -> dict:
+def add_real_background(data: Path, real_ct: Path, n_cases: int, seed: int = 2026) -> int:
+    """Real-background training cases (:func:`~monai_pipeline.data.synth_dataset.synthesize_background` on
+    :data:`REAL_BACKGROUND`) under ``data/realbg``, appended to the training section of ``data/manifest.json``."""
+    import json
+
+    from monai_pipeline.data.manifest import write_manifest
+    from monai_pipeline.data.synth_dataset import synthesize_background
+
+    sub = synthesize_background(data / "realbg", [real_ct / REAL_BACKGROUND], n_cases, seed=seed,
+                                diameter_mm=(5.0, 25.0), progress=False)
+    extra = json.loads(sub.read_text())["training"]
+    manifest = json.loads((data / "manifest.json").read_text())
+    folds = max([e.get("fold", 0) for e in manifest["training"]] + [0]) + 1
+    for i, e in enumerate(extra):
+        manifest["training"].append({**e, "image": f"realbg/{e['image']}", "label": f"realbg/{e['label']}",
+                                     "fold": i % folds})
+    sections = {k: manifest[k] for k in ("training", "validation", "test")}
+    other = {k: v for k, v in manifest.items() if k not in sections}
+    other["description"] = f"{other.get('description', '')}; {len(extra)} real-background cases"
+    write_manifest(data / "manifest.json", sections, extra=other)
+    return len(extra)
+
+
+def false_positives_on_real_ct(model: Path, real_ct: Path, out: Path) -> dict:
+    """Lesions the model reports on real scans without nodules: :data:`REAL_HELD_OUT` (never trained on) and
+    :data:`REAL_SEEN` (the real-background cases' anatomy, so not held out). Written to ``out/real_ct.json``."""
+    import json
+
+    from monai_pipeline.inference import Predictor, write_prediction
+    from monai_pipeline.io.writer import atomic_write_text
+
+    predictor = Predictor(model, device="cpu")
+    counts = {}
+    for name in (REAL_HELD_OUT, REAL_SEEN):
+        pred = predictor.predict(real_ct / name)
+        write_prediction(pred, out / "real_ct", predictor.provenance())
+        counts[name] = len(pred.lesions)
+    result = {"held_out": REAL_HELD_OUT, "false_positives": counts, "model": str(model),
+              "training_data": predictor.training_data}
+    atomic_write_text(out / "real_ct.json", json.dumps(result, indent=1))
+    return result
+
+
+def run_demo(out: str | Path, n_cases: int | None = None, epochs: int | None = None, quick: bool = False,
+             real_ct: Path | None = REAL_CT) -> dict:
     from monai_pipeline.data.synth_dataset import synthesize
     from monai_pipeline.evaluation import evaluate_folder, format_table, headline
     from monai_pipeline.inference import Predictor, cases_from_manifest, run_batch
@@ -53,6 +104,11 @@ def run_demo(out: str | Path, n_cases: int | None = None, epochs: int | None = N
     if not manifest.exists():
         print(f"[1/4] synthesising {n_cases} chest CT cases -> {out / 'data'}")
         synthesize(out / "data", n_cases, seed=2026, fmt="nifti", cfg=synth_cfg, n_test=n_test, n_val=1 if quick else DEMO_VAL, pngs=2)
+        if real_ct is not None and (real_ct / REAL_BACKGROUND).is_file() and not quick:
+            n = add_real_background(out / "data", real_ct, DEMO_REAL_CASES)
+            print(f"      + {n} real-background training cases: synthetic nodules in the lungs of {REAL_BACKGROUND}")
+        elif not quick:
+            print(f"      (no real CT at {real_ct}: training on phantoms only)")
     cfg = demo_config(quick)
     run = out / "run"
     model = run / "model.pt"
@@ -82,5 +138,11 @@ def run_demo(out: str | Path, n_cases: int | None = None, epochs: int | None = N
     d, cpm = res["metrics"]["dice"], res["detection"]["cpm"]
     print(f"demo: FROC CPM on the held-out cases: {'n/a' if cpm is None else f'{cpm:.3f}'} "
           f"({res['detection']['n_nodules']} nodules; froc.png in {out / 'report'})")
+    if real_ct is not None and (real_ct / REAL_HELD_OUT).is_dir() and not quick:
+        fp = false_positives_on_real_ct(model, real_ct, out / "report")
+        n = fp["false_positives"]
+        print(f"demo: false positives on real CT without nodules: {n[REAL_HELD_OUT]} on the held-out {REAL_HELD_OUT} "
+              f"(never trained on), {n[REAL_SEEN]} on {REAL_SEEN} (its anatomy was a training background); "
+              f"{out / 'report' / 'real_ct.json'}")
     print(f"demo: mean Dice on {res['n_cases']} held-out synthetic cases (nodules >= 5 mm): {d['mean']:.3f}")
     return res

@@ -100,3 +100,32 @@ def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> tup
     except RuntimeError as err:
         raise InputError(path, f"weights do not fit the network spec ({str(err).splitlines()[0]})") from err
     return net.to(device).eval(), blob
+
+
+#: manifest ``source`` of a case: ``synthetic`` (``synth`` phantoms), ``real-background`` (``synth --background``:
+#: synthetic nodules in a real CT), ``lidc`` (``lidc-convert``); cases without one count as ``unrecorded``
+CASE_SOURCES = ("synthetic", "real-background", "lidc", "unrecorded")
+
+
+def training_data_card(train_files: list[dict]) -> dict:
+    """What a model was trained on, for its model file: case count and cases per manifest ``source``."""
+    from collections import Counter
+
+    sources = Counter(str(f.get("source", "unrecorded")) for f in train_files)
+    return {"n_cases": len(train_files), "sources": dict(sorted(sources.items()))}
+
+
+def synthetic_only(blob: dict) -> bool:
+    """True when a model file says it was trained on synthetic phantoms alone (older files say nothing: False)."""
+    card = blob.get("training_data") or {}
+    sources = card.get("sources") or {}
+    return bool(sources) and set(sources) == {"synthetic"}
+
+
+def describe_training_data(blob: dict) -> str:
+    """One line for people: what the model in ``blob`` was trained on."""
+    card = blob.get("training_data")
+    if not card:
+        return "training data not recorded in this model file"
+    parts = ", ".join(f"{n} {src}" for src, n in card["sources"].items())
+    return f"trained on {card['n_cases']} case(s): {parts}"

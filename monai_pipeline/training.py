@@ -47,7 +47,7 @@ from monai_pipeline.config import PipelineConfig, dump_config
 from monai_pipeline.data.manifest import split_for_fold
 from monai_pipeline.errors import InputError, Preempted
 from monai_pipeline.inferers import AutocastInferer, build_sliding_window, use_cpu_bf16
-from monai_pipeline.networks import build_network, save_model_file, unwrap
+from monai_pipeline.networks import build_network, save_model_file, training_data_card, unwrap
 from monai_pipeline.transforms.pipeline import train_transforms, val_transforms
 
 logger = logging.getLogger(__name__)
@@ -563,7 +563,8 @@ def save_final_model(run: Path, network, cfg: PipelineConfig, evaluator, epochs:
     case ids trained on (``evaluate`` refuses to score them) and those used for model selection."""
     best = run / "checkpoints" / BEST_NAME
     extra = {"epochs_trained": epochs, "trained_on": sorted(f["case_id"] for f in train_files),
-             "validated_on": sorted(f["case_id"] for f in val_files)}
+             "validated_on": sorted(f["case_id"] for f in val_files),
+             "training_data": training_data_card(train_files)}
     if best.exists():
         unwrap(network).load_state_dict(torch.load(best, map_location=dev, weights_only=True))
         record = BestCheckpoint(run, network).best()

@@ -13,7 +13,7 @@ from monai_pipeline.data.manifest import relpath, write_manifest
 from monai_pipeline.data.synthetic import SynthCase, SynthConfig, generate_case, nodules_to_json
 from monai_pipeline.io.dicom_writer import write_ct_series
 from monai_pipeline.io.geometry import Geometry
-from monai_pipeline.io.writer import atomic_write_text, write_image
+from monai_pipeline.io.writer import SYNTHETIC_MARK, atomic_write_text, write_image
 
 logger = logging.getLogger(__name__)
 FORMATS = ("nifti", "dicom", "both")
@@ -62,7 +62,9 @@ def synthesize(out: str | Path, n_cases: int, seed: int = 0, fmt: str = "nifti",
         label_path = write_image(case.label, out / "labels" / f"{cid}.nii.gz")
         entry: dict = {"case_id": cid, "patient_id": cid, "label": relpath(label_path, manifest_path),
                        "orientation": case.orientation}
+        entry["source"] = "synthetic"
         if fmt in ("nifti", "both"):
+            case.image.SetMetaData("ITK_FileNotes", f"{SYNTHETIC_MARK} phantom {cid}")  # NIfTI descrip
             entry["image"] = relpath(write_image(case.image, out / "images" / f"{cid}.nii.gz"), manifest_path)
         if fmt in ("dicom", "both"):
             folder = out / "dicom" / cid
@@ -87,4 +89,50 @@ def synthesize(out: str | Path, n_cases: int, seed: int = 0, fmt: str = "nifti",
                    extra={"description": f"synthetic chest CT, seed {seed}, {n_cases} cases",
                           "labels": {"0": "background", "1": "nodule"}})
     logger.info("wrote %d cases to %s", n_cases, out)
+    return manifest_path
+
+
+def synthesize_background(out: str | Path, backgrounds: list[str | Path], n_cases: int, seed: int = 0,
+                          diameter_mm: tuple[float, float] = (3.0, 30.0), n_test: int = 0, n_val: int = 0,
+                          n_folds: int = 5, progress: bool = True, pngs: int = 0) -> Path:
+    """``synth --background CT...``: ``n_cases`` cases of synthetic nodules in the lungs of the real CTs
+    ``backgrounds`` (cycled; :func:`~monai_pipeline.data.background.insert_nodules`), laid out as
+    :func:`synthesize` lays out phantoms; manifest entries have ``source: real-background`` and name their
+    background. Every background is read (and checked for lungs) before any case is written."""
+    from monai_pipeline.data.background import insert_nodules
+    from monai_pipeline.io.reader import read_ct
+
+    if n_cases < 1:
+        raise ValueError(f"cases must be >= 1, got {n_cases}")
+    volumes = [read_ct(b) for b in backgrounds]
+    for vol in volumes:  # fail before writing anything when a background has no lungs
+        insert_nodules(vol.image, seed, (1, 1), diameter_mm, source=vol.source)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path = out / "manifest.json"
+    entries = []
+    for i in tqdm(range(n_cases), desc="synth --background", disable=not progress, unit="case"):
+        vol = volumes[i % len(volumes)]
+        cid = f"realbg_{seed:03d}_{i:03d}"
+        case = insert_nodules(vol.image, seed * 100003 + i, diameter_mm=diameter_mm, source=vol.source)
+        case.image.SetMetaData("ITK_FileNotes", f"real CT + synthetic nodules {cid}")  # NIfTI descrip
+        label_path = write_image(case.label, out / "labels" / f"{cid}.nii.gz")
+        image_path = write_image(case.image, out / "images" / f"{cid}.nii.gz")
+        atomic_write_text(out / "truth" / f"{cid}.json", json.dumps(
+            {"case_id": cid, "background": Path(vol.source).name, "geometry": Geometry.from_sitk(case.image).to_dict(),
+             "nodules": nodules_to_json(case.nodules)}, indent=1))
+        if i < pngs:
+            from monai_pipeline.visualize import save_slices_png
+
+            save_slices_png(case.image, out / "png" / f"{cid}.png", label=case.label)
+        entries.append({"case_id": cid, "patient_id": f"background:{Path(vol.source).name}",
+                        "image": relpath(image_path, manifest_path), "label": relpath(label_path, manifest_path),
+                        "source": "real-background", "background": Path(vol.source).name})
+    test, val, train = entries[:n_test], entries[n_test:n_test + n_val], entries[n_test + n_val:]
+    folds = min(n_folds, max(1, len(train)))
+    train = [{**e, "fold": i % folds} for i, e in enumerate(train)]
+    write_manifest(manifest_path, {"training": train, "validation": val, "test": test},
+                   extra={"description": f"synthetic nodules in {len(volumes)} real CT background(s), seed {seed}, "
+                                         f"{n_cases} cases", "labels": {"0": "background", "1": "nodule"}})
+    logger.info("wrote %d real-background cases to %s", n_cases, out)
     return manifest_path

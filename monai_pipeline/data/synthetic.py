@@ -150,12 +150,12 @@ def _vessel_tree(ph: _Phantom, rng: np.random.Generator) -> list[tuple[np.ndarra
     return segs
 
 
-def _occupancy(signed_dist_mm: np.ndarray, voxel_mm: float) -> np.ndarray:
+def occupancy(signed_dist_mm: np.ndarray, voxel_mm: float) -> np.ndarray:
     """Partial-volume fraction from a signed distance (negative inside), linear over one voxel."""
     return np.clip(0.5 - signed_dist_mm / voxel_mm, 0.0, 1.0).astype(np.float32)
 
 
-def _nodule_signed_distance(nod: Nodule, rng_state: dict, x, y, z) -> np.ndarray:
+def nodule_signed_distance(nod: Nodule, rng_state: dict, x, y, z) -> np.ndarray:
     """Approximate signed distance (mm) to the nodule surface, negative inside."""
     c = np.asarray(nod.center_mm)
     r = nod.diameter_mm / 2.0
@@ -177,7 +177,7 @@ def _nodule_signed_distance(nod: Nodule, rng_state: dict, x, y, z) -> np.ndarray
     return d
 
 
-def _nodule_params(nod: Nodule, rng: np.random.Generator) -> dict:
+def nodule_params(nod: Nodule, rng: np.random.Generator) -> dict:
     def unit(n):
         v = rng.normal(size=(n, 3))
         return v / np.linalg.norm(v, axis=1, keepdims=True)
@@ -289,7 +289,7 @@ def _render(ph: _Phantom, shape, spacing, vessels, nodules, rng, noise_hu) -> tu
             continue
         sl = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
         d = _capsule_distance(x[sl[0]], y[:, sl[1]], z[:, :, sl[2]], p, q) - r
-        occ = _occupancy(d, vox)
+        occ = occupancy(d, vox)
         region = img[sl]
         keep = lung[sl] if lung.shape == shape else lung
         occ = np.where(keep, occ, 0.0)
@@ -303,10 +303,10 @@ def _render(ph: _Phantom, shape, spacing, vessels, nodules, rng, noise_hu) -> tu
         lo = np.floor((c - r - origin) / sp).astype(int).clip(0, np.array(shape) - 1)
         hi = np.ceil((c + r - origin) / sp).astype(int).clip(0, np.array(shape) - 1) + 1
         sl = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-        params = _nodule_params(nod, rng)
-        d = _nodule_signed_distance(nod, params, x[sl[0]], y[:, sl[1]], z[:, :, sl[2]])
+        params = nodule_params(nod, rng)
+        d = nodule_signed_distance(nod, params, x[sl[0]], y[:, sl[1]], z[:, :, sl[2]])
         in_lung = lung[sl]
-        occ = _occupancy(d, vox) * in_lung
+        occ = occupancy(d, vox) * in_lung
         if nod.kind == "solid":
             hu = SOLID_HU + rng.normal(0, 8)
             target = np.float32(hu)
@@ -314,7 +314,7 @@ def _render(ph: _Phantom, shape, spacing, vessels, nodules, rng, noise_hu) -> tu
             target = np.float32(GGO_HU + rng.normal(0, 40))
         else:  # part-solid: ground glass with a solid core of half the radius
             dc = np.sqrt((x[sl[0]] - c[0]) ** 2 + (y[:, sl[1]] - c[1]) ** 2 + (z[:, :, sl[2]] - c[2]) ** 2)
-            core = _occupancy(dc - nod.diameter_mm / 4.0, vox)
+            core = occupancy(dc - nod.diameter_mm / 4.0, vox)
             target = (GGO_HU * (1 - core) + SOLID_HU * core).astype(np.float32)
         region = img[sl]
         img[sl] = region * (1 - occ) + target * occ

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from monai_pipeline.errors import InputError, PipelineError
 from monai_pipeline.inference.export import Prediction, export_prediction
 from monai_pipeline.inferers import ProbabilityInferer
 from monai_pipeline.io.reader import ReadOptions
-from monai_pipeline.networks import load_model_file
+from monai_pipeline.networks import describe_training_data, load_model_file, synthetic_only
 from monai_pipeline.transforms.pipeline import prediction_transforms
 
 
@@ -55,6 +56,8 @@ def run_transform(transform, data: dict, source: str | Path):
         text = str(cause).splitlines()[0] if str(cause) else cause.__class__.__name__
         raise InputError(source, f"could not be preprocessed ({cause.__class__.__name__}: {text})") from err
 
+
+logger = logging.getLogger(__name__)
 
 CV_FILE = "cv.json"
 
@@ -138,6 +141,9 @@ class Predictor:
         self.model_sha256 = shas[0] if len(shas) == 1 else hashlib.sha256(
             ("ensemble:" + ",".join(sorted(shas))).encode()).hexdigest()
         self._trained_on = sorted({c for _, blob in loaded for c in blob.get("trained_on", [])})
+        self.synthetic_only = all(synthetic_only(blob) for _, blob in loaded)
+        self.training_data = describe_training_data(self.blob)
+        self._warned_real = False
 
     @property
     def network(self) -> torch.nn.Module:
@@ -168,6 +174,14 @@ class Predictor:
             raise InputError(path, f"no voxel above {thr} HU to crop the body to (is this a CT in HU?)")
         return data
 
+    def _warn_if_real(self, data: dict) -> None:
+        """Once per predictor: a model trained only on synthetic phantoms is about to predict a real scan."""
+        if self.synthetic_only and not self._warned_real and not bool(data["original"].meta.get("synthetic")):
+            self._warned_real = True
+            logger.warning("%s was %s and has never seen real anatomy; %s is a real scan: expect false "
+                           "positives (vessels, bowel, bone) and check every lesion", self.model_path,
+                           self.training_data, data["original"].meta.get("filename_or_obj"))
+
     @torch.no_grad()
     def probabilities(self, image: torch.Tensor) -> torch.Tensor:
         """Class probabilities ``(C, X, Y, Z)`` of one preprocessed image ``(1, X, Y, Z)``; an ensemble averages
@@ -186,6 +200,7 @@ class Predictor:
 
         t0 = time.perf_counter()
         data = source if isinstance(source, dict) else self.load(source)
+        self._warn_if_real(data)
         t1 = time.perf_counter()
         probs = self.probabilities(data["image"])
         t2 = time.perf_counter()

@@ -90,6 +90,7 @@ class SeriesInfo:
     study_instance_uid: str = ""
     patient_id: str = ""
     series_description: str = ""
+    manufacturer: str = ""
 
     @property
     def n_slices(self) -> int:
@@ -161,6 +162,7 @@ def scan_folder(folder: str | Path, recursive: bool = False) -> dict[str, Series
                 study_instance_uid=str(ds.get("StudyInstanceUID", "")),
                 patient_id=str(ds.get("PatientID", "")),
                 series_description=str(ds.get("SeriesDescription", "")),
+                manufacturer=str(ds.get("Manufacturer", "")),
             )
         if str(ds.get("Modality", "")).upper() in NON_IMAGE_MODALITIES:
             # a report, presentation state, segmentation or structure set filed with the images: skip, say so

@@ -18,7 +18,7 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from monai_pipeline.io.geometry import Geometry, sitk_to_xyz_array
-from monai_pipeline.io.writer import atomic_path
+from monai_pipeline.io.writer import SYNTHETIC_MARK, atomic_path
 
 RESCALE_INTERCEPT = -1024
 
@@ -35,6 +35,7 @@ def write_ct_series(
     file_names: Sequence[str] | None = None,
     modality: str = "CT",
     rng: np.random.Generator | None = None,
+    manufacturer: str = SYNTHETIC_MARK,
 ) -> list[Path]:
     """Write ``image`` (HU) as one DICOM file per slice along its third axis; return the paths in slice order.
 
@@ -83,7 +84,7 @@ def write_ct_series(
         ds.SeriesNumber = 1
         ds.AccessionNumber = ""
         ds.ReferringPhysicianName = ""
-        ds.Manufacturer = "monai-pipeline synthetic"
+        ds.Manufacturer = manufacturer
         ds.SeriesDescription = "synthetic chest CT"
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.InstanceNumber = (nz - k) if instance_order == "descending" else (k + 1)

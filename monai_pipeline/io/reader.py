@@ -24,6 +24,7 @@ from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 from monai_pipeline.errors import InputError
 from monai_pipeline.io import dicom
 from monai_pipeline.io.geometry import Geometry, sitk_to_xyz_array
+from monai_pipeline.io.writer import SYNTHETIC_MARK
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +72,17 @@ class CTVolume:
     #: DICOM series: the slice headers in the order of the image's third axis (None when slices were
     #: interpolated, or for non-DICOM input)
     slices: list[dicom.SliceHeader] | None = None
+    #: a phantom written by ``monai-pipeline synth`` (NIfTI ``descrip`` or DICOM ``Manufacturer`` starting with
+    #: :data:`SYNTHETIC_MARK`); any other input counts as a real scan
+    synthetic: bool = False
 
     @property
     def geometry(self) -> Geometry:
         return Geometry.from_sitk(self.image)
+
+
+def _marked_synthetic(text: str) -> bool:
+    return str(text).strip().startswith(SYNTHETIC_MARK)
 
 
 def is_image_path(path: str | Path) -> bool:
@@ -119,7 +127,8 @@ def _read_image_file(p: Path) -> CTVolume:
     _require_3d(p, image)
     if affine is not None:
         _apply_nifti_rule(p, image, affine)
-    return CTVolume(image=image, source=str(p))
+    synthetic = image.HasMetaDataKey("descrip") and _marked_synthetic(image.GetMetaData("descrip"))
+    return CTVolume(image=image, source=str(p), synthetic=synthetic)
 
 
 def _apply_nifti_rule(p: Path, image: sitk.Image, affine: np.ndarray) -> None:
@@ -323,7 +332,8 @@ def _read_dicom_file(p: Path, options: ReadOptions) -> CTVolume:
         sp = list(image.GetSpacing())
         sp[2] = float(ds.SliceThickness)
         image.SetSpacing(sp)
-    return CTVolume(image=image, source=str(p), series_instance_uid=str(ds.get("SeriesInstanceUID", "")))
+    return CTVolume(image=image, source=str(p), series_instance_uid=str(ds.get("SeriesInstanceUID", "")),
+                    synthetic=_marked_synthetic(ds.get("Manufacturer", "")))
 
 
 def _read_dicom_folder(folder: Path, options: ReadOptions) -> CTVolume:
@@ -358,7 +368,7 @@ def _read_dicom_folder(folder: Path, options: ReadOptions) -> CTVolume:
             image = sitk.JoinSeries(image)
     _require_3d(folder, image)
     return CTVolume(image=image, source=str(folder), series_instance_uid=info.series_instance_uid, notes=notes,
-                    slices=None if spacing_problems else slices)
+                    slices=None if spacing_problems else slices, synthetic=_marked_synthetic(info.manufacturer))
 
 
 def _read_resampled(folder: Path, info: dicom.SeriesInfo, check: dicom.SeriesCheck) -> sitk.Image:
@@ -396,6 +406,7 @@ def volume_meta(volume: CTVolume) -> dict[str, Any]:
         "spacing": np.asarray(geom.spacing),
         "source_geometry": geom.to_dict(),
         "series_instance_uid": volume.series_instance_uid,
+        "synthetic": volume.synthetic,
         "filename_or_obj": volume.source,
     }
 

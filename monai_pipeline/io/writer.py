@@ -16,6 +16,10 @@ import SimpleITK as sitk
 
 from monai_pipeline.io.geometry import Geometry, xyz_array_to_sitk
 
+#: how ``monai-pipeline synth`` marks its phantoms (NIfTI ``descrip``, DICOM ``Manufacturer``); the reader
+#: sets ``CTVolume.synthetic`` from it
+SYNTHETIC_MARK = "monai-pipeline synthetic"
+
 
 def _current_umask() -> int:
     mask = os.umask(0)
@@ -81,7 +85,7 @@ def write_mask(mask_xyz: np.ndarray, geometry: Geometry, path: str | Path, descr
         raise ValueError("mask labels must lie in 0..255")
     image = xyz_array_to_sitk(mask.astype(np.uint8, copy=False), geometry)
     if description:
-        image.SetMetaData("descrip", description[:79])
+        image.SetMetaData("ITK_FileNotes", description[:79])  # what ITK writes into the NIfTI descrip
     return write_image(image, path)
 
 

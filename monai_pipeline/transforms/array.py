@@ -36,35 +36,51 @@ class HUThreshold:
 
 
 class LungSelect:
-    """``select_fn`` for ``CropForeground``: the lungs, i.e. air (below ``threshold_hu``) enclosed by the body in
-    its axial slice, so the crop keeps both lungs, the mediastinum between them and the pleura.
+    """``select_fn`` for ``CropForeground``: the lungs (:func:`~monai_pipeline.lungs.lung_air`: air enclosed by the
+    body in its axial slice, components of stomach and bowel gas and air against the skin left out), so the crop
+    keeps both lungs, the mediastinum between them and the pleura.
 
-    Input ``(C, X, Y, Z)`` in HU on a RAS grid (z = axial slices). Air outside the body touches the slice border
-    and is excluded; when no enclosed air is found (not a chest CT) the body (voxels above ``threshold_hu``) is
-    returned instead, so the crop never comes out empty. ``stride`` subsamples in-plane: a crop needs a bounding
-    box, not an exact contour (:meth:`bounding_box` never makes the full-size mask).
+    Input ``(C, X, Y, Z)`` in HU on a RAS grid (z = axial slices). When no lung is found (not a chest CT) the
+    body (voxels above ``threshold_hu``) is returned instead, so the crop never comes out empty. The selection
+    is computed on a grid of about ``resolution_mm`` (spacing from the image's affine, 1 mm without one): a crop
+    needs a bounding box, not an exact contour (:meth:`bounding_box` never makes the full-size mask).
     """
 
-    def __init__(self, threshold_hu: float = -500.0, min_voxels: int = 1000, stride: int = 1):
+    def __init__(self, threshold_hu: float = -500.0, resolution_mm: float = 3.0):
         self.threshold_hu = float(threshold_hu)
-        self.min_voxels = int(min_voxels)
-        self.stride = int(stride)
+        self.resolution_mm = float(resolution_mm)
 
     def coarse(self, img: NdarrayOrTensor):
         """The selection as a :class:`~monai_pipeline.lungs.CoarseMask` of the spatial shape."""
-        from monai_pipeline.lungs import CoarseMask, enclosed_air
+        from monai_pipeline.io.geometry import spacing_from_affine
+        from monai_pipeline.lungs import CoarseMask, lung_air
 
         arr = np.asarray(img.detach().cpu() if isinstance(img, torch.Tensor) else img)[0]
-        f = (self.stride, self.stride, 1)
-        small = arr[::f[0], ::f[1], :]
-        enclosed = enclosed_air(small, self.threshold_hu, axis=2)
-        if np.count_nonzero(enclosed) < max(1, self.min_voxels // self.stride ** 2):
-            enclosed = small > self.threshold_hu
-        return CoarseMask(enclosed, f, arr.shape)
+        spacing = spacing_from_affine(np.asarray(img.affine)) if hasattr(img, "affine") else (1.0, 1.0, 1.0)
+        f = tuple(max(1, int(round(self.resolution_mm / s))) for s in spacing)
+        small = arr[::f[0], ::f[1], ::f[2]]
+        selected = lung_air(small, [s * k for s, k in zip(spacing, f, strict=True)], self.threshold_hu, axis=2)
+        if not selected.any():  # not a chest CT: the body, at full resolution
+            return CoarseMask(arr > self.threshold_hu, (1, 1, 1), arr.shape)
+        return CoarseMask(selected, f, arr.shape)
 
     def bounding_box(self, img: NdarrayOrTensor) -> tuple[slice, ...] | None:
-        """Spatial box (x, y, z slices) of the selection; None when nothing is selected."""
-        return self.coarse(img).bounding_box()
+        """Spatial box (x, y, z slices) of the selection, widened by the lung rim
+        (:data:`~monai_pipeline.lungs.LUNG_RIM_MM`: what the lung filter counts as lung beyond the air); None when
+        nothing is selected."""
+        import math
+
+        from monai_pipeline.io.geometry import spacing_from_affine
+        from monai_pipeline.lungs import LUNG_RIM_MM
+
+        box = self.coarse(img).bounding_box()
+        if box is None:
+            return None
+        spacing = spacing_from_affine(np.asarray(img.affine)) if hasattr(img, "affine") else (1.0, 1.0, 1.0)
+        shape = img.shape[1:]
+        pad = [int(math.ceil(LUNG_RIM_MM / s)) for s in spacing]
+        return tuple(slice(max(0, b.start - p), min(int(n), b.stop + p))
+                     for b, p, n in zip(box, pad, shape, strict=True))
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         out = self.coarse(img).full()[None]

@@ -67,8 +67,7 @@ def spatial_transforms(cfg: PipelineConfig, keys: tuple[str, ...] = ("image", "l
     modes = ["bilinear"] + (["nearest"] if has_label else [])
     out: list = [Orientationd(keys=list(keys), axcodes=pre.orientation, labels=None)]
     if pre.crop in ("body", "lungs"):
-        select = (HUThreshold(pre.body_threshold_hu) if pre.crop == "body" else LungSelect(pre.body_threshold_hu,
-                                                                                             stride=3))
+        select = (HUThreshold(pre.body_threshold_hu) if pre.crop == "body" else LungSelect(pre.body_threshold_hu))
         out.append(CropForegroundMMd(keys=list(keys), source_key="image", select_fn=select,
                                      margin_mm=pre.crop_margin_mm))
     out.append(Spacingd(keys=list(keys), pixdim=pre.target_spacing, mode=modes))

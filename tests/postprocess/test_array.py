@@ -87,7 +87,7 @@ def test_lesion_table_units():
     assert row["mean_hu"] == pytest.approx(35.0)
 
 
-def _chest_hu(shape=(60, 40, 10)):
+def _chest_hu(shape=(60, 40, 24)):
     x, y = np.ogrid[: shape[0], : shape[1]]
     body = ((x - 30) / 28.0) ** 2 + ((y - 20) / 18.0) ** 2 <= 1
     lung = ((x - 16) / 8.0) ** 2 + ((y - 20) / 10.0) ** 2 <= 1
@@ -107,8 +107,9 @@ def test_lung_region_includes_nodules_inside_and_at_the_pleura():
     hu[nodules > 0] = 30.0
     wall = np.zeros(hu.shape, np.uint8)
     wall[44:48, 18:22, 4:6] = 1  # a soft-tissue blob in the chest wall, far from the lung
-    for resolution in (0.0, 2.0):  # exact, and the default 2 mm working grid
-        region = lung_region(hu, (1.0, 1.0, 2.0), closing_mm=4.0, resolution_mm=resolution)
+    for resolution in (0.0, 4.0):  # exact, and a 4 mm working grid
+        # 2 mm voxels: a 112 x 72 mm trunk whose lungs lie 12-16 mm deep (a lung must be inside the trunk)
+        region = lung_region(hu, (2.0, 2.0, 4.0), closing_mm=8.0, resolution_mm=resolution)
         kept = keep_components_in_region(nodules | wall, region)
         np.testing.assert_array_equal(kept, nodules > 0)
 

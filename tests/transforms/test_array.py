@@ -29,19 +29,35 @@ def _chest(shape=(40, 30, 6)):
     return np.repeat(sl[:, :, None], shape[2], axis=2)[None], (lung_l | lung_r), body
 
 
+def _with_spacing(img: np.ndarray, mm: float):
+    """``img`` as a MetaTensor whose voxels are ``mm`` wide (the lung tests need sizes and depths in mm)."""
+    from monai.data import MetaTensor
+
+    return MetaTensor(torch.as_tensor(img), affine=torch.diag(torch.tensor([mm, mm, mm, 1.0])))
+
+
 def test_lung_select_finds_enclosed_air_only():
     img, lungs, body = _chest()
-    sel = LungSelect(-500.0, min_voxels=10)(img)
+    sel = LungSelect(-500.0)(_with_spacing(img, 3.0))  # 3 mm voxels: a 120 x 90 mm trunk, 30 ml of lung
     assert sel.shape == img.shape
-    np.testing.assert_array_equal(sel[0, :, :, 3], lungs)  # outside air excluded
-    assert isinstance(LungSelect(min_voxels=10)(torch.as_tensor(img)), torch.Tensor)
+    np.testing.assert_array_equal(np.asarray(sel)[0, :, :, 3], lungs)  # outside air excluded
+    assert isinstance(sel, torch.Tensor)
 
 
 def test_lung_select_lungs_open_at_top_and_bottom_slices():
     img, lungs, _ = _chest()
     # the first and last slices are lungs only up to the volume border in z: still enclosed in-plane
-    sel = LungSelect(-500.0, min_voxels=10)(img)
+    sel = np.asarray(LungSelect(-500.0)(_with_spacing(img, 3.0)))
     assert sel[0, :, :, 0].sum() == lungs.sum() and sel[0, :, :, -1].sum() == lungs.sum()
+
+
+def test_lung_select_leaves_out_gas_and_tiny_chests():
+    img, lungs, body = _chest()
+    gas = img.copy()
+    gas[0][np.repeat(lungs[:, :, None], img.shape[3], axis=2)] = -990.0  # pure air: stomach or bowel gas
+    assert np.array_equal(np.asarray(LungSelect(-500.0)(_with_spacing(gas, 3.0))), img > -500)  # body instead
+    # the same phantom at 1 mm is 3 ml of "lung": too small to be a chest, so the body is cropped to
+    assert np.array_equal(np.asarray(LungSelect(-500.0, resolution_mm=1.0)(_with_spacing(img, 1.0))), img > -500)
 
 
 def test_lung_select_falls_back_to_body():
@@ -63,14 +79,17 @@ def test_foreground_stats():
 
 
 def test_lung_select_bounding_box_equals_the_full_masks_box() -> None:
-    """The crop asks only for a box: computed on the coarse grid, it is the box of the full-size selection."""
+    """The crop asks only for a box: computed on the coarse grid, it is the box of the full-size selection
+    widened by the lung rim (5 mm: 4 voxels of 1.5 mm)."""
     from monai_pipeline.lungs import bounding_box
 
     rng = np.random.default_rng(3)
-    for stride in (1, 2, 3):
+    for resolution in (1.5, 3.0, 4.5):  # subsampling by 1, 2 and 3 of 1.5 mm voxels
         img = np.full((1, 61, 47, 20), 40.0, np.float32)
         img[0, :3] = -1000.0  # air outside the body touches the border
-        x0, y0 = rng.integers(8, 30), rng.integers(8, 20)
-        img[0, x0:x0 + 17, y0:y0 + 13, 3:15] = -850.0  # one enclosed "lung"
-        sel = LungSelect(-500.0, min_voxels=10, stride=stride)
-        assert sel.bounding_box(img) == bounding_box(np.asarray(sel(img))[0])
+        x0, y0 = rng.integers(12, 30), rng.integers(8, 20)
+        img[0, x0:x0 + 17, y0:y0 + 13, 3:15] = -850.0  # one enclosed "lung", 9 ml
+        sel = LungSelect(-500.0, resolution_mm=resolution)
+        box = sel.bounding_box(_with_spacing(img, 1.5))
+        assert box == bounding_box(np.asarray(sel(_with_spacing(img, 1.5)))[0], (4, 4, 4))
+        assert box[0].start <= x0 and box[0].stop >= x0 + 17 and box[2].start <= 3 and box[2].stop >= 15
