@@ -103,12 +103,14 @@ def reference(model: Path, image: Path, out: Path, device: str = "cpu", stitch_d
             "floor_flops": cropped * fpv, "network_voxels": cropped}
 
 
-def project(model: Path, image: Path, out: Path, device: str = "cpu", stitch_device: str | None = None) -> dict:
-    """What ``monai-pipeline infer`` runs for one input, in-process: the model's own configuration."""
+def project(model: Path, image: Path, out: Path, device: str = "cpu", stitch_device: str | None = None,
+            tta: bool | None = None) -> dict:
+    """What ``monai-pipeline infer`` runs for one input, in-process: the model's own configuration (``tta``
+    overrides its TTA setting, as ``--tta/--no-tta`` do)."""
     from monai_pipeline.inference import Predictor, write_prediction
 
     t0 = time.perf_counter()
-    p = Predictor(model, device=device, stitch_device=stitch_device)
+    p = Predictor(model, device=device, stitch_device=stitch_device, tta=tta)
     counter = VoxelCounter(p.network)
     p.network = counter
     data = p.load(image)
@@ -116,10 +118,8 @@ def project(model: Path, image: Path, out: Path, device: str = "cpu", stitch_dev
     write_prediction(pred, out, p.provenance())
     seconds = time.perf_counter() - t0
     fpv = flops_per_voxel(counter.net, p.cfg.inference.roi_size)
-    if p.device.type == "cuda":
-        peak_gpu = torch.cuda.max_memory_allocated() / 1024 ** 3
-        print(f"peak GPU memory allocated: {peak_gpu:.2f} GB", file=sys.stderr)
-    return {"seconds": seconds, "peak_rss_gb": peak_rss_gb(), "mask": str(out / "project.nii.gz"),
+    peak_gpu = torch.cuda.max_memory_allocated() / 1024 ** 3 if p.device.type == "cuda" else 0.0
+    return {"seconds": seconds, "peak_rss_gb": peak_rss_gb(), "peak_gpu_gb": peak_gpu, "mask": str(out / "project.nii.gz"),
             "flops": counter.voxels * fpv, "floor_flops": int(np.prod(data["image"].shape[1:])) * fpv,
             "stages": pred.seconds}
 
@@ -189,11 +189,14 @@ def compare(model: Path, name: str, image: Path, label: Path, tmp: Path, device:
                     "--out", str(tmp / f"{name}_ref"), "--device", device)
     ours = run_child(script, "--child", "project", "--model", str(model), "--image", str(image),
                      "--out", str(tmp / f"{name}_ours"), "--device", device)
+    no_tta = run_child(script, "--child", "project-no-tta", "--model", str(model), "--image", str(image),
+                       "--out", str(tmp / f"{name}_notta"), "--device", device)
     cmd = whole_command(model, image, tmp / f"{name}_cmd")
-    d_ref, d_ours, d_cmd = (truth_dice(ref["mask"], label), truth_dice(ours["mask"], label),
-                            truth_dice(cmd["masks"][0], label))
-    return {"name": name, "ref": ref, "ours": ours, "cmd": cmd, "d_ref": d_ref, "d_ours": d_ours, "d_cmd": d_cmd,
-            "in_process": ref["seconds"] / ours["seconds"], "whole": ref["process_s"] / cmd["seconds"]}
+    d_ref, d_ours, d_cmd, d_no_tta = (truth_dice(ref["mask"], label), truth_dice(ours["mask"], label),
+                                      truth_dice(cmd["masks"][0], label), truth_dice(no_tta["mask"], label))
+    return {"name": name, "ref": ref, "ours": ours, "cmd": cmd, "no_tta": no_tta, "d_ref": d_ref, "d_ours": d_ours,
+            "d_cmd": d_cmd, "d_no_tta": d_no_tta, "in_process": ref["seconds"] / ours["seconds"],
+            "whole": ref["process_s"] / cmd["seconds"], "in_process_no_tta": ref["seconds"] / no_tta["seconds"]}
 
 
 def print_comparison(r: dict) -> None:
@@ -204,13 +207,18 @@ def print_comparison(r: dict) -> None:
           f"{ref['peak_rss_gb']:>11.2f} {r['d_ref']:>13.4f} {'':>8}")
     print(f"[{r['name']}] {'monai-pipeline infer (defaults)':<34} {ours['seconds']:>12.2f} {cmd['seconds']:>11.2f} "
           f"{ours['peak_rss_gb']:>11.2f} {r['d_ours']:>13.4f} {r['d_ours'] - r['d_ref']:>+8.4f}")
+    nt = r["no_tta"]
+    print(f"[{r['name']}] {'monai-pipeline infer --no-tta':<34} {nt['seconds']:>12.2f} {'':>11} "
+          f"{nt['peak_rss_gb']:>11.2f} {r['d_no_tta']:>13.4f} {r['d_no_tta'] - r['d_ref']:>+8.4f}")
     if abs(r["d_cmd"] - r["d_ours"]) > 1e-9:
         print(f"[{r['name']}] note: the whole command's mask scores {r['d_cmd']:.4f}")
     print(f"[{r['name']}] project stages (s): " + ", ".join(f"{k} {v:.2f}" for k, v in ours["stages"].items()))
     print(f"[{r['name']}] work: recipe {ref['flops'] / ref['floor_flops']:.2f}x one pass over its (uncropped) volume; "
           f"project {ours['flops'] / ours['floor_flops']:.2f}x one pass over its cropped volume, "
           f"{ours['flops'] / ref['flops']:.3f}x the recipe's FLOPs")
-    print(f"[{r['name']}] speedup: in-process {r['in_process']:.2f}x, whole command {r['whole']:.2f}x")
+    print(f"[{r['name']}] speedup: in-process {r['in_process']:.2f}x (--no-tta {r['in_process_no_tta']:.2f}x), "
+          f"whole command {r['whole']:.2f}x"
+          + (f"; project peak GPU memory {ours['peak_gpu_gb']:.2f} GB" if ours["peak_gpu_gb"] else ""))
 
 
 def batch(model: Path, n: int, workdir: Path, tmp: Path) -> None:
@@ -245,14 +253,18 @@ def main() -> None:
                     help="run only the project's path (e.g. --slices 600 for the memory check)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (both paths)")
     ap.add_argument("--stitch-device", help="where the full-volume output is accumulated (e.g. cpu with --device cuda)")
-    ap.add_argument("--child", choices=("reference", "project"))
+    ap.add_argument("--child", choices=("reference", "project", "project-no-tta"))
     ap.add_argument("--image", type=Path)
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
     if a.child:
-        fn = reference if a.child == "reference" else project
         a.out.mkdir(parents=True, exist_ok=True)
-        print(json.dumps(fn(a.model, a.image, a.out, a.device, a.stitch_device)))
+        if a.child == "reference":
+            result = reference(a.model, a.image, a.out, a.device, a.stitch_device)
+        else:
+            result = project(a.model, a.image, a.out, a.device, a.stitch_device,
+                             tta=False if a.child == "project-no-tta" else None)
+        print(json.dumps(result))
         return
     import SimpleITK as sitk
 
@@ -267,7 +279,8 @@ def main() -> None:
                              "--out", f"{tmp}/ours", "--device", a.device,
                              *(["--stitch-device", a.stitch_device] if a.stitch_device else []))
             d = truth_dice(ours["mask"], label)
-        print(f"project only: {ours['seconds']:.2f} s, peak RSS {ours['peak_rss_gb']:.2f} GB, Dice vs truth {d:.4f}, "
+        print(f"project only: {ours['seconds']:.2f} s, peak RSS {ours['peak_rss_gb']:.2f} GB, peak GPU memory "
+              f"{ours['peak_gpu_gb']:.2f} GB, Dice vs truth {d:.4f}, "
               f"stages " + ", ".join(f"{k} {v:.2f}" for k, v in ours["stages"].items()))
         return
     results = []
@@ -282,7 +295,8 @@ def main() -> None:
     if a.sweep:
         sweep(model, image)
     print("\nsummary: " + "; ".join(f"{r['name']} {r['in_process']:.2f}x in-process / {r['whole']:.2f}x whole command, "
-                                    f"Dice {r['d_ours']:.3f} vs recipe {r['d_ref']:.3f}" for r in results))
+                                    f"Dice {r['d_ours']:.3f} vs recipe {r['d_ref']:.3f} (--no-tta "
+                                    f"{r['in_process_no_tta']:.2f}x, Dice {r['d_no_tta']:.3f})" for r in results))
     r = results[0]
     print(f"inference speedup vs MONAI bundle recipe: {r['in_process']:.2f}x (in-process on {r['name']}; whole "
           f"command {r['whole']:.2f}x; Dice vs truth {r['d_ours']:.3f} vs {r['d_ref']:.3f}; peak RSS "

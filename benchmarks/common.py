@@ -53,7 +53,7 @@ def flops_per_voxel(network: torch.nn.Module, roi: tuple[int, int, int]) -> floa
     """FLOPs of one forward pass of ``network`` on a ``roi`` window, per input voxel (torch's flop counter)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = torch.zeros(1, 1, *roi)
+    x = torch.zeros(1, 1, *roi, device=next(network.parameters()).device)
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
         network(x)
     return fc.get_total_flops() / float(np.prod(roi))

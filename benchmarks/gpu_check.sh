@@ -22,9 +22,11 @@ done
 RES=${OUT:-benchmarks/.cache/gpu}
 PY=${PY:-python3}
 DEVICE=${DEVICE:-cuda}
+STEPS=${STEPS:-12345}  # which of the steps below to run (e.g. STEPS=12 for the inference ones)
+want() { [[ "$STEPS" == *"$1"* ]]; }
 # QUICK=1: a rehearsal of the script's mechanics with small sizes (e.g. DEVICE=cpu on a machine without a GPU)
 if [[ "${QUICK:-0}" == 1 ]]; then SLICES=80 BIG=100 CASES=4 EPOCHS=2 TTD_EPOCHS=4 TTD=0.01
-else SLICES=300 BIG=1000 CASES=10 EPOCHS=6 TTD_EPOCHS=60 TTD=0.5; fi
+else SLICES=300 BIG=1000 CASES=10 EPOCHS=6 TTD_EPOCHS=40 TTD=0.4; fi
 mkdir -p "$RES" benchmarks/.cache
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 T0=$(date +%s)
@@ -37,36 +39,26 @@ $PY -c "import torch, monai, SimpleITK; print('torch', torch.__version__, 'cuda'
 monai.__version__, 'SimpleITK', SimpleITK.Version_VersionString(), 'cpus', __import__('os').cpu_count())" \
   | tee -a "$RES/gpu.txt"
 
-# the volumes are CPU work: make them side by side, in the background, while the GPU works
-stamp "making volumes in the background"
-$PY - $SLICES $BIG <<'PYEOF' > "$RES/volumes.log" 2>&1 &
-import sys; sys.path.insert(0, "benchmarks")
-from pathlib import Path
-from concurrent.futures import ProcessPoolExecutor
-from common import make_volume
-with ProcessPoolExecutor(2) as ex:
-    list(ex.map(make_volume, [Path("benchmarks/.cache")] * 2, [int(a) for a in sys.argv[1:3]]))
-print("volumes ready")
-PYEOF
+# the volumes are CPU work: the big one is made in the background while the GPU works on the first
+make_volume() { $PY -c "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; from common import \
+make_volume; make_volume(Path('benchmarks/.cache'), $1)"; }
+stamp "making the $SLICES-slice volume; the $BIG-slice one in the background"
+make_volume $SLICES
+if want 2; then make_volume $BIG > "$RES/volumes.log" 2>&1 & fi
 VOLS=$!
 
-stamp "1. inference vs recipe, CUDA"
-wait $VOLS
-timeout 150 $PY benchmarks/bench_inference.py --model "$MODEL" --device $DEVICE --volumes bench --slices $SLICES 2>&1 | tee "$RES/inference.txt"
+want 1 && stamp "1. inference vs recipe, CUDA" && timeout 150 $PY benchmarks/bench_inference.py --model "$MODEL" --device $DEVICE --volumes bench --slices $SLICES 2>&1 | tee "$RES/inference.txt"
 
-stamp "2. --stitch-device cpu, 512 x 512 x $BIG"
-timeout 100 $PY benchmarks/bench_inference.py --model "$MODEL" --device $DEVICE --stitch-device cpu --slices $BIG \
+want 2 && stamp "2. --stitch-device cpu, 512 x 512 x $BIG" && wait $VOLS && timeout 100 $PY benchmarks/bench_inference.py --model "$MODEL" --device $DEVICE --stitch-device cpu --slices $BIG \
   --project-only 2>&1 | tee "$RES/stitch.txt"
 
-stamp "3. training throughput"
-timeout 100 $PY benchmarks/bench_training.py --device $DEVICE --cases $CASES --epochs $EPOCHS --workers 8 2>&1 \
+want 3 && stamp "3. training throughput" && timeout 100 $PY benchmarks/bench_training.py --device $DEVICE --cases $CASES --epochs $EPOCHS --workers 8 2>&1 \
   | grep -v "INFO" | tee "$RES/training.txt"
 
-stamp "4. time to validation Dice"
-timeout 170 $PY benchmarks/bench_training.py --device $DEVICE --time-to-dice $TTD --cases $((CASES + 4)) \
-  --max-epochs $TTD_EPOCHS \
-  --val-every 4 --max-minutes 1.2 --workers 8 2>&1 | grep -v "INFO" | tee "$RES/time_to_dice.txt"
+want 4 && stamp "4. time to validation Dice" && timeout 170 $PY benchmarks/bench_training.py --device $DEVICE --time-to-dice $TTD --cases $((CASES + 4)) \
+  --max-epochs $TTD_EPOCHS --val-every 4 --max-minutes 1.5 --workers 8 2>&1 | grep -v "INFO" | tee "$RES/time_to_dice.txt"
 
+if want 5; then
 stamp "5. 2-process DDP"
 rm -rf benchmarks/.cache/ddp
 $PY -m monai_pipeline.cli synth --out benchmarks/.cache/ddp/data --cases 6 --matrix 128 > /dev/null 2>&1
@@ -78,8 +70,9 @@ timeout 120 $PY -m torch.distributed.run --standalone --nnodes=1 --nproc_per_nod
   --manifest benchmarks/.cache/ddp/data/manifest.json --out benchmarks/.cache/ddp/run \
   --config benchmarks/.cache/ddp/tiny.yaml --device $DEVICE --no-progress > "$RES/ddp.txt" 2>&1
 echo "ddp exit status $?" | tee -a "$RES/ddp.txt"
-cat benchmarks/.cache/ddp/run/ranks/*.json 2>/dev/null | tee -a "$RES/ddp.txt"; echo
+for f in benchmarks/.cache/ddp/run/ranks/*.json; do cat "$f"; echo; done 2>/dev/null | tee -a "$RES/ddp.txt"
 tail -3 benchmarks/.cache/ddp/run/log.csv 2>/dev/null | tee -a "$RES/ddp.txt"
+fi
 
 stamp "collecting"
 {
@@ -88,12 +81,11 @@ stamp "collecting"
   echo "\`bash benchmarks/gpu_check.sh\` ($(sed -n 2p "$RES/gpu.txt")); logs in the check's output folder."
   echo
   echo '```'
-  grep -h "^\[bench\]\|speedup vs\|peak GPU" "$RES/inference.txt"
-  grep -h "project only" "$RES/stitch.txt"
-  grep -h "patches/s\|throughput vs" "$RES/training.txt"
-  grep -h "s trained\|time to validation\|train:\|recipe:" "$RES/time_to_dice.txt"
-  grep -h "exit status\|world_size" "$RES/ddp.txt"
-  tail -2 "$RES/ddp.txt"
+  grep -sh "^\[bench\]\|speedup vs\|peak GPU" "$RES/inference.txt"
+  grep -sh "project only\|peak GPU" "$RES/stitch.txt"
+  grep -sh "patches/s\|throughput vs" "$RES/training.txt"
+  grep -sh "s trained\|time to validation\|train:\|recipe:" "$RES/time_to_dice.txt"
+  grep -sh "exit status\|world_size" "$RES/ddp.txt"
   echo '```'
 } > "$RES/gpu_section.md"
 cat "$RES/gpu_section.md"

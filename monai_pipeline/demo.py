@@ -57,10 +57,8 @@ def add_real_background(data: Path, real_ct: Path, n_cases: int, seed: int = 202
                                 diameter_mm=(5.0, 25.0), progress=False)
     extra = json.loads(sub.read_text())["training"]
     manifest = json.loads((data / "manifest.json").read_text())
-    folds = max([e.get("fold", 0) for e in manifest["training"]] + [0]) + 1
-    for i, e in enumerate(extra):
-        manifest["training"].append({**e, "image": f"realbg/{e['image']}", "label": f"realbg/{e['label']}",
-                                     "fold": i % folds})
+    for e in extra:  # every case has the same background (one patient): one fold, as synthesize_background set
+        manifest["training"].append({**e, "image": f"realbg/{e['image']}", "label": f"realbg/{e['label']}"})
     sections = {k: manifest[k] for k in ("training", "validation", "test")}
     other = {k: v for k, v in manifest.items() if k not in sections}
     other["description"] = f"{other.get('description', '')}; {len(extra)} real-background cases"

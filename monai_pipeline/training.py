@@ -175,8 +175,15 @@ def resolve_device(device: str | None, ctx: DistContext | None = None) -> torch.
     return torch.device(device)
 
 
+#: the keys of a manifest entry that reach the transforms; the others (orientation, source, background, fold,
+#: ...) describe the case and differ between kinds of case, which batch collation would refuse
+DATA_KEYS = ("image", "label", "case_id")
+
+
 def make_dataset(files: list[dict], transform: Compose, cache: str, cache_dir: Path, num_workers: int = 0):
-    """Dataset with the configured caching: none, memory (``CacheDataset``) or disk (``PersistentDataset``)."""
+    """Dataset with the configured caching: none, memory (``CacheDataset``) or disk (``PersistentDataset``), of
+    the :data:`DATA_KEYS` of each entry."""
+    files = [{k: f[k] for k in DATA_KEYS if k in f} for f in files]
     if cache == "memory":
         return CacheDataset(files, transform, cache_rate=1.0, num_workers=max(1, num_workers) if num_workers else None,
                             progress=False)

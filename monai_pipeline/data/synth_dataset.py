@@ -127,10 +127,11 @@ def synthesize_background(out: str | Path, backgrounds: list[str | Path], n_case
             save_slices_png(case.image, out / "png" / f"{cid}.png", label=case.label)
         entries.append({"case_id": cid, "patient_id": f"background:{Path(vol.source).name}",
                         "image": relpath(image_path, manifest_path), "label": relpath(label_path, manifest_path),
-                        "source": "real-background", "background": Path(vol.source).name})
+                        "source": "real-background", "background": Path(vol.source).name,
+                        "fold": (i % len(volumes)) % n_folds})  # one patient (background), one fold
     test, val, train = entries[:n_test], entries[n_test:n_test + n_val], entries[n_test + n_val:]
-    folds = min(n_folds, max(1, len(train)))
-    train = [{**e, "fold": i % folds} for i, e in enumerate(train)]
+    test = [{k: v for k, v in e.items() if k != "fold"} for e in test]
+    val = [{k: v for k, v in e.items() if k != "fold"} for e in val]
     write_manifest(manifest_path, {"training": train, "validation": val, "test": test},
                    extra={"description": f"synthetic nodules in {len(volumes)} real CT background(s), seed {seed}, "
                                          f"{n_cases} cases", "labels": {"0": "background", "1": "nodule"}})
