@@ -25,14 +25,14 @@ logger = logging.getLogger(__name__)
 #: anatomy and spacings), 120 mm of the chest, nodules of 5 mm and more
 DEMO_SYNTH = SynthConfig(matrix=256, spacing_xy=(0.6, 0.9), spacing_z=(1.0, 2.5), extent_z_mm=120.0,
                          n_nodules=(2, 4), diameter_mm=(5.0, 25.0))
-DEMO_CASES, DEMO_TEST, DEMO_VAL = 32, 6, 2
+DEMO_CASES, DEMO_TEST, DEMO_VAL = 38, 6, 2
 #: real CT of ``../shared/realct`` used by the demo (when present): the background of the real-background
 #: training cases (synthetic nodules in its lung bases), and the held-out scan on which false positives are
 #: counted (another patient and scanner; never trained on, no nodules; an upper abdomen without lungs)
 REAL_CT = Path(__file__).resolve().parents[1].parent / "shared" / "realct"
 REAL_BACKGROUND, REAL_HELD_OUT, REAL_SEEN = "ct_thorax_abdomen_3mm.nii.gz", "ct_dicom_abdomen", \
     "ct_thorax_abdomen_3mm_30slices.nii.gz"
-DEMO_REAL_CASES = 6
+DEMO_REAL_CASES = 4
 
 
 def demo_config(quick: bool = False) -> PipelineConfig:

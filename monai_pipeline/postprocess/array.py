@@ -7,6 +7,7 @@ objects, not the volume (a 512x512x300 mask takes well under a second).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,6 +17,8 @@ from scipy import ndimage
 from monai_pipeline.config import PipelineConfig, PostprocessConfig
 from monai_pipeline.io.geometry import Geometry, spacing_from_affine
 from monai_pipeline.lungs import axial_axis, bounding_box, lung_region_coarse
+
+logger = logging.getLogger(__name__)
 
 try:  # optional, much faster 3D labelling
     import cc3d
@@ -224,6 +227,7 @@ def _lung_filter_box(m: np.ndarray, box: tuple[slice, ...], hu: np.ndarray, geom
     region = lung_region_coarse(hu, geometry.spacing, threshold_hu, post.lung_closing_mm,
                                 resolution_mm=LUNG_FILTER_RESOLUTION_MM, axis=axial_axis(geometry.direction))
     if not region.any():
+        logger.warning("no lungs found in this scan (not a chest CT?): the lung filter kept every candidate")
         return m
     return keep_components_in_region(m, region.crop(box), post.lung_min_fraction, post.connectivity)
 
