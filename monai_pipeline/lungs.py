@@ -30,11 +30,6 @@ def subsample_factors(spacing: Sequence[float], target_mm: float) -> tuple[int, 
     return tuple(max(1, int(target_mm // s)) for s in spacing)
 
 
-def upsample_to(small: np.ndarray, factors: Sequence[int], shape: Sequence[int]) -> np.ndarray:
-    """Nearest-neighbour inverse of ``array[::f0, ::f1, ::f2]`` back to ``shape``."""
-    return CoarseMask(np.asarray(small), tuple(factors), tuple(shape)).full()
-
-
 def bounding_box(mask: np.ndarray, pad: Sequence[int] = (0, 0, 0)) -> tuple[slice, ...] | None:
     """Slices of the smallest box holding every True voxel of a 3D mask, widened by ``pad`` voxels per axis
     (clipped to the array); None for an empty mask."""

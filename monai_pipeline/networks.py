@@ -102,13 +102,9 @@ def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> tup
     return net.to(device).eval(), blob
 
 
-#: manifest ``source`` of a case: ``synthetic`` (``synth`` phantoms), ``real-background`` (``synth --background``:
-#: synthetic nodules in a real CT), ``lidc`` (``lidc-convert``); cases without one count as ``unrecorded``
-CASE_SOURCES = ("synthetic", "real-background", "lidc", "unrecorded")
-
-
 def training_data_card(train_files: list[dict]) -> dict:
-    """What a model was trained on, for its model file: case count and cases per manifest ``source``."""
+    """What a model was trained on, for its model file: case count and cases per manifest ``source``
+    (``synthetic`` from ``synth``, ``real-background`` from ``synth --background``; ``unrecorded`` without one)."""
     from collections import Counter
 
     sources = Counter(str(f.get("source", "unrecorded")) for f in train_files)

@@ -167,11 +167,21 @@ def render_nodules(hu: np.ndarray, region: np.ndarray, geometry: Geometry, nodul
     return img, label
 
 
-def insert_nodules(image: sitk.Image, seed: int, n_nodules: tuple[int, int] = (2, 4),
-                   diameter_mm: tuple[float, float] = (3.0, 30.0), source: str = "") -> BackgroundCase:
-    """Synthetic nodules in the lungs of the real CT ``image`` (HU): a new image (int16, same geometry), its
-    label and the nodules' ground truth. Raises :class:`InputError` when the scan shows no lungs."""
-    rng = np.random.default_rng(seed)
+@dataclass
+class Background:
+    """A real CT analysed once for any number of cases: HU (float32, x, y, z) on ``geometry``, the lungs without
+    their pleural rim (where nodules may be drawn), lung vessels, and the scan's HU levels."""
+
+    hu: np.ndarray
+    geometry: Geometry
+    region: np.ndarray
+    vessels: np.ndarray
+    stats: dict[str, float]
+    source: str
+
+
+def analyse_background(image: sitk.Image, source: str = "") -> Background:
+    """Find the lungs, vessels and HU levels of the real CT ``image``; :class:`InputError` when it shows no lungs."""
     geometry = Geometry.from_sitk(image)
     hu = sitk_to_xyz_array(image).astype(np.float32)
     axis = axial_axis(geometry.direction)
@@ -181,11 +191,19 @@ def insert_nodules(image: sitk.Image, seed: int, n_nodules: tuple[int, int] = (2
     region = lung_region(hu, geometry.spacing, -500.0, 10.0, resolution_mm=0.0, axis=axis, rim_mm=0.0)
     deep = ndimage.binary_erosion(air, iterations=1)
     vessels = region & (hu > VESSEL_HU) & ndimage.binary_dilation(deep, iterations=2)
-    stats = background_statistics(hu, air)
+    return Background(hu, geometry, region, vessels, background_statistics(hu, air), source or "background")
+
+
+def insert_nodules(background: Background, seed: int, n_nodules: tuple[int, int] = (2, 4),
+                   diameter_mm: tuple[float, float] = (3.0, 30.0)) -> BackgroundCase:
+    """Synthetic nodules in the lungs of an analysed real CT: a new image (int16, the background's geometry),
+    its label and the nodules' ground truth. :class:`InputError` when no nodule of the sizes fits."""
+    rng = np.random.default_rng(seed)
+    g = background.geometry
     n = int(rng.integers(n_nodules[0], n_nodules[1] + 1))
-    nodules = place_nodules(region, vessels, geometry, rng, n, diameter_mm)
+    nodules = place_nodules(background.region, background.vessels, g, rng, n, diameter_mm)
     if not nodules:
-        raise InputError(source or "background", "has lungs too small for the requested nodule sizes")
-    img, label = render_nodules(hu, region, geometry, nodules, stats, rng)
-    out = xyz_array_to_sitk(np.clip(np.rint(img), -32768, 32767).astype(np.int16), geometry)  # the scan, unclipped
-    return BackgroundCase(out, xyz_array_to_sitk(label, geometry), nodules)
+        raise InputError(background.source, "has lungs too small for the requested nodule sizes")
+    img, label = render_nodules(background.hu, background.region, g, nodules, background.stats, rng)
+    out = xyz_array_to_sitk(np.clip(np.rint(img), -32768, 32767).astype(np.int16), g)  # the scan, unclipped
+    return BackgroundCase(out, xyz_array_to_sitk(label, g), nodules)

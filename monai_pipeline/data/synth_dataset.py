@@ -99,14 +99,16 @@ def synthesize_background(out: str | Path, backgrounds: list[str | Path], n_case
     ``backgrounds`` (cycled; :func:`~monai_pipeline.data.background.insert_nodules`), laid out as
     :func:`synthesize` lays out phantoms; manifest entries have ``source: real-background`` and name their
     background. Every background is read (and checked for lungs) before any case is written."""
-    from monai_pipeline.data.background import insert_nodules
+    from monai_pipeline.data.background import analyse_background, insert_nodules
     from monai_pipeline.io.reader import read_ct
 
     if n_cases < 1:
         raise ValueError(f"cases must be >= 1, got {n_cases}")
-    volumes = [read_ct(b) for b in backgrounds]
-    for vol in volumes:  # fail before writing anything when a background has no lungs
-        insert_nodules(vol.image, seed, (1, 1), diameter_mm, source=vol.source)
+    # each background read and analysed once; one nodule placed in each before anything is written, so a
+    # background without lungs (or with lungs too small) fails first
+    volumes = [analyse_background(read_ct(b).image, str(b)) for b in backgrounds]
+    for vol in volumes:
+        insert_nodules(vol, seed, (1, 1), diameter_mm)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / "manifest.json"
@@ -114,7 +116,7 @@ def synthesize_background(out: str | Path, backgrounds: list[str | Path], n_case
     for i in tqdm(range(n_cases), desc="synth --background", disable=not progress, unit="case"):
         vol = volumes[i % len(volumes)]
         cid = f"realbg_{seed:03d}_{i:03d}"
-        case = insert_nodules(vol.image, seed * 100003 + i, diameter_mm=diameter_mm, source=vol.source)
+        case = insert_nodules(vol, seed * 100003 + i, diameter_mm=diameter_mm)
         case.image.SetMetaData("ITK_FileNotes", f"real CT + synthetic nodules {cid}")  # NIfTI descrip
         label_path = write_image(case.label, out / "labels" / f"{cid}.nii.gz")
         image_path = write_image(case.image, out / "images" / f"{cid}.nii.gz")

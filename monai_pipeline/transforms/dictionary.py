@@ -120,7 +120,7 @@ class CropForegroundMMd(MapTransform):
         else:
             sel = self.select_fn(source)
             sel = sel.detach().cpu().numpy() if isinstance(sel, torch.Tensor) else np.asarray(sel)
-            box = bounding_box(sel.reshape(sel.shape[-3:]) if sel.ndim == 3 else sel.any(axis=0))
+            box = bounding_box(sel.reshape(-1, *sel.shape[-3:]).any(axis=0))
         if box is None:
             raise InputError(source.meta.get("filename_or_obj"), f"nothing to crop to: {self.select_fn!r} selects no "
                              "voxel (an all-air volume? is this a CT in Hounsfield units?)")
