@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("synth", help="generate synthetic chest CT cases with nodule labels")
     s.add_argument("--out", required=True, type=Path)
-    s.add_argument("--cases", required=True, type=_positive_int)
+    s.add_argument("--cases", type=_positive_int, help="number of cases (phantoms or --background)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--format", choices=("nifti", "dicom", "both"), default="nifti")
     s.add_argument("--matrix", type=_positive_int, default=512, help="in-plane size in voxels (default 512)")
@@ -115,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--background", nargs="+", type=Path,
                    help="real chest CT(s) (files or DICOM folders): insert synthetic nodules into their lungs "
                         "instead of drawing phantoms (real anatomy as background)")
+    s.add_argument("--lidc-xml", nargs="+", type=Path,
+                   help="LIDC-IDRI XML reads (files or folders): one DICOM study per CT read in the TCIA layout, "
+                        "with the read's slice positions, UIDs and the readers' nodules (docs/lidc.md)")
+    s.add_argument("--metadata", type=Path, help="with --lidc-xml: LIDC-IDRI_MetaData.csv (patient ids)")
+    s.add_argument("--margin-mm", type=float, default=15.0,
+                   help="with --lidc-xml: slices beyond the first and last marked position (mm, default 15)")
+    s.add_argument("--max-slices", type=_positive_int, help="with --lidc-xml: skip reads needing more slices")
 
     s = sub.add_parser("manifest", help="build a decathlon-style manifest with patient-level folds")
     s.add_argument("--images", required=True, type=Path)
@@ -230,6 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=_positive_int, default=None)
     s.add_argument("--quick", action="store_true", help="a tiny run for smoke tests (minutes less, Dice not meaningful)")
 
+    s = sub.add_parser("lidc-demo", help="LIDC end to end on studies made from the real XML reads: convert, "
+                       "cross-validate each training.label_mode, reader agreement (CPU, docs/lidc.md)")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--studies", type=_positive_int, default=None, help="number of reads (default 20)")
+    s.add_argument("--quick", action="store_true", help="a tiny run for smoke tests (Dice not meaningful)")
+
     s = sub.add_parser("lidc-convert", help="LIDC-IDRI (TCIA layout) to NIfTI images, consensus masks, manifest")
     s.add_argument("--input", required=True, type=Path)
     s.add_argument("--out", required=True, type=Path)
@@ -248,6 +261,20 @@ def _cmd_synth(a) -> int:
     from monai_pipeline.data.synth_dataset import synthesize
     from monai_pipeline.data.synthetic import SynthConfig
 
+    if a.lidc_xml:
+        from monai_pipeline.lidc.synth import synthesize_lidc
+
+        summary = synthesize_lidc(a.lidc_xml, a.out, metadata=a.metadata, seed=a.seed, margin_mm=a.margin_mm,
+                                  max_slices=a.max_slices)
+        for note in summary["skipped"]:
+            print(f"skipped: {note}")
+        print(f"wrote {summary['studies']} LIDC-shaped stud(ies) of {summary['patients']} patient(s), "
+              f"{summary['nodules']} nodule(s) -> {summary['root']}")
+        return 0
+    if a.cases is None:
+        from monai_pipeline.errors import InputError
+
+        raise InputError(None, "synth needs --cases (or --lidc-xml)")
     if a.background:
         from monai_pipeline.data.synth_dataset import synthesize_background
 
@@ -445,6 +472,13 @@ def _cmd_demo(a) -> int:
     return 0
 
 
+def _cmd_lidc_demo(a) -> int:
+    from monai_pipeline.lidc.demo import run_lidc_demo
+
+    run_lidc_demo(a.out, n_studies=a.studies, quick=a.quick)
+    return 0
+
+
 def _cmd_lidc(a) -> int:
     from monai_pipeline.lidc.convert import convert_lidc
 
@@ -458,7 +492,7 @@ def _cmd_lidc(a) -> int:
 
 #: per command: arguments that name existing inputs, output folders and output files (checked before any work)
 PATH_ARGS: dict[str, dict[str, tuple[str, ...]]] = {
-    "synth": {"inputs": ("background",), "out_dirs": ("out",)},
+    "synth": {"inputs": ("background", "lidc_xml", "metadata"), "out_dirs": ("out",)},
     "manifest": {"inputs": ("images", "labels"), "out_files": ("out",)},
     "convert": {"inputs": ("input",), "out_images": ("out",)},
     "check": {"inputs": ("manifest",), "out_files": ("out",)},
@@ -470,6 +504,7 @@ PATH_ARGS: dict[str, dict[str, tuple[str, ...]]] = {
     "export-bundle": {"inputs": ("model", "bundle")},
     "report": {"inputs": ("folder",), "out_files": ()},
     "demo": {"out_dirs": ("out",)},
+    "lidc-demo": {"out_dirs": ("out",)},
     "lidc-convert": {"inputs": ("input", "xml"), "out_dirs": ("out",)},
 }
 
@@ -533,7 +568,7 @@ def describe(err: BaseException) -> str:
 
 COMMANDS = {"synth": _cmd_synth, "manifest": _cmd_manifest, "convert": _cmd_convert, "check": _cmd_check,
             "train": _cmd_train, "cv": _cmd_cv,
-            "infer": _cmd_infer, "postprocess": _cmd_postprocess, "evaluate": _cmd_evaluate, "export-bundle": _cmd_export_bundle, "report": _cmd_report, "demo": _cmd_demo,
+            "infer": _cmd_infer, "postprocess": _cmd_postprocess, "evaluate": _cmd_evaluate, "export-bundle": _cmd_export_bundle, "report": _cmd_report, "demo": _cmd_demo, "lidc-demo": _cmd_lidc_demo,
             "lidc-convert": _cmd_lidc}
 
 

@@ -32,6 +32,9 @@ NORMALIZATIONS = ("window", "nnunet")
 CROPS = ("none", "body", "lungs")
 CACHES = ("none", "memory", "disk")
 OPTIMIZERS = ("adamw", "sgd")
+#: what the network is trained to reproduce: the consensus mask, the fraction of readers marking each voxel,
+#: or the union of the readers' masks (training.label_mode)
+LABEL_MODES = ("consensus", "soft", "any-reader")
 SCHEDULERS = ("cosine", "poly", "none")
 NETWORKS = ("UNet", "SegResNet", "DynUNet", "BasicUNet")
 SAMPLINGS = ("posneg", "lesion")
@@ -160,8 +163,10 @@ class TrainingConfig:
     seed: int
     cache: str
     num_workers: int
+    label_mode: str  # consensus | soft | any-reader (LIDC reader agreement; docs/lidc.md)
 
     def __post_init__(self) -> None:
+        _one_of("training.label_mode", self.label_mode, LABEL_MODES)
         _need(self.epochs >= 1, f"training.epochs must be >= 1, got {self.epochs}")
         _need(self.batch_size >= 1, f"training.batch_size must be >= 1, got {self.batch_size}")
         _one_of("training.optimizer", self.optimizer, OPTIMIZERS)

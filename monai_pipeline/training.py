@@ -27,6 +27,7 @@ import torch.distributed as dist
 from ignite.engine import Events
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset, set_track_meta
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.engines.utils import default_prepare_batch
 from monai.handlers import (
     CheckpointLoader,
     CheckpointSaver,
@@ -178,12 +179,16 @@ def resolve_device(device: str | None, ctx: DistContext | None = None) -> torch.
 #: the keys of a manifest entry that reach the transforms; the others (orientation, source, background, fold,
 #: ...) describe the case and differ between kinds of case, which batch collation would refuse
 DATA_KEYS = ("image", "label", "case_id")
+#: with ``training.label_mode`` soft or any-reader the label is the reader-count map of ``lidc-convert --per-reader``
+#: (``label_readers``: how many readers marked each voxel) and ``n_readers`` the readers of the scan
+READER_KEYS = ("n_readers",)
 
 
-def make_dataset(files: list[dict], transform: Compose, cache: str, cache_dir: Path, num_workers: int = 0):
+def make_dataset(files: list[dict], transform: Compose, cache: str, cache_dir: Path, num_workers: int = 0,
+                 keys: tuple[str, ...] = DATA_KEYS):
     """Dataset with the configured caching: none, memory (``CacheDataset``) or disk (``PersistentDataset``), of
-    the :data:`DATA_KEYS` of each entry."""
-    files = [{k: f[k] for k in DATA_KEYS if k in f} for f in files]
+    the ``keys`` (default :data:`DATA_KEYS`) of each entry."""
+    files = [{k: f[k] for k in keys if k in f} for f in files]
     if cache == "memory":
         return CacheDataset(files, transform, cache_rate=1.0, num_workers=max(1, num_workers) if num_workers else None,
                             progress=False)
@@ -191,6 +196,42 @@ def make_dataset(files: list[dict], transform: Compose, cache: str, cache_dir: P
         cache_dir.mkdir(parents=True, exist_ok=True)
         return PersistentDataset(files, transform, cache_dir=cache_dir)
     return Dataset(files, transform)
+
+
+def training_labels(files: list[dict], label_mode: str, manifest: str | Path) -> list[dict]:
+    """The training entries with the label of ``label_mode``: consensus keeps the manifest's ``label``; soft and
+    any-reader train on ``label_readers`` (reader counts) and need ``n_readers`` (refused, naming the case and
+    the fix, when a case lacks them)."""
+    if label_mode == "consensus":
+        return files
+    out = []
+    for f in files:
+        if not f.get("label_readers") or not f.get("n_readers"):
+            raise InputError(manifest, f"case {f.get('case_id')}: training.label_mode {label_mode} needs the readers' "
+                             "labels (label_readers, n_readers) in the manifest",
+                             hint="convert the LIDC data with lidc-convert --per-reader")
+        out.append({**f, "label": f["label_readers"]})
+    return out
+
+
+class ReaderAgreementBatch:
+    """``prepare_batch`` of the trainer for ``label_mode`` soft and any-reader: the batch's label holds reader
+    counts (B, 1, x, y, z); any-reader trains on count > 0, soft on the two-channel target
+    (1 - p, p) with p = count / n_readers, the fraction of the scan's readers marking the voxel (DiceCE with
+    probability targets: MONAI's soft Dice and torch's cross-entropy with class probabilities)."""
+
+    def __init__(self, label_mode: str):
+        if label_mode not in ("soft", "any-reader"):
+            raise ValueError(f"label_mode must be soft or any-reader here, got {label_mode!r}")
+        self.label_mode = label_mode
+
+    def __call__(self, batchdata, device=None, non_blocking: bool = False, **kwargs):
+        image, label = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
+        if self.label_mode == "any-reader":
+            return image, (label > 0).to(label.dtype)
+        n = torch.as_tensor(batchdata["n_readers"]).to(label.device, torch.float32).clamp(min=1)
+        p = (label.float() / n.view(-1, *([1] * (label.ndim - 1)))).clamp(0.0, 1.0)
+        return image, torch.cat([1.0 - p, p], dim=1)
 
 
 def compute_intensity_stats(files: list[dict]) -> dict[str, float]:
@@ -462,7 +503,9 @@ def build_trainer(cfg: PipelineConfig, run: Path, train_files: list[dict], netwo
                   max_epochs: int) -> SupervisedTrainer:
     """``SupervisedTrainer`` on random patches with DiceCE, the LR schedule and periodic validation."""
     t = cfg.training
-    train_ds = make_dataset(train_files, train_transforms(cfg), t.cache, run / "cache")
+    readers = t.label_mode != "consensus"
+    train_ds = make_dataset(train_files, train_transforms(cfg), t.cache, run / "cache",
+                            keys=DATA_KEYS + READER_KEYS if readers else DATA_KEYS)
     sampler = torch.utils.data.distributed.DistributedSampler(train_ds, shuffle=True) if ctx.world_size > 1 else None
     train_loader = DataLoader(train_ds, batch_size=t.batch_size, shuffle=sampler is None, sampler=sampler,
                               num_workers=t.num_workers, drop_last=False)
@@ -478,7 +521,8 @@ def build_trainer(cfg: PipelineConfig, run: Path, train_files: list[dict], netwo
         handlers += tensorboard_handlers(run / "tensorboard")
     return SupervisedTrainer(
         device=dev, max_epochs=max_epochs, train_data_loader=train_loader, network=network, optimizer=optimizer,
-        loss_function=DiceCELoss(to_onehot_y=True, softmax=True),
+        loss_function=DiceCELoss(to_onehot_y=t.label_mode != "soft", softmax=True),
+        prepare_batch=ReaderAgreementBatch(t.label_mode) if readers else default_prepare_batch,
         inferer=AutocastInferer(SimpleInferer()) if cpu_bf16 else SimpleInferer(), train_handlers=handlers,
         amp=bool(t.amp) and dev.type == "cuda", decollate=False)
 
@@ -601,6 +645,9 @@ def train(manifest: str | Path, run: str | Path, cfg: PipelineConfig, fold: int 
         set_determinism(seed=cfg.training.seed + ctx.rank)
         # everything is checked before the run folder or its log is created
         train_files, val_files = check_training_data(manifest, fold, cfg.network.out_channels)
+        if cfg.training.label_mode == "soft" and cfg.network.out_channels != 2:
+            raise InputError(manifest, "training.label_mode soft needs a two-class network (out_channels 2)")
+        train_files = training_labels(train_files, cfg.training.label_mode, manifest)
         ckpt = check_run_folder(run, resume, ctx.is_main)
         fh = _setup_logging(run, ctx.is_main)
         cfg = with_intensity_stats(cfg, train_files)

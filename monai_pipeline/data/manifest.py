@@ -49,6 +49,11 @@ def relpath(target: str | Path, manifest_path: str | Path) -> str:
     return os.path.relpath(Path(target).resolve(), Path(manifest_path).resolve().parent)
 
 
+#: entry keys holding paths (relative to the manifest's folder): the image, its label, and the reader-count map
+#: of ``lidc-convert --per-reader`` (``training.label_mode`` soft / any-reader)
+PATH_KEYS = ("image", "label", "label_readers")
+
+
 def load_manifest(path: str | Path, section: str = "training", base_dir: str | Path | None = None) -> list[dict]:
     """Entries of ``section`` with ``image``/``label`` made absolute (as ``load_decathlon_datalist`` does),
     relative to ``base_dir`` (default: the manifest's folder)."""
@@ -69,7 +74,7 @@ def load_manifest(path: str | Path, section: str = "training", base_dir: str | P
         if "image" not in entry:
             raise InputError(path, f"{section}[{i}] has no 'image'")
         e = dict(entry)
-        for key in ("image", "label"):
+        for key in PATH_KEYS:
             if key in e and e[key] is not None:
                 e[key] = str((base / e[key]).resolve())
         e.setdefault("case_id", case_id_from_path(e["image"]))

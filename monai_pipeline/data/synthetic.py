@@ -236,16 +236,43 @@ def _place_nodules(ph: _Phantom, rng: np.random.Generator, cfg: SynthConfig, ves
     return nodules
 
 
-def _grid(shape, spacing):
-    """Centred mm coordinates of a canonical (identity direction) grid, as broadcastable arrays."""
-    return [((np.arange(n) - (n - 1) / 2.0) * s).astype(np.float32).reshape([-1 if i == k else 1 for i in range(3)])
-            for k, (n, s) in enumerate(zip(shape, spacing, strict=True))]
+def _grid(shape, spacing, offset=(0.0, 0.0, 0.0)):
+    """mm coordinates (phantom frame) of a canonical (identity direction) grid whose centre lies at ``offset``
+    (mm) from the phantom's centre, as broadcastable arrays."""
+    return [((np.arange(n) - (n - 1) / 2.0) * s + o).astype(np.float32).reshape([-1 if i == k else 1 for i in range(3)])
+            for k, (n, s, o) in enumerate(zip(shape, spacing, offset, strict=True))]
 
 
-def _render(ph: _Phantom, shape, spacing, vessels, nodules, rng, noise_hu) -> tuple[np.ndarray, np.ndarray,
-                                                                                     np.ndarray]:
-    """Rasterise the phantom on the canonical grid: returns HU (float32), label (uint8), lung mask (bool)."""
-    x, y, z = _grid(shape, spacing)
+def add_scanner_noise(img: np.ndarray, rng: np.random.Generator, noise_hu: float) -> np.ndarray:
+    """Add spatially correlated Gaussian noise of standard deviation ``noise_hu`` (HU) in place, clip to the
+    CT range (-1024..3071 HU) and return ``img`` (float32, any axis order)."""
+    if noise_hu > 0:
+        noise = rng.normal(0.0, 1.0, size=img.shape).astype(np.float32)
+        noise = ndimage.gaussian_filter(noise, sigma=0.7)
+        noise *= noise_hu / max(float(noise.std()), 1e-6)
+        img += noise
+    np.clip(img, -1024, 3071, out=img)
+    return img
+
+
+def chest_anatomy(shape: tuple[int, int, int], spacing: tuple[float, float, float], rng: np.random.Generator,
+                  offset_mm: tuple[float, float, float] = (0.0, 0.0, 0.0),
+                  height_mm: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A noise-free phantom chest without nodules on a canonical (identity direction, x y z) grid of ``shape``
+    voxels and ``spacing`` mm whose centre lies ``offset_mm`` from the phantom's centre; ``height_mm`` is the
+    phantom's cranio-caudal size (default: the grid's). Returns HU (float32) and the lung mask (bool)."""
+    half_width = 0.47 * shape[0] * spacing[0]
+    ph = _Phantom(rng, half_width=half_width * rng.uniform(0.9, 1.0), height=height_mm or shape[2] * spacing[2])
+    vessels = _vessel_tree(ph, rng)
+    img, _, lung = _render(ph, shape, spacing, vessels, [], rng, noise_hu=0.0, offset=offset_mm)
+    return img, lung
+
+
+def _render(ph: _Phantom, shape, spacing, vessels, nodules, rng, noise_hu,
+            offset=(0.0, 0.0, 0.0)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rasterise the phantom on the canonical grid (centred ``offset`` mm from the phantom's centre): returns
+    HU (float32), label (uint8), lung mask (bool)."""
+    x, y, z = _grid(shape, spacing, offset)
     vox = float(min(spacing))
     body = ph.body(x, y, z)
     body = np.broadcast_to(body, shape)
@@ -280,7 +307,7 @@ def _render(ph: _Phantom, shape, spacing, vessels, nodules, rng, noise_hu) -> tu
     lung_hu = LUNG_HU + 40.0 * np.clip(y / ph.b, -1, 1)
     img = np.where(lung, np.broadcast_to(lung_hu, shape), img).astype(np.float32)
     # vessels: capsules rendered in their bounding boxes, kept inside the lungs and mediastinum
-    origin = np.array([-(n - 1) / 2.0 * s for n, s in zip(shape, spacing, strict=True)])
+    origin = np.array([-(n - 1) / 2.0 * s + o for n, s, o in zip(shape, spacing, offset, strict=True)])
     sp = np.asarray(spacing)
     for p, q, r in vessels:
         lo = np.floor((np.minimum(p, q) - r - 1 - origin) / sp).astype(int).clip(0, np.array(shape) - 1)
@@ -321,12 +348,7 @@ def _render(ph: _Phantom, shape, spacing, vessels, nodules, rng, noise_hu) -> tu
         lab = (occ >= 0.5)
         label[sl] |= lab.astype(np.uint8)
         nod.volume_mm3 = float(lab.sum() * vox_vol)
-    # correlated noise (scanner-like), then quantise
-    noise = rng.normal(0.0, 1.0, size=shape).astype(np.float32)
-    noise = ndimage.gaussian_filter(noise, sigma=0.7)
-    noise *= noise_hu / max(float(noise.std()), 1e-6)
-    img += noise
-    np.clip(img, -1024, 3071, out=img)
+    add_scanner_noise(img, rng, noise_hu)  # correlated noise (scanner-like)
     return img, label, np.broadcast_to(lung, shape).copy()
 
 

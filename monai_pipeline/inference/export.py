@@ -84,6 +84,10 @@ def _apply(m: np.ndarray, points: np.ndarray) -> np.ndarray:
     return points @ m[:3, :3].T + m[:3, 3]
 
 
+#: candidates resampled one by one by :func:`invert_foreground`; more are resampled as one box
+MAX_CANDIDATE_BOXES = 64
+
+
 def invert_foreground(margin_net: np.ndarray, affine_ras: np.ndarray, geometry: Geometry) -> np.ndarray:
     """Foreground mask (uint8, (x, y, z)) on ``geometry``'s grid: the network-grid decision margin ``margin_net``
     (x, y, z; ``p(fg) - p(bg)``, voxel-to-RAS ``affine_ras``) resampled linearly, foreground where it is > 0.
@@ -92,7 +96,9 @@ def invert_foreground(margin_net: np.ndarray, affine_ras: np.ndarray, geometry: 
     within one network voxel of a network voxel that is. Each connected candidate on the network grid is
     therefore resampled alone: the input-grid box covering its voxels plus one, from the network sub-volume
     holding every interpolation neighbour of that box. The result equals resampling the whole volume (tested)
-    at a cost that follows the candidates, not the volume; everything else is background.
+    at a cost that follows the candidates, not the volume; everything else is background. Beyond
+    :data:`MAX_CANDIDATE_BOXES` candidates (a speckled prediction) one box around all of them is resampled
+    instead, which is exact too and bounds the cost by one whole-volume resampling.
     """
     size = tuple(int(v) for v in geometry.size)
     out = np.zeros(size[::-1], np.uint8)  # (z, y, x), as SimpleITK's arrays; returned as an (x, y, z) view
@@ -105,8 +111,9 @@ def invert_foreground(margin_net: np.ndarray, affine_ras: np.ndarray, geometry: 
     net_to_in = np.linalg.inv(geometry.lps_affine()) @ LPS_TO_RAS @ affine_ras
     in_to_net = np.linalg.inv(net_to_in)
     net_grid = Geometry.from_ras_affine(affine_ras, margin_net.shape)
-    labels, _ = label_components(positive, 26)
-    for box in ndimage.find_objects(labels):
+    labels, n = label_components(positive, 26)
+    boxes = ndimage.find_objects(labels) if n <= MAX_CANDIDATE_BOXES else ndimage.find_objects(positive.astype(np.uint8))
+    for box in boxes:
         lo, hi = np.array([b.start for b in box]) - 1, np.array([b.stop for b in box]) + 1
         in_box = _index_box(_apply(net_to_in, _corners(lo, hi)), size)
         if in_box is None:

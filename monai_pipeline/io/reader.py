@@ -72,6 +72,10 @@ class CTVolume:
     #: DICOM series: the slice headers in the order of the image's third axis (None when slices were
     #: interpolated, or for non-DICOM input)
     slices: list[dicom.SliceHeader] | None = None
+    #: a non-uniform DICOM series read with ``nonuniform="resample"``: its original slice headers in position
+    #: order, and where each lies on the uniform grid (fractional index along the third axis)
+    source_slices: list[dicom.SliceHeader] | None = None
+    source_slice_index: np.ndarray | None = None
     #: a phantom written by ``monai-pipeline synth`` (NIfTI ``descrip`` or DICOM ``Manufacturer`` starting with
     #: :data:`SYNTHETIC_MARK`); any other input counts as a real scan
     synthetic: bool = False
@@ -353,8 +357,10 @@ def _read_dicom_folder(folder: Path, options: ReadOptions) -> CTVolume:
             raise InputError(folder, spacing_problems[0], hint="pass nonuniform='resample' to interpolate")
         logger.warning("%s: %s; resampling to %.3f mm", folder, spacing_problems[0], check.spacing)
         notes.extend(spacing_problems)
-        image = _read_resampled(folder, info, check)
+        image, source_index = _read_resampled(folder, info, check)
+        source_slices = info.sorted_slices()
     else:
+        source_slices, source_index = None, None
         files = dicom.gdcm_sorted_files(folder, info)
         by_path = {os.path.realpath(sl.path): sl for sl in info.slices}
         slices = [by_path[os.path.realpath(f)] for f in files]
@@ -368,11 +374,13 @@ def _read_dicom_folder(folder: Path, options: ReadOptions) -> CTVolume:
             image = sitk.JoinSeries(image)
     _require_3d(folder, image)
     return CTVolume(image=image, source=str(folder), series_instance_uid=info.series_instance_uid, notes=notes,
-                    slices=None if spacing_problems else slices, synthetic=_marked_synthetic(info.manufacturer))
+                    slices=None if spacing_problems else slices, source_slices=source_slices,
+                    source_slice_index=source_index, synthetic=_marked_synthetic(info.manufacturer))
 
 
-def _read_resampled(folder: Path, info: dicom.SeriesInfo, check: dicom.SeriesCheck) -> sitk.Image:
-    """Read slices one by one (HU) and interpolate linearly along the normal to uniform spacing."""
+def _read_resampled(folder: Path, info: dicom.SeriesInfo, check: dicom.SeriesCheck) -> tuple[sitk.Image, np.ndarray]:
+    """Read slices one by one (HU) and interpolate linearly along the normal to uniform spacing (the median
+    step, mm). Returns the image and each original slice's fractional index on the new grid (position order)."""
     ordered = info.sorted_slices()
     slices = [sitk.ReadImage(s.path, sitk.sitkFloat32) for s in ordered]
     stack = np.stack([sitk.GetArrayFromImage(s).reshape(s.GetSize()[1], s.GetSize()[0]) for s in slices])
@@ -390,7 +398,7 @@ def _read_resampled(folder: Path, info: dicom.SeriesInfo, check: dicom.SeriesChe
     image.SetSpacing((px[0], px[1], check.spacing))
     image.SetOrigin(tuple(ordered[0].position))
     image.SetDirection(tuple(direction.reshape(-1)))
-    return image
+    return image, (pos - pos[0]) / check.spacing
 
 
 def volume_meta(volume: CTVolume) -> dict[str, Any]:

@@ -117,10 +117,43 @@ def assign_case_ids(series: list[dict]) -> list[dict]:
     return out
 
 
-def _slice_index(vol) -> SliceIndex:
-    """SOP UID -> slice index and slice z (mm), from the headers the reader already ordered along the grid."""
-    return SliceIndex({sl.sop_instance_uid: k for k, sl in enumerate(vol.slices)},
-                      np.array([float(sl.position[2]) for sl in vol.slices]))
+def _slice_index(vol) -> tuple[SliceIndex, np.ndarray | None]:
+    """Where each original slice lies on the volume's grid: (SOP UID -> slice index, z (mm) of every grid slice),
+    plus, for a non-uniform series read onto a uniform grid, the grid slice that holds the nearest original
+    slice for every grid slice (None when every grid slice is an original one)."""
+    geom = vol.geometry
+    aff = geom.lps_affine()
+    z = aff[2, 2] * np.arange(geom.size[2]) + aff[2, 3]
+    if vol.slices is not None:
+        if len(vol.slices) != geom.size[2]:
+            raise PipelineError(f"{vol.source}: slices could not be matched to the series headers")
+        return SliceIndex({sl.sop_instance_uid: k for k, sl in enumerate(vol.slices)}, z), None
+    if vol.source_slices is None or vol.source_slice_index is None:
+        raise PipelineError(f"{vol.source}: the slice headers of the series are unknown")
+    slots = np.clip(np.rint(vol.source_slice_index).astype(int), 0, geom.size[2] - 1)
+    index = SliceIndex({sl.sop_instance_uid: int(k) for sl, k in zip(vol.source_slices, slots, strict=True)}, z)
+    nearest = np.abs(np.arange(geom.size[2])[:, None] - np.asarray(vol.source_slice_index)[None, :]).argmin(axis=1)
+    return index, slots[nearest]
+
+
+def carry_along_slices(voxels: np.ndarray, shape: tuple[int, int, int], nearest_slot: np.ndarray | None) -> np.ndarray:
+    """Nearest-neighbour resampling of a mask (linear voxel indices on an ``(x, y, k)`` grid) along the third
+    axis of a non-uniform series' uniform grid: a grid slice ``j`` that holds no original slice
+    (``nearest_slot[j] != j``) takes the mask of slice ``nearest_slot[j]`` (the grid slice holding the original
+    slice nearest to it), unless an roi was placed on ``j`` itself (by its z position). Returns sorted unique
+    linear indices; unchanged when ``nearest_slot`` is None."""
+    if nearest_slot is None or len(voxels) == 0:
+        return voxels
+    x, y, k = np.unravel_index(voxels, shape)
+    own = set(np.unique(k).tolist())
+    parts = [voxels]
+    for j in np.flatnonzero(nearest_slot != np.arange(len(nearest_slot))):
+        if int(j) in own:
+            continue
+        sel = k == nearest_slot[j]
+        if sel.any():
+            parts.append(np.ravel_multi_index((x[sel], y[sel], np.full(int(sel.sum()), j)), shape))
+    return np.unique(np.concatenate(parts)).astype(np.int64)
 
 
 def _measure(vox: np.ndarray, geometry: Geometry) -> dict:
@@ -177,12 +210,15 @@ def convert_case(task: CaseTask) -> dict:
 
     out = Path(task.out)
     read = parse_read(task.xml)
-    vol = read_ct(task.folder, ReadOptions(series_uid=task.series_uid))
+    # a non-uniform series (missing slices, a gap) is interpolated onto a uniform grid; masks follow by nearest slice
+    vol = read_ct(task.folder, ReadOptions(series_uid=task.series_uid, nonuniform="resample"))
     geom = vol.geometry
-    if vol.slices is None or len(vol.slices) != geom.size[2]:
-        raise PipelineError(f"{task.folder}: slices could not be matched to the series headers")
-    index = _slice_index(vol)
+    index, nearest_slot = _slice_index(vol)
     nodules, anns, problems = build_nodules(read, index, geom, task.consensus)
+    for a in anns:
+        a.voxels = carry_along_slices(a.voxels, geom.size, nearest_slot)
+    for n in nodules:
+        n.consensus = carry_along_slices(n.consensus, geom.size, nearest_slot)
     label = np.zeros(geom.size, np.uint8)
     rows: list[dict] = []
     irrelevant = _point_findings(read, index, geom)
@@ -206,17 +242,29 @@ def convert_case(task: CaseTask) -> dict:
     write_image(hu, out / "images" / f"{task.case_id}.nii.gz")
     write_mask(label, geom, out / "labels" / f"{task.case_id}.nii.gz")
     if task.per_reader:
+        # one mask per reading session, and the number of readers marking each voxel (``label_mode`` soft/any-reader)
+        agreement = np.zeros(geom.size, np.uint8)
         for s in read.sessions:
             r = np.zeros(geom.size, np.uint8)
             for a in anns:
                 if a.reader == s.index:
                     r.reshape(-1)[a.voxels] = 1
+            agreement += r
             write_image(xyz_array_to_sitk(r, geom), out / "readers" / f"{task.case_id}_r{s.index}.nii.gz")
+        write_mask(agreement, geom, out / "labels_readers" / f"{task.case_id}.nii.gz")
     counts = read.counts()
     record = {"case_id": task.case_id, "patient_id": task.patient_id, "series_instance_uid": task.series_uid,
               "xml": task.xml, "geometry": geom.to_dict(), "nodules": rows, "problems": problems,
-              "read_counts": counts, "per_reader": task.per_reader,
+              "read_counts": counts, "per_reader": task.per_reader, "n_readers": len(read.sessions),
               "irrelevant_findings": [{**f, "case_id": task.case_id} for f in irrelevant]}
+    if nearest_slot is not None:
+        steps = np.diff([float(np.dot(sl.position, geom.direction_matrix[:, 2])) for sl in vol.source_slices])
+        record["resampled"] = {"reason": vol.notes[0] if vol.notes else "non-uniform slice spacing",
+                               "source_slices": len(vol.source_slices), "slices": int(geom.size[2]),
+                               "spacing_mm": round(float(geom.spacing[2]), 4),
+                               "largest_step_mm": round(float(steps.max()), 3),
+                               "interpolated_slices": int(np.sum(nearest_slot != np.arange(geom.size[2]))),
+                               "image": "linear along the slice normal", "masks": "nearest slice"}
     atomic_write_text(out / "cases" / f"{task.case_id}.json", json.dumps(record, indent=1))
     return record
 
@@ -231,7 +279,7 @@ def _is_done(out: Path, case_id: str, per_reader: bool) -> dict | None:
         for f in (out / "images" / f"{case_id}.nii.gz", out / "labels" / f"{case_id}.nii.gz"):
             if not header_geometry(str(f)).matches(geom):
                 return None
-        if per_reader and not rec.get("per_reader"):
+        if per_reader and not (rec.get("per_reader") and (out / "labels_readers" / f"{case_id}.nii.gz").is_file()):
             return None
         return rec
     except Exception:  # noqa: BLE001 - anything unreadable means "convert again"
@@ -320,7 +368,10 @@ def convert_lidc(root: str | Path, out: str | Path, xml_dir: str | Path | None =
     entries = [{"image": relpath(out / "images" / f"{cid}.nii.gz", manifest),
                 "label": relpath(out / "labels" / f"{cid}.nii.gz", manifest), "case_id": cid,
                 "patient_id": rec["patient_id"], "series_instance_uid": rec["series_instance_uid"],
-                "fold": folds[rec["patient_id"]]} for cid, rec in sorted(records.items())]
+                "fold": folds[rec["patient_id"]], "source": "lidc", "n_readers": rec.get("n_readers"),
+                **({"label_readers": relpath(out / "labels_readers" / f"{cid}.nii.gz", manifest)}
+                   if rec.get("per_reader") else {}),
+                **({"resampled": True} if rec.get("resampled") else {})} for cid, rec in sorted(records.items())]
     write_manifest(manifest, {"training": entries}, extra={"description": "LIDC-IDRI consensus nodule masks",
                                                            "labels": {"0": "background", "1": "nodule"},
                                                            "consensus": consensus, "min_readers": min_readers,

@@ -65,3 +65,23 @@ def test_invert_foreground_empty_and_outside() -> None:
     far = np.eye(4)
     far[:3, 3] = (500.0, 500.0, 500.0)  # network grid nowhere near the input grid
     assert not invert_foreground(np.ones((8, 8, 8), np.float32), far, geometry).any()
+
+
+def test_invert_foreground_speckled_prediction_is_one_box_and_still_exact() -> None:
+    """An untrained model's speckle (thousands of one-voxel candidates) takes the one-box path: same result as
+    resampling the whole volume."""
+    from monai_pipeline.inference.export import MAX_CANDIDATE_BOXES
+
+    rng = np.random.default_rng(3)
+    net_shape = (40, 40, 24)
+    margin = np.where(rng.random(net_shape) < 0.03, 0.9, -0.5).astype(np.float32)
+    assert ndimage.label(margin > 0, np.ones((3, 3, 3)))[1] > MAX_CANDIDATE_BOXES
+    affine_ras = np.diag([1.0, 1.0, 1.5, 1.0])
+    affine_ras[:3, 3] = (-20.0, -20.0, -18.0)
+    direction, spacing, size = CASES[0]
+    d = np.asarray(direction, dtype=np.float64)
+    origin = np.array([0.0, 0.0, 0.0]) - d @ (np.asarray(size) / 2.0 * np.asarray(spacing))
+    geometry = Geometry(size, spacing, tuple(origin), tuple(d.reshape(-1)))
+    whole = sitk_to_xyz_array(resample_to_grid(margin, affine_ras, geometry, sitk.sitkLinear, sitk.sitkFloat32)) > 0
+    assert whole.sum() > 50
+    np.testing.assert_array_equal(invert_foreground(margin, affine_ras, geometry).astype(bool), whole)
