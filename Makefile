@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH_CPU := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint setup clean bench
+.PHONY: demo lidc-demo test lint setup clean bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,6 +20,10 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/monai-pipeline demo --out demo_output
 
+# LIDC end to end on studies made from the real XML reads in ../shared/lidc (docs/lidc.md)
+lidc-demo: $(STAMP)
+	$(BIN)/monai-pipeline lidc-demo --out lidc_demo_output
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q tests
 
@@ -31,4 +35,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_training.py
 
 clean:
-	rm -rf $(VENV) demo_output .pytest_cache
+	rm -rf $(VENV) demo_output lidc_demo_output .pytest_cache

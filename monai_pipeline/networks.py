@@ -102,9 +102,14 @@ def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> tup
     return net.to(device).eval(), blob
 
 
+#: manifest sources whose images are made up (phantom anatomy)
+SYNTHETIC_SOURCES = ("synthetic", "lidc-synthetic")
+
+
 def training_data_card(train_files: list[dict]) -> dict:
     """What a model was trained on, for its model file: case count and cases per manifest ``source``
-    (``synthetic`` from ``synth``, ``real-background`` from ``synth --background``; ``unrecorded`` without one)."""
+    (``synthetic`` from ``synth``, ``real-background`` from ``synth --background``, ``lidc`` from ``lidc-convert``,
+    ``lidc-synthetic`` from ``lidc-convert`` of ``synth --lidc-xml`` studies; ``unrecorded`` without one)."""
     from collections import Counter
 
     sources = Counter(str(f.get("source", "unrecorded")) for f in train_files)
@@ -115,7 +120,7 @@ def synthetic_only(blob: dict) -> bool:
     """True when a model file says it was trained on synthetic phantoms alone (older files say nothing: False)."""
     card = blob.get("training_data") or {}
     sources = card.get("sources") or {}
-    return bool(sources) and set(sources) == {"synthetic"}
+    return bool(sources) and set(sources) <= set(SYNTHETIC_SOURCES)
 
 
 def describe_training_data(blob: dict) -> str:

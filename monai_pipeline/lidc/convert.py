@@ -25,7 +25,7 @@ import SimpleITK as sitk
 from monai_pipeline.errors import InputError, PipelineError
 from monai_pipeline.io import dicom
 from monai_pipeline.io.geometry import Geometry, header_geometry, xyz_array_to_sitk
-from monai_pipeline.io.writer import atomic_write_text, write_image, write_mask
+from monai_pipeline.io.writer import SYNTHETIC_MARK, atomic_write_text, write_image, write_mask
 from monai_pipeline.lidc.nodules import SliceIndex, build_nodules, median_characteristics
 from monai_pipeline.lidc.xml import CHARACTERISTICS, parse_read, read_series_uid
 
@@ -239,6 +239,8 @@ def convert_case(task: CaseTask) -> dict:
                      "nodule": len(rows) + 1, "n_readers": len(n.readers), "readers": ";".join(map(str, n.readers)),
                      **m, **{f"{k}_median": v for k, v in median_characteristics(n.annotations).items()}})
     hu = sitk.Cast(vol.image, sitk.sitkInt16) if vol.image.GetPixelID() != sitk.sitkInt16 else vol.image
+    if vol.synthetic:  # a study of ``synth --lidc-xml``: the NIfTI keeps the mark (descrip), as phantoms do
+        hu.SetMetaData("ITK_FileNotes", f"{SYNTHETIC_MARK} LIDC-shaped study {task.case_id}")
     write_image(hu, out / "images" / f"{task.case_id}.nii.gz")
     write_mask(label, geom, out / "labels" / f"{task.case_id}.nii.gz")
     if task.per_reader:
@@ -256,6 +258,7 @@ def convert_case(task: CaseTask) -> dict:
     record = {"case_id": task.case_id, "patient_id": task.patient_id, "series_instance_uid": task.series_uid,
               "xml": task.xml, "geometry": geom.to_dict(), "nodules": rows, "problems": problems,
               "read_counts": counts, "per_reader": task.per_reader, "n_readers": len(read.sessions),
+              "synthetic": vol.synthetic,
               "irrelevant_findings": [{**f, "case_id": task.case_id} for f in irrelevant]}
     if nearest_slot is not None:
         steps = np.diff([float(np.dot(sl.position, geom.direction_matrix[:, 2])) for sl in vol.source_slices])
@@ -368,7 +371,8 @@ def convert_lidc(root: str | Path, out: str | Path, xml_dir: str | Path | None =
     entries = [{"image": relpath(out / "images" / f"{cid}.nii.gz", manifest),
                 "label": relpath(out / "labels" / f"{cid}.nii.gz", manifest), "case_id": cid,
                 "patient_id": rec["patient_id"], "series_instance_uid": rec["series_instance_uid"],
-                "fold": folds[rec["patient_id"]], "source": "lidc", "n_readers": rec.get("n_readers"),
+                "fold": folds[rec["patient_id"]], "source": "lidc-synthetic" if rec.get("synthetic") else "lidc",
+                "n_readers": rec.get("n_readers"),
                 **({"label_readers": relpath(out / "labels_readers" / f"{cid}.nii.gz", manifest)}
                    if rec.get("per_reader") else {}),
                 **({"resampled": True} if rec.get("resampled") else {})} for cid, rec in sorted(records.items())]

@@ -62,7 +62,7 @@ def test_lidc_demo_quick(tmp_path, capsys) -> None:
     assert [r["label_mode"] for r in result["modes"]] == ["consensus", "soft", "any-reader"]
     assert (tmp_path / "d" / "lidc_demo.png").stat().st_size > 1000
     manifest = json.loads((tmp_path / "d" / "converted" / "manifest.json").read_text())["training"]
-    assert len(manifest) == 4 and all(e["source"] == "lidc" and e["label_readers"] for e in manifest)
+    assert len(manifest) == 4 and all(e["source"] == "lidc-synthetic" and e["label_readers"] for e in manifest)
     for r in result["modes"]:
         summary = json.loads((tmp_path / "d" / f"cv_{r['label_mode']}" / "summary.json").read_text())
         assert summary["n_cases"] == 4 and r["dice_mean"] == summary["metrics"]["dice"]["mean"]

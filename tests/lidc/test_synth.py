@@ -148,6 +148,8 @@ def test_studies_are_laid_out_like_a_tcia_download(lidc_studies) -> None:
 
 
 def test_consensus_and_reader_masks_match_an_independent_rasterisation(lidc_studies, converted) -> None:
+    from monai_pipeline.io.reader import read_ct
+
     tmp, summary = lidc_studies
     manifest = json.loads((converted / "manifest.json").read_text())["training"]
     by_uid = {e["series_instance_uid"]: e for e in manifest}
@@ -164,11 +166,12 @@ def test_consensus_and_reader_masks_match_an_independent_rasterisation(lidc_stud
         for k, r in enumerate(readers, start=1):
             np.testing.assert_array_equal(_nii(converted / "readers" / f"{e['case_id']}_r{k}.nii.gz").astype(bool), r)
         np.testing.assert_array_equal(_nii(converted / e["label_readers"]), np.sum(readers, axis=0))
-        assert e["n_readers"] == len(readers) and e["source"] == "lidc"
+        assert e["n_readers"] == len(readers) and e["source"] == "lidc-synthetic"
         case = json.loads((converted / "cases" / f"{e['case_id']}.json").read_text())
         exclusions += case["read_counts"]["exclusion_rois"]
         n_readers_seen |= {n["n_readers"] for n in case["nodules"]}
         # the pixels show the nodules the readers drew: denser inside the consensus than just outside the union
+        assert read_ct(converted / e["image"]).synthetic  # the mark survives the conversion to NIfTI
         hu = _nii(converted / e["image"]).astype(np.float32)
         union = np.sum(readers, axis=0) > 0
         ring = ndimage.binary_dilation(union, np.ones((3, 3, 1), bool), iterations=2) & ~union
