@@ -234,6 +234,31 @@ class ReaderAgreementBatch:
         return image, torch.cat([1.0 - p, p], dim=1)
 
 
+def build_loss(cfg: PipelineConfig) -> DiceCELoss:
+    """DiceCE on the softmax: against the one-hot label (consensus, any-reader) or the two-channel probability
+    target of ``label_mode`` soft. ``train`` and the bundle's ``train.json`` both use it."""
+    return DiceCELoss(to_onehot_y=cfg.training.label_mode != "soft", softmax=True)
+
+
+def build_prepare_batch(cfg: PipelineConfig):
+    """The trainer's ``prepare_batch``: MONAI's default, or :class:`ReaderAgreementBatch` for soft/any-reader."""
+    mode = cfg.training.label_mode
+    return default_prepare_batch if mode == "consensus" else ReaderAgreementBatch(mode)
+
+
+def bundle_training_files(datalist: str | Path, cfg: PipelineConfig, base_dir: str | Path | None = None) -> list[dict]:
+    """The bundle's training entries: the datalist's training section (paths resolved from ``base_dir``, default
+    the datalist's folder) with the
+    label of ``training.label_mode`` (:func:`training_labels`) and only the keys the transforms need, as
+    ``train`` builds them."""
+    from monai_pipeline.data.manifest import load_manifest
+
+    mode = cfg.training.label_mode
+    files = training_labels(load_manifest(datalist, "training", base_dir=base_dir), mode, datalist)
+    keys = DATA_KEYS if mode == "consensus" else DATA_KEYS + READER_KEYS
+    return [{k: f[k] for k in keys if k in f} for f in files]
+
+
 def compute_intensity_stats(files: list[dict]) -> dict[str, float]:
     """Foreground HU statistics of the training images (nnU-Net fingerprint), read once with SimpleITK."""
     from monai_pipeline.io.geometry import sitk_to_xyz_array
@@ -521,8 +546,7 @@ def build_trainer(cfg: PipelineConfig, run: Path, train_files: list[dict], netwo
         handlers += tensorboard_handlers(run / "tensorboard")
     return SupervisedTrainer(
         device=dev, max_epochs=max_epochs, train_data_loader=train_loader, network=network, optimizer=optimizer,
-        loss_function=DiceCELoss(to_onehot_y=t.label_mode != "soft", softmax=True),
-        prepare_batch=ReaderAgreementBatch(t.label_mode) if readers else default_prepare_batch,
+        loss_function=build_loss(cfg), prepare_batch=build_prepare_batch(cfg),
         inferer=AutocastInferer(SimpleInferer()) if cpu_bf16 else SimpleInferer(), train_handlers=handlers,
         amp=bool(t.amp) and dev.type == "cuda", decollate=False)
 

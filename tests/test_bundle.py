@@ -231,3 +231,29 @@ def test_multi_gpu_train_with_torchrun_on_cpu(bundle, bundle_data):
     assert r.returncode == 0, r.stderr[-3000:]
     assert (bundle / "models" / "model.pt").is_file()
     assert Path(bundle / "models" / "pipeline.yaml").is_file()
+
+
+def test_bundle_training_follows_the_label_mode(bundle, tmp_path):
+    """``training.label_mode`` soft set in the bundle's configuration reaches the bundle's loss, prepare_batch
+    and training datalist exactly as it reaches ``monai-pipeline train`` (the same builders)."""
+    from monai.bundle import ConfigParser
+
+    from monai_pipeline.training import ReaderAgreementBatch
+
+    (bundle / "models" / "pipeline.yaml").write_text("training:\n  label_mode: soft\n")
+    data = tmp_path / "data"
+    data.mkdir()
+    entry = {"image": "images/a.nii.gz", "label": "labels/a.nii.gz", "case_id": "a", "patient_id": "p",
+             "label_readers": "labels_readers/a.nii.gz", "n_readers": 4, "source": "lidc", "fold": 0}
+    (data / "manifest.json").write_text(json.dumps({"training": [entry], "validation": [], "test": []}))
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    parser["bundle_root"] = str(bundle)
+    parser["dataset_dir"] = str(data)
+    assert parser.get_parsed_content("pipeline_config").training.label_mode == "soft"
+    loss = parser.get_parsed_content("loss")
+    assert loss.dice.to_onehot_y is False
+    files = parser.get_parsed_content("train#datalist")
+    assert files == [{"image": str(data / "images/a.nii.gz"), "label": str(data / "labels_readers/a.nii.gz"),
+                      "case_id": "a", "n_readers": 4}]
+    assert isinstance(parser.get_parsed_content("train#trainer#prepare_batch"), ReaderAgreementBatch)

@@ -253,3 +253,10 @@ def test_cli_synth_lidc_xml_and_bad_input(tmp_path) -> None:
     assert main(["synth", "--lidc-xml", str(tmp_path / "missing.xml"), "--out", str(tmp_path / "t")]) == 2
     assert not (tmp_path / "t").exists()
     assert main(["synth", "--out", str(tmp_path / "u")]) == 2
+    # a damaged read among good ones: one line naming it, exit 2, nothing written
+    bad = tmp_path / "xml" / "bad.xml"
+    bad.parent.mkdir()
+    shutil.copy(LIDC / "samples" / "187_023.xml", tmp_path / "xml" / "good.xml")
+    bad.write_text("<LidcReadMessage><ResponseHeader>")
+    assert main(["synth", "--lidc-xml", str(tmp_path / "xml"), "--out", str(tmp_path / "v")]) == 2
+    assert not (tmp_path / "v" / "LIDC-IDRI").exists()
