@@ -397,11 +397,19 @@ def reconcile_log(log: Path, epoch: int) -> None:
 
 
 def latest_checkpoint(run: str | Path) -> Path | None:
-    """The most recent ``checkpoints/last_checkpoint_epoch=N.pt`` of a run, or None."""
+    """The most recent complete ``checkpoints/last_checkpoint_epoch=N.pt`` of a run, or None.
+
+    MONAI's ``CheckpointSaver`` writes in place (not atomically), so a kill while it writes leaves a truncated
+    file; torch's zip format ends with its central directory, so such a file is no zip file and is skipped (with
+    a warning) for the previous checkpoint, which the saver deletes only after the new one is written."""
+    import zipfile
+
     cands = glob.glob(str(Path(run) / "checkpoints" / f"{LAST_PREFIX}_checkpoint_epoch=*.pt"))
-    if not cands:
-        return None
-    return Path(max(cands, key=lambda p: int(re.search(r"epoch=(\d+)", p).group(1))))
+    for p in sorted(cands, key=lambda p: int(re.search(r"epoch=(\d+)", p).group(1)), reverse=True):
+        if zipfile.is_zipfile(p):
+            return Path(p)
+        logger.warning("%s is incomplete (the run was stopped while writing it); using an earlier checkpoint", p)
+    return None
 
 
 TRAIN_LOGGERS = ("monai_pipeline", "ignite")  # "monai_pipeline.trainer" propagates into the first

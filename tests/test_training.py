@@ -137,3 +137,18 @@ def test_best_checkpoint_survives_a_resume(tiny_dataset, tmp_path):
     assert (run / "checkpoints" / "best_network.pt").read_bytes() == before
     blob = torch.load(run / "model.pt", weights_only=True)
     assert blob["best_val_mean_dice"] == 0.999 and blob["best_epoch"] == record["epoch"] and blob["epochs_trained"] == 4
+
+
+def test_latest_checkpoint_skips_one_truncated_by_a_kill(tmp_path):
+    """A kill while MONAI's CheckpointSaver writes (in place) leaves a truncated newest checkpoint: resume takes
+    the previous, complete one."""
+    ck = tmp_path / "checkpoints"
+    ck.mkdir()
+    torch.save({"w": torch.zeros(1000)}, ck / "last_checkpoint_epoch=3.pt")
+    torch.save({"w": torch.zeros(1000)}, ck / "last_checkpoint_epoch=4.pt")
+    assert latest_checkpoint(tmp_path).name == "last_checkpoint_epoch=4.pt"
+    data = (ck / "last_checkpoint_epoch=4.pt").read_bytes()
+    (ck / "last_checkpoint_epoch=4.pt").write_bytes(data[: len(data) // 2])
+    assert latest_checkpoint(tmp_path).name == "last_checkpoint_epoch=3.pt"
+    (ck / "last_checkpoint_epoch=3.pt").write_bytes(b"")
+    assert latest_checkpoint(tmp_path) is None
