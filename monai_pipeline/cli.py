@@ -588,6 +588,20 @@ def _quiet_libraries(debug: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``monai-pipeline`` command; returns the exit status. A process started by torchrun (``WORLD_SIZE`` >
+    1) ends here with ``os._exit`` once its output is flushed: gloo's threads can abort the interpreter's
+    normal teardown ("terminate called without an active exception") after a successful run, and every
+    result is already written atomically."""
+    rc = _main(argv)
+    if argv is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    return rc
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
