@@ -127,7 +127,9 @@ def _slice_index(vol) -> tuple[SliceIndex, np.ndarray | None]:
     if vol.slices is not None:
         if len(vol.slices) != geom.size[2]:
             raise PipelineError(f"{vol.source}: slices could not be matched to the series headers")
-        return SliceIndex({sl.sop_instance_uid: k for k, sl in enumerate(vol.slices)}, z), None
+        # each slice's own z (ImagePositionPatient), as the rois' imageZposition were read off it
+        return SliceIndex({sl.sop_instance_uid: k for k, sl in enumerate(vol.slices)},
+                          np.array([float(sl.position[2]) for sl in vol.slices])), None
     if vol.source_slices is None or vol.source_slice_index is None:
         raise PipelineError(f"{vol.source}: the slice headers of the series are unknown")
     slots = np.clip(np.rint(vol.source_slice_index).astype(int), 0, geom.size[2] - 1)
