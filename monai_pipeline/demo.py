@@ -35,10 +35,11 @@ REAL_BACKGROUND, REAL_HELD_OUT, REAL_SEEN = "ct_thorax_abdomen_3mm.nii.gz", "ct_
 DEMO_REAL_CASES = 4
 
 
-def demo_config(quick: bool = False) -> PipelineConfig:
-    """``default.yaml`` <- ``configs/demo.yaml``; ``quick``: 2 epochs of a smaller network (smoke tests)."""
-    overlay = yaml.safe_load(resources.files("monai_pipeline").joinpath("configs/demo.yaml").read_text())
-    cfg = load_config(overlay)
+def demo_config(quick: bool = False, *overlays: str) -> PipelineConfig:
+    """``default.yaml`` <- ``configs/demo.yaml`` <- each of ``overlays`` (names of files in ``configs/``);
+    ``quick``: 2 epochs of a smaller network (smoke tests), over all of them."""
+    files = resources.files("monai_pipeline").joinpath("configs")
+    cfg = load_config(*(yaml.safe_load(files.joinpath(name).read_text()) for name in ("demo.yaml", *overlays)))
     if quick:
         cfg = cfg.merged({"training": {"epochs": 2, "val_interval": 1},
                           "network": {"kwargs": {**cfg.network.kwargs, "channels": [8, 16, 32], "strides": [2, 2]}}})

@@ -184,6 +184,11 @@ DATA_KEYS = ("image", "label", "case_id")
 READER_KEYS = ("n_readers",)
 
 
+def data_keys(label_mode: str) -> tuple[str, ...]:
+    """The entry keys the training transforms receive for ``label_mode``."""
+    return DATA_KEYS if label_mode == "consensus" else DATA_KEYS + READER_KEYS
+
+
 def make_dataset(files: list[dict], transform: Compose, cache: str, cache_dir: Path, num_workers: int = 0,
                  keys: tuple[str, ...] = DATA_KEYS):
     """Dataset with the configured caching: none, memory (``CacheDataset``) or disk (``PersistentDataset``), of
@@ -255,8 +260,7 @@ def bundle_training_files(datalist: str | Path, cfg: PipelineConfig, base_dir: s
 
     mode = cfg.training.label_mode
     files = training_labels(load_manifest(datalist, "training", base_dir=base_dir), mode, datalist)
-    keys = DATA_KEYS if mode == "consensus" else DATA_KEYS + READER_KEYS
-    return [{k: f[k] for k in keys if k in f} for f in files]
+    return [{k: f[k] for k in data_keys(mode) if k in f} for f in files]
 
 
 def compute_intensity_stats(files: list[dict]) -> dict[str, float]:
@@ -536,9 +540,7 @@ def build_trainer(cfg: PipelineConfig, run: Path, train_files: list[dict], netwo
                   max_epochs: int) -> SupervisedTrainer:
     """``SupervisedTrainer`` on random patches with DiceCE, the LR schedule and periodic validation."""
     t = cfg.training
-    readers = t.label_mode != "consensus"
-    train_ds = make_dataset(train_files, train_transforms(cfg), t.cache, run / "cache",
-                            keys=DATA_KEYS + READER_KEYS if readers else DATA_KEYS)
+    train_ds = make_dataset(train_files, train_transforms(cfg), t.cache, run / "cache", keys=data_keys(t.label_mode))
     sampler = torch.utils.data.distributed.DistributedSampler(train_ds, shuffle=True) if ctx.world_size > 1 else None
     train_loader = DataLoader(train_ds, batch_size=t.batch_size, shuffle=sampler is None, sampler=sampler,
                               num_workers=t.num_workers, drop_last=False)

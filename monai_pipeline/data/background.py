@@ -69,19 +69,9 @@ def background_statistics(hu: np.ndarray, air: np.ndarray) -> dict[str, float]:
             "noise_hu": max(1.0, 1.4826 * mad * 1.1)}
 
 
-def _world(geometry: Geometry, idx: np.ndarray) -> np.ndarray:
-    a = geometry.lps_affine()
-    return idx @ a[:3, :3].T + a[:3, 3]
-
-
-def _index(geometry: Geometry, mm: np.ndarray) -> np.ndarray:
-    a = np.linalg.inv(geometry.lps_affine())
-    return mm @ a[:3, :3].T + a[:3, 3]
-
-
 def _inside(mask: np.ndarray, geometry: Geometry, mm: np.ndarray) -> np.ndarray:
     """``mask`` (x, y, z) at physical points ``mm`` (N, 3), nearest voxel; False outside the grid."""
-    ijk = np.rint(_index(geometry, mm)).astype(np.int64)
+    ijk = np.rint(geometry.lps_to_index(mm)).astype(np.int64)
     ok = np.all((ijk >= 0) & (ijk < np.asarray(mask.shape)), axis=1)
     out = np.zeros(len(mm), bool)
     out[ok] = mask[ijk[ok, 0], ijk[ok, 1], ijk[ok, 2]]
@@ -104,11 +94,11 @@ def place_nodules(region: np.ndarray, vessels: np.ndarray, geometry: Geometry, r
         r = diam / 2.0
         site = str(rng.choice(NODULE_SITES, p=[0.4, 0.3, 0.3]))
         if site == "juxtavascular" and len(vessel_idx):
-            v = _world(geometry, vessel_idx[int(rng.integers(len(vessel_idx)))].astype(float))
+            v = geometry.index_to_lps(vessel_idx[int(rng.integers(len(vessel_idx)))].astype(float))
             u = rng.normal(size=3)
             center = v + u / np.linalg.norm(u) * (r + 0.5)
         else:
-            center = _world(geometry, candidates[int(rng.integers(len(candidates)))].astype(float))
+            center = geometry.index_to_lps(candidates[int(rng.integers(len(candidates)))].astype(float))
         u = rng.normal(size=(200, 3))
         u /= np.linalg.norm(u, axis=1, keepdims=True)
         inside = float(_inside(region, geometry, center + u * r * 1.15).mean())
@@ -139,12 +129,12 @@ def render_nodules(hu: np.ndarray, region: np.ndarray, geometry: Geometry, nodul
         c = np.asarray(nod.center_mm)
         corners = np.array([[c[0] + sx * reach, c[1] + sy * reach, c[2] + sz * reach]
                             for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
-        ijk = _index(geometry, corners)
+        ijk = geometry.lps_to_index(corners)
         lo = np.clip(np.floor(ijk.min(0)).astype(int), 0, np.asarray(hu.shape) - 1)
         hi = np.clip(np.ceil(ijk.max(0)).astype(int) + 1, 1, np.asarray(hu.shape))
         box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
         grid = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)], indexing="ij"), -1)
-        mm = _world(geometry, grid.reshape(-1, 3).astype(float)).reshape(*grid.shape[:3], 3)
+        mm = geometry.index_to_lps(grid.reshape(-1, 3).astype(float)).reshape(*grid.shape[:3], 3)
         x, y, z = mm[..., 0], mm[..., 1], mm[..., 2]
         d = nodule_signed_distance(nod, nodule_params(nod, rng), x, y, z)
         occ = occupancy(d, vox_mm) * region[box]

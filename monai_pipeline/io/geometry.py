@@ -62,6 +62,16 @@ class Geometry:
         aff[:3, 3] = self.origin
         return aff
 
+    def index_to_lps(self, idx: np.ndarray) -> np.ndarray:
+        """LPS positions (mm, (N, 3)) of continuous voxel indices ``idx`` ((N, 3), (i, j, k) = (x, y, z) order)."""
+        a = self.lps_affine()
+        return np.asarray(idx, dtype=np.float64) @ a[:3, :3].T + a[:3, 3]
+
+    def lps_to_index(self, mm: np.ndarray) -> np.ndarray:
+        """Continuous voxel indices ((N, 3), x y z) of LPS positions ``mm`` ((N, 3), mm)."""
+        a = np.linalg.inv(self.lps_affine())
+        return np.asarray(mm, dtype=np.float64) @ a[:3, :3].T + a[:3, 3]
+
     def ras_affine(self) -> np.ndarray:
         """4x4 matrix mapping voxel index (i, j, k, 1) to RAS position in mm (the NIfTI/MONAI convention)."""
         return LPS_TO_RAS @ self.lps_affine()

@@ -122,8 +122,6 @@ def _slice_index(vol) -> tuple[SliceIndex, np.ndarray | None]:
     plus, for a non-uniform series read onto a uniform grid, the grid slice that holds the nearest original
     slice for every grid slice (None when every grid slice is an original one)."""
     geom = vol.geometry
-    aff = geom.lps_affine()
-    z = aff[2, 2] * np.arange(geom.size[2]) + aff[2, 3]
     if vol.slices is not None:
         if len(vol.slices) != geom.size[2]:
             raise PipelineError(f"{vol.source}: slices could not be matched to the series headers")
@@ -133,8 +131,10 @@ def _slice_index(vol) -> tuple[SliceIndex, np.ndarray | None]:
     if vol.source_slices is None or vol.source_slice_index is None:
         raise PipelineError(f"{vol.source}: the slice headers of the series are unknown")
     slots = np.clip(np.rint(vol.source_slice_index).astype(int), 0, geom.size[2] - 1)
+    grid_k = np.arange(geom.size[2])
+    z = geom.index_to_lps(np.stack([0 * grid_k, 0 * grid_k, grid_k], axis=1))[:, 2]  # grid slices' z, mm
     index = SliceIndex({sl.sop_instance_uid: int(k) for sl, k in zip(vol.source_slices, slots, strict=True)}, z)
-    nearest = np.abs(np.arange(geom.size[2])[:, None] - np.asarray(vol.source_slice_index)[None, :]).argmin(axis=1)
+    nearest = np.abs(grid_k[:, None] - np.asarray(vol.source_slice_index)[None, :]).argmin(axis=1)
     return index, slots[nearest]
 
 
@@ -263,7 +263,7 @@ def convert_case(task: CaseTask) -> dict:
               "synthetic": vol.synthetic,
               "irrelevant_findings": [{**f, "case_id": task.case_id} for f in irrelevant]}
     if nearest_slot is not None:
-        steps = np.diff([float(np.dot(sl.position, geom.direction_matrix[:, 2])) for sl in vol.source_slices])
+        steps = np.diff(vol.source_slice_index) * geom.spacing[2]  # mm between the original slices
         record["resampled"] = {"reason": vol.notes[0] if vol.notes else "non-uniform slice spacing",
                                "source_slices": len(vol.source_slices), "slices": int(geom.size[2]),
                                "spacing_mm": round(float(geom.spacing[2]), 4),

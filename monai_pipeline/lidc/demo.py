@@ -14,10 +14,7 @@ from __future__ import annotations
 import logging
 import tarfile
 import time
-from importlib import resources
 from pathlib import Path
-
-import yaml
 
 from monai_pipeline.config import LABEL_MODES, PipelineConfig
 
@@ -32,17 +29,10 @@ DEMO_STUDIES, MAX_SLICES, MIN_STEP_MM, MIN_CONTOURED, FOLDS = 20, 48, 1.25, 3, 2
 
 
 def lidc_demo_config(quick: bool = False) -> PipelineConfig:
-    """``default.yaml`` <- ``configs/demo.yaml`` <- ``configs/lidc_demo.yaml``; ``quick``: 2 epochs of a smaller
-    network (smoke tests)."""
-    from monai_pipeline.config import load_config
+    """``default.yaml`` <- ``configs/demo.yaml`` <- ``configs/lidc_demo.yaml``; ``quick`` as for the demo."""
+    from monai_pipeline.demo import demo_config
 
-    files = resources.files("monai_pipeline").joinpath("configs")
-    cfg = load_config(yaml.safe_load(files.joinpath("demo.yaml").read_text()),
-                      yaml.safe_load(files.joinpath("lidc_demo.yaml").read_text()))
-    if quick:
-        cfg = cfg.merged({"training": {"epochs": 2, "val_interval": 1},
-                          "network": {"kwargs": {**cfg.network.kwargs, "channels": [8, 16, 32], "strides": [2, 2]}}})
-    return cfg
+    return demo_config(quick, "lidc_demo.yaml")
 
 
 def unpack_archive(archive: Path, out: Path) -> Path:

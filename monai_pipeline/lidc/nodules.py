@@ -78,9 +78,7 @@ def rasterise(read: NoduleRead, index: SliceIndex, shape: tuple[int, int, int],
 
 
 def _points_mm(voxels: np.ndarray, shape, geometry: Geometry) -> np.ndarray:
-    idx = np.stack(np.unravel_index(voxels, shape), axis=1).astype(np.float64)
-    aff = geometry.lps_affine()
-    return idx @ aff[:3, :3].T + aff[:3, 3]
+    return geometry.index_to_lps(np.stack(np.unravel_index(voxels, shape), axis=1))
 
 
 def group_annotations(annotations: list[Annotation], shape, geometry: Geometry,

@@ -44,7 +44,7 @@ from scipy import ndimage
 
 from monai_pipeline.errors import InputError
 from monai_pipeline.io.geometry import Geometry
-from monai_pipeline.lidc.nodules import SliceIndex, build_nodules
+from monai_pipeline.lidc.nodules import SliceIndex, build_nodules, median_characteristics
 from monai_pipeline.lidc.xml import LidcRead, parse_read
 
 logger = logging.getLogger(__name__)
@@ -176,14 +176,17 @@ def plan_layout(read: LidcRead, metadata: dict[str, dict], margin_mm: float = 15
                        [round(float(v), 4) for v in grid], uids, notes)
 
 
-def _texture_hu(chars: list[dict[str, int]]) -> tuple[str, float]:
-    tex = [c["texture"] for c in chars if c.get("texture")]
-    t = float(np.median(tex)) if tex else 5.0
-    if t <= 2:
-        return "ground-glass", GGO_HU
-    if t < 4:
-        return "part-solid", GGO_HU
-    return "solid", SOLID_HU
+def _appearance(group: list) -> tuple[str, float, bool]:
+    """(kind, HU, calcified) of a nodule from its readers' median characteristics: texture 1-2 ground glass, 3
+    part-solid, 4-5 or none solid; calcified when the median calcification score is not 6 ("absent")."""
+    med = median_characteristics(group)
+    texture = 5.0 if np.isnan(med["texture"]) else med["texture"]
+    calcified = bool(med["calcification"] < 6)  # NaN (no characteristics) compares False
+    if texture <= 2:
+        return "ground-glass", GGO_HU, calcified
+    if texture < 4:
+        return "part-solid", GGO_HU, calcified
+    return "solid", SOLID_HU, calcified
 
 
 def _ball(shape: tuple[int, int, int], spacing, centre_vox, radius_mm: float) -> tuple[tuple[slice, ...], np.ndarray]:
@@ -231,18 +234,16 @@ def render_study(read: LidcRead, layout: StudyLayout, seed: int) -> tuple[np.nda
             grow = ndimage.binary_dilation(core, structure=np.ones((3, 3, 1), bool), iterations=steps) | core
             sub = img[pad]
             sub[grow] = np.minimum(sub[grow], LUNG_HU)
-        kind, hu = _texture_hu([a.read.characteristics for a in nod.annotations])
+        kind, hu, calcified = _appearance(nod.annotations)
         sub = img[pad]
         target = np.full(sub.shape, hu, np.float32)
         if kind == "part-solid":  # a solid core where every reader agrees, away from the edge
             solid = ndimage.binary_erosion(frac >= 1.0, structure=np.ones((3, 3, 1), bool), iterations=2)
             target[solid] = SOLID_HU
-        calc = [a.read.characteristics.get("calcification") for a in nod.annotations
-                if a.read.characteristics.get("calcification")]
-        if calc and float(np.median(calc)) < 6:
+        if calcified:
             target[ndimage.binary_erosion(frac >= 1.0, structure=np.ones((3, 3, 1), bool), iterations=3)] = CALCIFIED_HU
         img[pad] = sub * (1 - f) + target * f
-        drawn.append({"readers": nod.readers, "kind": kind, "calcified": bool(calc and float(np.median(calc)) < 6),
+        drawn.append({"readers": nod.readers, "kind": kind, "calcified": calcified,
                       "voxels_any_reader": int(core.sum())})
     small = 0
     for nr in read.nodule_reads:  # marks of nodules < 3 mm: small solid dots
