@@ -286,8 +286,7 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in [v.strip() for v in a.volumes.split(",") if v.strip()]:
-            img, lab = (image, label) if name == "bench" else make_unseen(a.workdir, name,
-                                                                           200 if "2mm" in name else a.slices)
+            img, lab = (image, label) if name == "bench" else make_unseen(a.workdir, name)
             results.append(compare(model, name, img, lab, Path(tmp), a.device))
             print_comparison(results[-1])
         if a.batch:

@@ -1,4 +1,4 @@
-"""Mirroring TTA: the combinations of axes, and TTA restricted to the plain pass's candidates."""
+"""Mirroring TTA: the combinations of axes, and TTA restricted to crops around the plain pass's candidates."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import torch
 from monai_pipeline.config import load_config
 from monai_pipeline.errors import ConfigError
 from monai_pipeline.inferers import (
+    TTA_SIZE_MULTIPLE,
     ProbabilityInferer,
     build_sliding_window,
-    candidate_regions,
     mirrorings,
-    window_count,
+    tta_crops,
 )
 
 
@@ -21,17 +21,6 @@ def test_mirrorings_are_every_combination_identity_first() -> None:
     assert mirrorings((2,)) == [(), (4,)]
     with pytest.raises(ConfigError, match="tta_axes"):
         load_config({"inference": {"tta_axes": [0, 0]}})
-
-
-def test_window_count_matches_monai_sliding_window() -> None:
-    from monai.inferers import SlidingWindowInferer
-
-    for shape, roi, overlap in [((70, 51, 40), (24, 24, 16), 0.25), ((24, 10, 16), (24, 24, 16), 0.5),
-                                ((50, 50, 50), (16, 16, 16), 0.25)]:
-        seen: list[int] = []
-        SlidingWindowInferer(roi, sw_batch_size=1, overlap=overlap)(
-            torch.zeros(1, 1, *shape), lambda w, seen=seen: seen.append(w.shape[0]) or w)
-        assert window_count(shape, roi, overlap) == len(seen), (shape, roi, overlap)
 
 
 class _Blob(torch.nn.Module):
@@ -44,9 +33,27 @@ class _Blob(torch.nn.Module):
         return torch.cat([torch.zeros_like(fg), fg], dim=1)
 
 
-def test_candidate_tta_equals_full_tta_near_candidates_and_plain_elsewhere() -> None:
-    cfg = load_config({"inference": {"roi_size": [16, 16, 16], "overlap": 0.25, "tta": True, "bf16": False,
-                                     "tta_scope": "candidates"}})
+def _expected_crop_tta(x: torch.Tensor, plain: torch.Tensor, cfg, net, crop) -> torch.Tensor:
+    """The plain pass plus the 7 mirrored passes over ``crop``, each with windows no larger than the crop (rounded
+    up to the size multiple), averaged: what candidate TTA must give inside the crop's region."""
+    index = (slice(None), slice(None), *crop)
+    sub = x[index]
+    roi = tuple(min(r, -(-n // TTA_SIZE_MULTIPLE) * TTA_SIZE_MULTIPLE)
+                for r, n in zip(cfg.inference.roi_size, sub.shape[2:], strict=True))
+    window = build_sliding_window(cfg, roi_size=roi)
+    total = plain[index].clone()
+    for axes in mirrorings((0, 1, 2))[1:]:
+        total += torch.flip(torch.softmax(window(torch.flip(sub, axes), net), 1), axes)
+    return total / 8
+
+
+def _cfg():
+    return load_config({"inference": {"roi_size": [32, 32, 32], "overlap": 0.25, "tta": True, "bf16": False,
+                                      "tta_scope": "candidates"}})
+
+
+def test_candidate_tta_is_the_mean_of_all_passes_on_each_crop_and_plain_elsewhere() -> None:
+    cfg = _cfg()
     x = torch.zeros(1, 1, 96, 80, 64)
     x[0, 0, 10:16, 12:18, 8:14] = 1.0  # two small bright candidates far apart
     x[0, 0, 70:76, 60:66, 44:50] = 1.0
@@ -55,17 +62,47 @@ def test_candidate_tta_equals_full_tta_near_candidates_and_plain_elsewhere() -> 
     out = inferer(x, net)
     assert 0 < inferer.last_tta_fraction < 1
     plain = ProbabilityInferer(cfg.merged({"inference": {"tta": False}}), "cpu")(x, net)
-    regions = candidate_regions(plain[0, 1], 0.05, 16, (16, 16, 16))
-    assert len(regions) == 2
+    crops = tta_crops(plain[0, 1])
+    assert len(crops) == 2
     covered = torch.zeros(x.shape[2:], dtype=torch.bool)
-    window = build_sliding_window(cfg)
-    for box, region in regions:
-        index = (slice(None), slice(None), *box)
-        sub = x[index]
-        # the plain pass of the whole volume, plus the 7 mirrored passes over the region's box
-        total = plain[index].clone()
-        for axes in mirrorings((0, 1, 2))[1:]:
-            total += torch.flip(torch.softmax(window(torch.flip(sub, axes), net), 1), axes)
-        torch.testing.assert_close(out[index][0][:, region], (total / 8)[0][:, region])
-        covered[box] |= region
+    for crop, region in crops:
+        assert all((b.stop - b.start) % TTA_SIZE_MULTIPLE == 0 for b in crop)
+        expected = _expected_crop_tta(x, plain, cfg, net, crop)
+        index = (slice(None), slice(None), *crop)
+        torch.testing.assert_close(out[index][0][:, region], expected[0][:, region])
+        covered[crop] |= region
     torch.testing.assert_close(out[0][:, ~covered], plain[0][:, ~covered])
+    # the mirrored passes changed the candidates' probabilities (the ramp is not mirror-symmetric)
+    assert not torch.allclose(out[0][:, covered], plain[0][:, covered])
+
+
+def test_overlapping_crops_each_decide_their_own_region() -> None:
+    """Two candidates close enough for their crops to overlap, far enough to be separate regions: each region
+    keeps its own crop's result (a later crop must not overwrite an earlier region with the plain pass)."""
+    cfg = _cfg()
+    x = torch.zeros(1, 1, 96, 64, 48)
+    x[0, 0, 20:26, 20:26, 20:26] = 1.0
+    x[0, 0, 36:42, 20:26, 20:26] = 1.0
+    net = _Blob()
+    out = ProbabilityInferer(cfg, "cpu")(x, net)
+    plain = ProbabilityInferer(cfg.merged({"inference": {"tta": False}}), "cpu")(x, net)
+    crops = tta_crops(plain[0, 1])
+    assert len(crops) == 2
+    (a, ra), (b, rb) = crops
+    assert all(p.start < q.stop and q.start < p.stop for p, q in zip(a, b, strict=True)), "crops should overlap"
+    for crop, region in crops:
+        expected = _expected_crop_tta(x, plain, cfg, net, crop)
+        index = (slice(None), slice(None), *crop)
+        torch.testing.assert_close(out[index][0][:, region], expected[0][:, region])
+
+
+def test_speckled_prediction_falls_back_to_mirroring_the_whole_volume() -> None:
+    cfg = _cfg()
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(1, 1, 64, 64, 48, generator=g) > 0.97).float()  # candidates everywhere
+    net = _Blob()
+    inferer = ProbabilityInferer(cfg, "cpu")
+    out = inferer(x, net)
+    assert inferer.last_tta_fraction == 1.0
+    whole = ProbabilityInferer(cfg.merged({"inference": {"tta_scope": "volume"}}), "cpu")(x, net)
+    torch.testing.assert_close(out, whole)
