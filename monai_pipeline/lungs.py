@@ -106,8 +106,20 @@ def in_slice_structure(axis: int = 2) -> np.ndarray:
 
 
 def fill_in_slices(mask: np.ndarray, axis: int = 2) -> np.ndarray:
-    """Holes of a boolean mask filled slice by slice (slices normal to ``axis``)."""
-    return ndimage.binary_fill_holes(mask, structure=in_slice_structure(axis))
+    """Holes of a boolean mask filled slice by slice (slices normal to ``axis``): exactly
+    ``scipy.ndimage.binary_fill_holes(mask, structure=in_slice_structure(axis))`` (tested), from one labelling of
+    the background instead of scipy's iterated dilation (2-4x faster here). A background component is outside
+    when it touches its slice's border."""
+    m = np.asarray(mask, dtype=bool)
+    labels, n = ndimage.label(~m, structure=in_slice_structure(axis))
+    if n == 0:
+        return m.copy()
+    outside = np.zeros(n + 1, bool)
+    for ax in (a for a in range(3) if a != axis):
+        for end in (0, -1):
+            outside[np.take(labels, end, axis=ax)] = True
+    outside[0] = False
+    return m | ~outside[labels] & (labels > 0)
 
 
 #: HU below which a voxel of enclosed air counts as gas (pure air) rather than aerated lung
@@ -142,24 +154,27 @@ def lung_air(hu: np.ndarray, spacing: Sequence[float], threshold_hu: float = -50
       holding :data:`MIN_LUNG_ML` or more.
 
     Empty when no component qualifies (not a chest CT)."""
-    hu = np.asarray(hu)
+    hu = np.ascontiguousarray(hu)  # a strided (subsampled) view copied once, so that ravel() below is free
     air = enclosed_air(hu, threshold_hu, axis)
     labels, n = ndimage.label(air)
     if n == 0:
         return air
     flat = labels.ravel()
-    counts = np.bincount(flat, minlength=n + 1)
-    gas = np.bincount(flat, weights=(hu.ravel() < GAS_HU), minlength=n + 1)
-    index = np.arange(1, n + 1)
-    medians = np.zeros(n + 1)
-    medians[1:] = ndimage.median(hu, labels, index)
+    inside = flat > 0
+    lab, values = flat[inside], hu.ravel()[inside]  # the enclosed air's voxels: label and HU
+    counts = np.bincount(lab, minlength=n + 1)
+    gas = np.bincount(lab[values < GAS_HU], minlength=n + 1)
+    # "median at most MAX_LUNG_MEDIAN_HU" as "at least half the voxels at or below it": one pass over the voxels
+    # instead of a per-component selection (scipy's median of an even count averages the two middle values; the
+    # two tests can then differ only when those straddle the threshold)
+    dense = np.bincount(lab[values <= MAX_LUNG_MEDIAN_HU], minlength=n + 1)
     lungish = np.zeros(n + 1, bool)
-    lungish[1:] = (gas[1:] <= MAX_GAS_FRACTION * counts[1:]) & (medians[1:] <= MAX_LUNG_MEDIAN_HU)
+    lungish[1:] = (gas[1:] <= MAX_GAS_FRACTION * counts[1:]) & (dense[1:] >= 0.5 * counts[1:])
     if lungish.any():
         outside = ~air & (hu <= threshold_hu)
         if outside.any():
             depth = distance_mm(outside, spacing)
-            shallow = np.bincount(flat, weights=(depth.ravel() < MIN_DEPTH_MM), minlength=n + 1)
+            shallow = np.bincount(lab[depth.ravel()[inside] < MIN_DEPTH_MM], minlength=n + 1)
             lungish &= shallow <= 0.5 * counts
     if not lungish.any():
         return np.zeros_like(air)

@@ -142,3 +142,58 @@ def check_same_geometry(data: Mapping[Hashable, object], keys: tuple[str, ...]) 
         if not np.allclose(np.asarray(ref.affine), np.asarray(other.affine), atol=1e-3):
             raise InputError(other.meta.get("filename_or_obj"), f"{k} geometry (origin/spacing/direction) differs "
                              f"from {keys[0]} ({ref.meta.get('filename_or_obj')})")
+
+
+def _linear_along(x: torch.Tensor, dim: int, positions: torch.Tensor) -> torch.Tensor:
+    """``x`` sampled along ``dim`` at fractional ``positions`` (voxels; clamped to the array, as MONAI's
+    ``border`` padding) by linear interpolation between the two neighbours."""
+    n = x.shape[dim]
+    pos = positions.clamp(0, n - 1)
+    lo = pos.floor().long().clamp(max=n - 1)
+    hi = (lo + 1).clamp(max=n - 1)
+    shape = [1] * x.dim()
+    shape[dim] = -1
+    w = (pos - lo).to(x.dtype).view(shape)
+    a = x.index_select(dim, lo)
+    return torch.lerp(a, x.index_select(dim, hi), w) if n > 1 else a
+
+
+class ResampleToSpacing(Transform):
+    """MONAI's ``Spacing`` (same output grid: shape, affine and the voxels it samples), with linear interpolation
+    done as three 1D passes instead of ``grid_sample`` -- possible because changing the voxel size of a grid
+    keeps its directions, so each output axis samples one input axis (0.77 s -> 0.25 s on the benchmark's lung
+    crop; tested against MONAI's result). ``mode="nearest"`` (labels) is MONAI's own ``Spacing``.
+
+    Input ``(C, X, Y, Z)`` MetaTensor; ``pixdim`` the target voxel size in mm (x, y, z); output float32 for
+    ``bilinear``.
+    """
+
+    def __init__(self, pixdim, mode: str = "bilinear"):
+        from monai.transforms import Spacing as MonaiSpacing
+
+        if mode not in ("bilinear", "nearest"):
+            raise ValueError(f"mode must be bilinear or nearest, got {mode!r}")
+        self.mode = mode
+        self.monai = MonaiSpacing(pixdim=pixdim, mode=mode, dtype=np.float32)
+        self.grid = MonaiSpacing(pixdim=pixdim, mode=mode, dtype=np.float32, lazy=True)  # the output grid only
+
+    def __call__(self, img):
+        """``img`` resampled to ``pixdim`` mm voxels (a MetaTensor with the output grid's affine)."""
+        from monai.data import MetaTensor
+
+        if self.mode == "nearest" or not isinstance(img, MetaTensor):
+            return self.monai(img)
+        shell = MetaTensor(torch.zeros(1).expand(img.shape), affine=img.affine)  # no voxels: MONAI only plans
+        pending = self.grid(shell)
+        out_affine = np.asarray(pending.peek_pending_affine(), dtype=np.float64)
+        out_shape = [int(s) for s in pending.peek_pending_shape()]
+        t = np.linalg.inv(np.asarray(img.affine, dtype=np.float64)) @ out_affine  # output -> input voxel
+        if not np.allclose(t[:3, :3], np.diag(np.diag(t[:3, :3])), atol=1e-6):
+            return self.monai(img)  # not a pure change of voxel size (never seen): MONAI's resampling
+        x = img.as_tensor().to(torch.float32)
+        for axis in range(3):
+            pos = torch.arange(out_shape[axis], dtype=torch.float64) * t[axis, axis] + t[axis, 3]
+            x = _linear_along(x, axis + 1, pos)
+        meta = dict(img.meta)
+        meta.pop("affine", None)
+        return MetaTensor(x.contiguous(), affine=torch.as_tensor(out_affine), meta=meta)

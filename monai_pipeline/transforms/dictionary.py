@@ -9,7 +9,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from monai_pipeline.transforms.array import CTNormalize, check_same_geometry
+from monai_pipeline.transforms.array import CTNormalize, ResampleToSpacing, check_same_geometry
 
 
 class CTNormalized(MapTransform):
@@ -26,6 +26,24 @@ class CTNormalized(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.normalizer(d[key])
+        return d
+
+
+class ResampleToSpacingd(MapTransform):
+    """Dictionary version of :class:`ResampleToSpacing`; ``mode`` one per key (``bilinear`` for images,
+    ``nearest`` for labels) or one for all."""
+
+    def __init__(self, keys: KeysCollection, pixdim, mode="bilinear", allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        modes = [mode] * len(self.keys) if isinstance(mode, str) else list(mode)
+        if len(modes) != len(self.keys):
+            raise ValueError(f"one mode per key: {len(modes)} modes for {len(self.keys)} keys")
+        self.resamplers = {k: ResampleToSpacing(pixdim, m) for k, m in zip(self.keys, modes, strict=True)}
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.resamplers[key](d[key])
         return d
 
 
@@ -170,3 +188,4 @@ LoadCTD = LoadCTDict = LoadCTd
 CropForegroundMMD = CropForegroundMMDict = CropForegroundMMd
 LesionComponentsD = LesionComponentsDict = LesionComponentsd
 CheckGeometryD = CheckGeometryDict = CheckGeometryd
+ResampleToSpacingD = ResampleToSpacingDict = ResampleToSpacingd
