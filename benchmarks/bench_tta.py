@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
-from scipy import ndimage
 
 GRID = [(0.05, 4, 16), (0.05, 4, 8), (0.05, 2, 12), (0.2, 4, 16), (0.2, 2, 12), (0.5, 4, 16), (0.5, 2, 12),
         (0.05, 16, 0)]
@@ -44,7 +43,7 @@ def main() -> None:
 
     from monai_pipeline.inference.export import export_prediction
     from monai_pipeline.inference.predictor import Predictor
-    from monai_pipeline.inferers import autocast_context, mirrorings
+    from monai_pipeline.inferers import autocast_context, mirrorings, tta_crops
     from monai_pipeline.io.geometry import sitk_to_xyz_array
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -63,24 +62,14 @@ def main() -> None:
                                            sigma_scale=inf.sigma_scale)
         return torch.softmax(out.float(), 1)
 
-    def tight(x: torch.Tensor, plain: torch.Tensor, thr: float, edge: int, margin: int, mult: int = 8):
+    def tight(x: torch.Tensor, plain: torch.Tensor, thr: float, edge: int, margin: int) -> torch.Tensor:
         out = plain.clone()
-        cand = (plain[0, 1] > thr).numpy()
-        near = ndimage.maximum_filter(cand.astype(np.uint8), size=2 * edge + 1, mode="constant") > 0
-        lab, _ = ndimage.label(near)
-        for i, box in enumerate(ndimage.find_objects(lab), 1):
-            crop = []
-            for b, n in zip(box, cand.shape, strict=True):
-                lo, hi = b.start - margin, b.stop + margin
-                size = min(-(-(hi - lo) // mult) * mult, n)
-                lo = max(0, min(lo - (size - (hi - lo)) // 2, n - size))
-                crop.append(slice(lo, lo + size))
+        for crop, region in tta_crops(plain[0, 1], thr, edge, margin, multiple=8):
             sub = (slice(None), slice(None), *crop)
             acc = plain[sub].clone()
             for axes in flips[1:]:
                 acc += torch.flip(run(torch.flip(x[sub], axes)), axes)
-            keep = torch.from_numpy(lab[tuple(crop)] == i)[None, None]
-            out[sub] = torch.where(keep, acc / len(flips), out[sub])
+            out[sub] = torch.where(region[None, None], acc / len(flips), out[sub])
         return out
 
     variants = [("none",), ("whole volume",), ("configured candidates",)] + [("tight",) + g for g in GRID]

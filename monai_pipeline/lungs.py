@@ -114,12 +114,11 @@ def fill_in_slices(mask: np.ndarray, axis: int = 2) -> np.ndarray:
     labels, n = ndimage.label(~m, structure=in_slice_structure(axis))
     if n == 0:
         return m.copy()
-    outside = np.zeros(n + 1, bool)
+    outside = np.zeros(n + 1, bool)  # label 0 is the mask itself, kept by the union below
     for ax in (a for a in range(3) if a != axis):
         for end in (0, -1):
             outside[np.take(labels, end, axis=ax)] = True
-    outside[0] = False
-    return m | ~outside[labels] & (labels > 0)
+    return m | ~outside[labels]
 
 
 #: HU below which a voxel of enclosed air counts as gas (pure air) rather than aerated lung

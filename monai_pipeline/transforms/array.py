@@ -149,13 +149,12 @@ def _linear_along(x: torch.Tensor, dim: int, positions: torch.Tensor) -> torch.T
     ``border`` padding) by linear interpolation between the two neighbours."""
     n = x.shape[dim]
     pos = positions.clamp(0, n - 1)
-    lo = pos.floor().long().clamp(max=n - 1)
+    lo = pos.floor().long()
     hi = (lo + 1).clamp(max=n - 1)
     shape = [1] * x.dim()
     shape[dim] = -1
     w = (pos - lo).to(x.dtype).view(shape)
-    a = x.index_select(dim, lo)
-    return torch.lerp(a, x.index_select(dim, hi), w) if n > 1 else a
+    return torch.lerp(x.index_select(dim, lo), x.index_select(dim, hi), w)
 
 
 class ResampleToSpacing(Transform):
