@@ -114,12 +114,11 @@ def _grow(box: tuple[slice, ...], margin: int, multiple: int, shape: tuple[int, 
 
 
 def tta_crops(fg: torch.Tensor, threshold: float = TTA_CANDIDATE_PROBABILITY, edge: int = TTA_EDGE_VOXELS,
-              context: int = TTA_CONTEXT_VOXELS, multiple: int = TTA_SIZE_MULTIPLE, min_voxels: float = 0) -> list:
+              context: int = TTA_CONTEXT_VOXELS, multiple: int = TTA_SIZE_MULTIPLE) -> list:
     """Where mirroring TTA runs, from the plain pass's foreground probability ``fg`` ``(X, Y, Z)``: the candidates
     (``fg`` > ``threshold``) widened by ``edge`` voxels (a cube) form regions, each with a crop of its bounding box
-    plus ``context`` voxels per side (rounded up to ``multiple``, inside the volume). A region holding fewer than
-    ``min_voxels`` candidate voxels is left out (the plain pass decides it). Returns (crop, region) pairs:
-    ``crop`` the slices of the box, ``region`` (bool, the crop's shape) the voxels of that region, whose
+    plus ``context`` voxels per side (rounded up to ``multiple``, inside the volume). Returns (crop, region)
+    pairs: ``crop`` the slices of the box, ``region`` (bool, the crop's shape) the voxels of that region, whose
     probability the mirrored passes decide. Crops may overlap; regions do not."""
     import numpy as np
     from scipy import ndimage
@@ -128,13 +127,10 @@ def tta_crops(fg: torch.Tensor, threshold: float = TTA_CANDIDATE_PROBABILITY, ed
     if not cand.any():
         return []
     near = ndimage.maximum_filter(cand.view(np.uint8), size=2 * edge + 1, mode="constant").view(bool)
-    labels, n = ndimage.label(near)
-    counts = np.bincount(labels[cand], minlength=n + 1)  # candidate voxels per region (every candidate is in one)
+    labels, _ = ndimage.label(near)
     shape = tuple(near.shape)
     out = []
     for i, box in enumerate(ndimage.find_objects(labels), start=1):
-        if counts[i] < min_voxels:
-            continue
         crop = _grow(box, context, multiple, shape)
         out.append((crop, torch.from_numpy(labels[crop] == i)))
     return out
@@ -150,11 +146,10 @@ class ProbabilityInferer(Inferer):
     the whole volume and the mirrored passes only on :func:`tta_crops`: each component the plain pass found
     (foreground probability above :data:`TTA_CANDIDATE_PROBABILITY`) and its edge (:data:`TTA_EDGE_VOXELS`) are
     re-decided by the mean of all 2^n passes, each mirrored pass run on a crop with :data:`TTA_CONTEXT_VOXELS`
-    of context (windows no larger than the crop); everywhere else the plain pass decides. Components with fewer
-    voxels than the post-processing's ``min_volume_mm3`` (at the target spacing) are not re-decided: the plain
-    pass leaves them to be removed. Measured against the truth in ``docs/performance.md``: at least as accurate
-    as mirroring the whole volume, at a fraction of its cost. When the crops together hold as many voxels as the
-    volume, the whole volume is mirrored instead.
+    of context (windows no larger than the crop); everywhere else the plain pass decides. Measured against the
+    truth in ``docs/performance.md``: at least as accurate as mirroring the whole volume, at a fraction of its
+    cost. When the crops together hold as many voxels as the volume (a speckled prediction), the whole volume is
+    mirrored instead.
 
     Args:
         cfg: the model's configuration (its ``inference`` section).
@@ -174,8 +169,6 @@ class ProbabilityInferer(Inferer):
         self.roi = tuple(cfg.inference.roi_size)
         self.bf16 = cfg.inference.bf16
         self.last_tta_fraction = 0.0  # voxels the mirrored passes covered in the last call / the volume's
-        #: components smaller than the post-processing keeps (network-grid voxels) are left to the plain pass
-        self.min_candidate_voxels = cfg.postprocess.min_volume_mm3 / math.prod(cfg.preprocessing.target_spacing)
 
     def _window_for(self, shape: tuple[int, ...]) -> SlidingWindowInferer:
         """The sliding window for a ``shape`` input: windows no larger than the input rounded up to
@@ -220,7 +213,7 @@ class ProbabilityInferer(Inferer):
             out = plain.clone()
             fraction = 0.0
             for b in range(x.shape[0]):
-                crops = tta_crops(plain[b, 1:].sum(0), min_voxels=self.min_candidate_voxels)
+                crops = tta_crops(plain[b, 1:].sum(0))
                 covered = sum(r.numel() for _, r in crops) / float(x[0, 0].numel())
                 if covered >= 1.0:
                     out[b] = self._mirrored_sum(x[b:b + 1], network, self.flips)[0] / n

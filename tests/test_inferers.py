@@ -96,28 +96,8 @@ def test_overlapping_crops_each_decide_their_own_region() -> None:
         torch.testing.assert_close(out[index][0][:, region], expected[0][:, region])
 
 
-def test_components_smaller_than_the_postprocessing_keeps_are_left_to_the_plain_pass() -> None:
-    """A candidate of fewer voxels than ``postprocess.min_volume_mm3`` holds at the target spacing gets no
-    mirrored passes (the post-processing removes what the plain pass leaves of it); a larger one does."""
-    cfg = _cfg().merged({"preprocessing": {"target_spacing": [1.0, 1.0, 2.0]}, "postprocess": {"min_volume_mm3": 60.0}})
-    x = torch.zeros(1, 1, 96, 80, 64)
-    x[0, 0, 10:13, 12:15, 8:11] = 1.0  # 27 voxels = 54 mm3 < 60 mm3
-    x[0, 0, 70:74, 60:64, 44:48] = 1.0  # 64 voxels = 128 mm3
-    net = _Blob()
-    out = ProbabilityInferer(cfg, "cpu")(x, net)
-    plain = ProbabilityInferer(cfg.merged({"inference": {"tta": False}}), "cpu")(x, net)
-    assert len(tta_crops(plain[0, 1])) == 2
-    (crop, region), = tta_crops(plain[0, 1], min_voxels=30)
-    assert crop[0].start > 40  # the larger one
-    index = (slice(None), slice(None), *crop)
-    torch.testing.assert_close(out[index][0][:, region], _expected_crop_tta(x, plain, cfg, net, crop)[0][:, region])
-    small = (slice(None), slice(None), slice(0, 40), slice(0, 40), slice(0, 32))
-    torch.testing.assert_close(out[small], plain[small])
-    assert not torch.allclose(out[index][0][:, region], plain[index][0][:, region])
-
-
 def test_speckled_prediction_falls_back_to_mirroring_the_whole_volume() -> None:
-    cfg = _cfg().merged({"postprocess": {"min_volume_mm3": 0.0}})  # every speck a component to re-decide
+    cfg = _cfg()
     g = torch.Generator().manual_seed(0)
     x = (torch.rand(1, 1, 64, 64, 48, generator=g) > 0.97).float()  # candidates everywhere
     net = _Blob()
