@@ -60,17 +60,17 @@ def autocast_context(device: torch.device, bf16: bool | str):
 
 def build_sliding_window(cfg: PipelineConfig, sw_device: str | torch.device | None = None,
                          device: str | torch.device | None = None,
-                         roi_size: tuple[int, ...] | None = None) -> SlidingWindowInferer:
+                         roi_size: tuple[int, ...] | None = None, sw_batch_size: int | None = None) -> SlidingWindowInferer:
     """The configured ``SlidingWindowInferer`` (weights of the gaussian computed once at construction).
 
     ``sw_device`` runs the windows (the network's device); ``device`` accumulates the full-volume output
-    (``"cpu"`` lets a GPU infer volumes whose outputs would not fit in its memory); ``roi_size`` (voxels)
-    replaces the configured window size.
+    (``"cpu"`` lets a GPU infer volumes whose outputs would not fit in its memory); ``roi_size`` (voxels) and
+    ``sw_batch_size`` (windows per network call) replace the configured ones.
     """
     inf = cfg.inference
-    return SlidingWindowInferer(roi_size=roi_size or inf.roi_size, sw_batch_size=inf.sw_batch_size, overlap=inf.overlap,
-                                mode=inf.mode, sigma_scale=inf.sigma_scale, sw_device=sw_device, device=device,
-                                progress=False)
+    return SlidingWindowInferer(roi_size=roi_size or inf.roi_size, sw_batch_size=sw_batch_size or inf.sw_batch_size,
+                                overlap=inf.overlap, mode=inf.mode, sigma_scale=inf.sigma_scale, sw_device=sw_device,
+                                device=device, progress=False)
 
 
 class AutocastInferer(Inferer):
@@ -172,26 +172,31 @@ class ProbabilityInferer(Inferer):
 
     def _window_for(self, shape: tuple[int, ...]) -> SlidingWindowInferer:
         """The sliding window for a ``shape`` input: windows no larger than the input rounded up to
-        :data:`TTA_SIZE_MULTIPLE` (MONAI pads an input smaller than the window up to it)."""
+        :data:`TTA_SIZE_MULTIPLE` (MONAI pads an input smaller than the window up to it), as many per network
+        call as hold the voxels of one configured call (``sw_batch_size`` full windows)."""
         m = TTA_SIZE_MULTIPLE
         roi = tuple(min(r, -(-n // m) * m) for r, n in zip(self.roi, shape, strict=True))
         if roi == self.roi:
             return self.window
         if roi not in self._crop_windows:
-            self._crop_windows[roi] = build_sliding_window(self.cfg, self.device, self.stitch_device, roi)
+            per_call = max(1, self.cfg.inference.sw_batch_size * math.prod(self.roi) // math.prod(roi))
+            self._crop_windows[roi] = build_sliding_window(self.cfg, self.device, self.stitch_device, roi, per_call)
         return self._crop_windows[roi]
 
     def _mirrored_sum(self, x: torch.Tensor, network, flips: list) -> torch.Tensor:
-        """Sum over ``flips`` of the softmax of the mirrored input's sliding-window output. A small single input
-        (a TTA crop: at most :data:`STACK_WINDOWS` windows' voxels for all mirrorings together) runs its
-        mirrorings as one batch: one sliding window instead of one per mirroring (1.8 s -> 1.2 s for the
-        benchmark volume's 32 crops)."""
+        """Sum over ``flips`` of the softmax of the mirrored input's sliding-window output, per item of the batch
+        ``x`` ``(B, 1, X, Y, Z)``. A small input (a TTA crop: at most :data:`STACK_WINDOWS` windows' voxels for
+        all items and mirrorings together) runs all its mirrorings as one batch of one sliding window, whose
+        network calls then hold all of them (:meth:`_window_for`): 1.2 s -> 0.9 s for the benchmark volume's
+        39 crops, same probabilities."""
         window = self._window_for(tuple(x.shape[2:]))
-        if len(flips) > 1 and x.shape[0] == 1 and x[0, 0].numel() * len(flips) <= STACK_WINDOWS * math.prod(self.roi):
+        if len(flips) > 1 and x[:, 0].numel() * len(flips) <= STACK_WINDOWS * math.prod(self.roi):
+            b = x.shape[0]
             stacked = torch.cat([torch.flip(x, axes) if axes else x for axes in flips])
             out = torch.softmax(window(stacked, network).float(), dim=1)
-            return sum((torch.flip(out[i:i + 1], axes) if axes else out[i:i + 1] for i, axes in enumerate(flips)),
-                       torch.zeros_like(out[:1]))
+            parts = (out[i * b:(i + 1) * b] for i in range(len(flips)))
+            return sum((torch.flip(o, axes) if axes else o for o, axes in zip(parts, flips, strict=True)),
+                       torch.zeros_like(out[:b]))
         acc = None
         for axes in flips:
             xi = torch.flip(x, axes) if axes else x
