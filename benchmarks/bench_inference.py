@@ -1,7 +1,8 @@
 """Full-volume inference: the MONAI spleen-bundle recipe vs. the project's ``infer`` path, same weights.
 
     python benchmarks/bench_inference.py [--model demo_output/run/model.pt] [--slices 300] [--sweep]
-        [--volumes bench,flipped_rows_ff,prone_2mm,oblique_1mm,left_handed_2p5mm] [--batch 20] [--project-only]
+        [--volumes bench,flipped_rows_ff,prone_2mm,oblique_1mm,left_handed_2p5mm] [--batch 20] [--repeats 3]
+        [--project-only]
 
 Per volume, each path runs in a fresh subprocess, one after the other, on the same machine:
 
@@ -16,7 +17,8 @@ made after the TTA defaults were chosen on the others -- oblique at 0.6 x 0.6 x 
 0.9 x 0.9 x 2.5 mm).
 Printed per volume: seconds, peak RSS, Dice of each mask against the ground truth and the project's difference to
 the recipe, both ratios. ``--batch N`` adds throughput: N volumes through one ``infer`` command against the
-recipe's per-case time. ``--sweep`` adds the network-only measurements that chose the defaults. The last line is
+recipe's per-case time. ``--repeats N`` runs every path N times per volume, interleaved, and compares median
+times (this machine's speed drifts by up to a quarter within minutes). ``--sweep`` adds the network-only measurements that chose the defaults. The last line is
 the summary the performance issue asks for (the in-process ratio on the benchmark's own volume).
 """
 
@@ -184,25 +186,45 @@ def truth_dice(mask: str | Path, label: Path) -> float:
     return dice(sitk_to_xyz_array(sitk.ReadImage(str(mask))), sitk_to_xyz_array(sitk.ReadImage(str(label))))
 
 
-def compare(model: Path, name: str, image: Path, label: Path, tmp: Path, device: str = "cpu") -> dict:
-    """Recipe and project on one volume, in-process and as whole commands."""
+def median_of(runs: list[dict]) -> dict:
+    """The first run's result with its times (``seconds``, ``process_s``) replaced by the medians over ``runs``."""
+    from statistics import median
+
+    out = dict(runs[0])
+    for key in ("seconds", "process_s"):
+        if key in out:
+            out[key] = median(r[key] for r in runs)
+    return out
+
+
+def compare(model: Path, name: str, image: Path, label: Path, tmp: Path, device: str = "cpu",
+            repeats: int = 1) -> dict:
+    """Recipe and project on one volume, in-process and as whole commands; with ``repeats`` > 1 each path runs
+    that many times, the paths interleaved (so a slow minute of the machine hits all of them), and the median
+    times are compared."""
     script = Path(__file__)
-    ref = run_child(script, "--child", "reference", "--model", str(model), "--image", str(image),
-                    "--out", str(tmp / f"{name}_ref"), "--device", device)
-    ours = run_child(script, "--child", "project", "--model", str(model), "--image", str(image),
-                     "--out", str(tmp / f"{name}_ours"), "--device", device)
-    no_tta = run_child(script, "--child", "project-no-tta", "--model", str(model), "--image", str(image),
-                       "--out", str(tmp / f"{name}_notta"), "--device", device)
-    cmd = whole_command(model, image, tmp / f"{name}_cmd")
+    runs: dict[str, list[dict]] = {"ref": [], "ours": [], "no_tta": [], "cmd": []}
+    for i in range(repeats):
+        runs["ref"].append(run_child(script, "--child", "reference", "--model", str(model), "--image", str(image),
+                                     "--out", str(tmp / f"{name}_ref{i}"), "--device", device))
+        runs["ours"].append(run_child(script, "--child", "project", "--model", str(model), "--image", str(image),
+                                      "--out", str(tmp / f"{name}_ours{i}"), "--device", device))
+        runs["no_tta"].append(run_child(script, "--child", "project-no-tta", "--model", str(model), "--image",
+                                        str(image), "--out", str(tmp / f"{name}_notta{i}"), "--device", device))
+        runs["cmd"].append(whole_command(model, image, tmp / f"{name}_cmd{i}"))
+    ref, ours, no_tta, cmd = (median_of(runs[k]) for k in ("ref", "ours", "no_tta", "cmd"))
     d_ref, d_ours, d_cmd, d_no_tta = (truth_dice(ref["mask"], label), truth_dice(ours["mask"], label),
                                       truth_dice(cmd["masks"][0], label), truth_dice(no_tta["mask"], label))
     return {"name": name, "ref": ref, "ours": ours, "cmd": cmd, "no_tta": no_tta, "d_ref": d_ref, "d_ours": d_ours,
             "d_cmd": d_cmd, "d_no_tta": d_no_tta, "in_process": ref["seconds"] / ours["seconds"],
-            "whole": ref["process_s"] / cmd["seconds"], "in_process_no_tta": ref["seconds"] / no_tta["seconds"]}
+            "whole": ref["process_s"] / cmd["seconds"], "in_process_no_tta": ref["seconds"] / no_tta["seconds"],
+            "repeats": repeats}
 
 
 def print_comparison(r: dict) -> None:
     ref, ours, cmd = r["ref"], r["ours"], r["cmd"]
+    if r["repeats"] > 1:
+        print(f"\n[{r['name']}] times: medians of {r['repeats']} interleaved runs of each path")
     print(f"\n[{r['name']}] {'path':<34} {'in-process s':>12} {'whole cmd s':>11} {'peak RSS GB':>11} "
           f"{'Dice vs truth':>13} {'- recipe':>8}")
     print(f"[{r['name']}] {'MONAI bundle recipe':<34} {ref['seconds']:>12.2f} {ref['process_s']:>11.2f} "
@@ -250,6 +272,8 @@ def main() -> None:
     ap.add_argument("--volumes", default="bench,flipped_rows_ff,prone_2mm,oblique_1mm,left_handed_2p5mm",
                     help="bench and/or names from common.UNSEEN_VOLUMES, comma separated")
     ap.add_argument("--batch", type=int, default=0, help="also measure N volumes through one infer command")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="run each path this many times per volume (interleaved) and compare the median times")
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--project-only", action="store_true",
                     help="run only the project's path (e.g. --slices 600 for the memory check)")
@@ -289,7 +313,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in [v.strip() for v in a.volumes.split(",") if v.strip()]:
             img, lab = (image, label) if name == "bench" else make_unseen(a.workdir, name)
-            results.append(compare(model, name, img, lab, Path(tmp), a.device))
+            results.append(compare(model, name, img, lab, Path(tmp), a.device, a.repeats))
             print_comparison(results[-1])
         if a.batch:
             batch(model, a.batch, a.workdir, Path(tmp))
