@@ -106,3 +106,17 @@ def test_speckled_prediction_falls_back_to_mirroring_the_whole_volume() -> None:
     assert inferer.last_tta_fraction == 1.0
     whole = ProbabilityInferer(cfg.merged({"inference": {"tta_scope": "volume"}}), "cpu")(x, net)
     torch.testing.assert_close(out, whole)
+
+
+def test_a_batch_is_mirrored_item_by_item() -> None:
+    """Small inputs stack every item's mirrorings into one sliding window; each item must get exactly what it
+    gets alone."""
+    cfg = _cfg().merged({"inference": {"tta_scope": "volume"}})
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 1, 24, 20, 16, generator=g)  # 2 x 8 mirrorings x 7680 voxels < 8 windows of 32^3: stacked
+    net = _Blob()
+    inferer = ProbabilityInferer(cfg, "cpu")
+    both = inferer(x, net)
+    for i in range(2):
+        torch.testing.assert_close(both[i:i + 1], inferer(x[i:i + 1], net))
+    assert not torch.allclose(both[0], both[1])
