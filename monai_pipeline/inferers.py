@@ -147,8 +147,9 @@ class ProbabilityInferer(Inferer):
     (foreground probability above :data:`TTA_CANDIDATE_PROBABILITY`) and its edge (:data:`TTA_EDGE_VOXELS`) are
     re-decided by the mean of all 2^n passes, each mirrored pass run on a crop with :data:`TTA_CONTEXT_VOXELS`
     of context (windows no larger than the crop); everywhere else the plain pass decides. Measured against the
-    truth in ``docs/performance.md``: at least as accurate as mirroring the whole volume, at a fraction of its
-    cost. When the crops together hold as many voxels as the volume (a speckled prediction), the whole volume is
+    truth in ``docs/performance.md``, at a fraction of the cost of mirroring the whole volume: as accurate as it
+    with one demo model, 0.03 mean Dice lower with another (a trade, model-dependent; ``tta_scope: volume``
+    when accuracy matters more than time). When the crops together hold as many voxels as the volume (a speckled prediction), the whole volume is
     mirrored instead.
 
     Args:
