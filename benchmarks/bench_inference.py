@@ -18,8 +18,9 @@ made after the TTA defaults were chosen on the others -- oblique at 0.6 x 0.6 x 
 Printed per volume: seconds, peak RSS, Dice of each mask against the ground truth and the project's difference to
 the recipe, both ratios. ``--batch N`` adds throughput: N volumes through one ``infer`` command against the
 recipe's per-case time. ``--repeats N`` runs every path N times per volume, interleaved, and compares median
-times (this machine's speed drifts by up to a quarter within minutes). ``--sweep`` adds the network-only measurements that chose the defaults. The last line is
-the summary the performance issue asks for (the in-process ratio on the benchmark's own volume).
+times (this machine's speed drifts by up to a quarter within minutes). ``--sweep`` adds the network-only
+measurements that chose the defaults. The last line is the summary the performance issue asks for (the
+in-process ratio on the benchmark's own volume).
 """
 
 from __future__ import annotations

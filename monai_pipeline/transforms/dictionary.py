@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
+from monai.utils import ensure_tuple_rep
 
 from monai_pipeline.transforms.array import CTNormalize, ResampleToSpacing, check_same_geometry
 
@@ -35,9 +36,7 @@ class ResampleToSpacingd(MapTransform):
 
     def __init__(self, keys: KeysCollection, pixdim, mode="bilinear", allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
-        modes = [mode] * len(self.keys) if isinstance(mode, str) else list(mode)
-        if len(modes) != len(self.keys):
-            raise ValueError(f"one mode per key: {len(modes)} modes for {len(self.keys)} keys")
+        modes = ensure_tuple_rep(mode, len(self.keys))  # MONAI's per-key argument rule
         self.resamplers = {k: ResampleToSpacing(pixdim, m) for k, m in zip(self.keys, modes, strict=True)}
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
