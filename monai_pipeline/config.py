@@ -195,6 +195,7 @@ class InferenceConfig:
     sw_device: str | None
     resample: str  # linear: foreground probability resampled (around candidates), then decided | nearest: label
     channels_last: bool  # run the network in channels-last 3D memory format
+    subpixel_upsampling: bool | str  # few-output-channel transposed convolutions as convolution + shuffle (auto: CPU)
 
     def __post_init__(self) -> None:
         _positive_triple("inference.roi_size", self.roi_size)
@@ -208,6 +209,7 @@ class InferenceConfig:
         _one_of("inference.mode", self.mode, BLEND_MODES)
         _need(self.sigma_scale > 0, f"inference.sigma_scale must be > 0, got {self.sigma_scale}")
         _one_of("inference.bf16", self.bf16, (True, False, "auto"))
+        _one_of("inference.subpixel_upsampling", self.subpixel_upsampling, (True, False, "auto"))
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from monai.networks.nets import BasicUNet, DynUNet, SegResNet, UNet
 
-from monai_pipeline.config import NetworkConfig, PipelineConfig
+from monai_pipeline.config import InferenceConfig, NetworkConfig, PipelineConfig
 from monai_pipeline.errors import InputError
 
 MODEL_FORMAT = "monai-pipeline-model/1"
@@ -100,6 +100,80 @@ def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> tup
     except RuntimeError as err:
         raise InputError(path, f"weights do not fit the network spec ({str(err).splitlines()[0]})") from err
     return net.to(device).eval(), blob
+
+
+class SubPixelConvTranspose3d(torch.nn.Module):
+    """A ``ConvTranspose3d`` with kernel 3, stride 2, padding 1 and output padding 1 (MONAI ``UNet``'s up-sampling)
+    computed as one ordinary convolution followed by a sub-pixel shuffle -- the same sums in another order.
+
+    Along each axis output voxel ``2m`` takes kernel tap 1 at input ``m``, and output ``2m + 1`` takes taps 2 and 0
+    at inputs ``m`` and ``m + 1``. So a kernel-2 convolution over the input (padded by one voxel at the far end of
+    every axis) with ``8 * out_channels`` outputs -- one group per (x, y, z) parity, unused taps zero -- holds every
+    output voxel, which the shuffle moves to ``(2m + a, 2n + b, 2k + c)``. oneDNN runs the transposed form slowly
+    when it has few output channels: MONAI UNet's last up-sampling (32 -> 2 channels at half resolution) takes
+    13.5 ms per call of two 96 x 96 x 64 windows on this project's CPU in bf16, this form 5.4 ms
+    (``docs/performance.md``). Input and output ``(N, C, X, Y, Z)``; the output is channels-last in memory.
+    """
+
+    #: per axis, output parity -> {input offset: kernel tap of the transposed convolution}
+    TAPS = ({0: 1}, {0: 2, 1: 0})
+
+    def __init__(self, transposed: torch.nn.ConvTranspose3d):
+        super().__init__()
+        if not self.applies_to(transposed):
+            raise ValueError(f"not a kernel-3, stride-2, padding-1, output-padding-1 ConvTranspose3d: {transposed}")
+        w = transposed.weight.detach()  # (in, out, 3, 3, 3)
+        self.out_channels = int(w.shape[1])
+        weight = w.new_zeros((2, 2, 2, w.shape[1], w.shape[0], 2, 2, 2))
+        for a, ta in enumerate(self.TAPS):
+            for b, tb in enumerate(self.TAPS):
+                for c, tc in enumerate(self.TAPS):
+                    for (oa, ka), (ob, kb), (oc, kc) in ((x, y, z) for x in ta.items() for y in tb.items()
+                                                         for z in tc.items()):
+                        weight[a, b, c, :, :, oa, ob, oc] = w[:, :, ka, kb, kc].T
+        self.register_buffer("weight", weight.reshape(8 * w.shape[1], w.shape[0], 2, 2, 2))
+        bias = transposed.bias.detach().repeat(8) if transposed.bias is not None else None
+        self.register_buffer("bias", bias)
+
+    @staticmethod
+    def applies_to(module: torch.nn.Module) -> bool:
+        """True for the transposed convolutions this form reproduces."""
+        return (isinstance(module, torch.nn.ConvTranspose3d) and module.kernel_size == (3, 3, 3)
+                and module.stride == (2, 2, 2) and module.padding == (1, 1, 1)
+                and module.output_padding == (1, 1, 1) and module.dilation == (1, 1, 1) and module.groups == 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.nn.functional.conv3d(torch.nn.functional.pad(x, (0, 1, 0, 1, 0, 1)), self.weight, self.bias)
+        n, _, sx, sy, sz = y.shape
+        c = self.out_channels
+        out = y.new_empty((n, sx, 2, sy, 2, sz, 2, c))  # (N, X, 2, Y, 2, Z, 2, C): channels-last in memory
+        out.copy_(y.view(n, 2, 2, 2, c, sx, sy, sz).permute(0, 5, 1, 6, 2, 7, 3, 4))
+        return out.view(n, 2 * sx, 2 * sy, 2 * sz, c).permute(0, 4, 1, 2, 3)
+
+
+def use_subpixel_upsampling(network: torch.nn.Module) -> int:
+    """Replace, in place, every transposed convolution :class:`SubPixelConvTranspose3d` reproduces and that has at
+    most an eighth as many output as input channels (where the one-convolution form is the faster one on CPU;
+    with more output channels it is slower). Returns how many were replaced. For inference: the new modules hold
+    the weights as buffers, not parameters."""
+    targets = [(name, m) for name, m in network.named_modules()
+               if SubPixelConvTranspose3d.applies_to(m) and 8 * m.out_channels <= m.in_channels]
+    for name, module in targets:
+        parent_name, _, child = name.rpartition(".")
+        setattr(network.get_submodule(parent_name) if parent_name else network, child,
+                SubPixelConvTranspose3d(module))
+    return len(targets)
+
+
+def inference_form(network: torch.nn.Module, inference: InferenceConfig, device: torch.device) -> torch.nn.Module:
+    """The network as every prediction path runs it (``infer``, the bundle, the Python API): channels-last 3D
+    memory format (``inference.channels_last``) and sub-pixel up-sampling (``inference.subpixel_upsampling``;
+    auto = on CPU). Both give the same sums; modifies ``network`` in place and returns it."""
+    if inference.subpixel_upsampling is True or (inference.subpixel_upsampling == "auto" and device.type == "cpu"):
+        use_subpixel_upsampling(network)
+    if inference.channels_last:
+        network = network.to(memory_format=torch.channels_last_3d)
+    return network
 
 
 #: manifest sources whose images are made up (phantom anatomy)

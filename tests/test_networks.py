@@ -38,3 +38,57 @@ def test_model_file_roundtrip_and_errors(tmp_path):
     (tmp_path / "evil.pt").write_bytes(b"not a pickle")
     with pytest.raises(InputError, match="not a loadable model file"):
         load_model_file(tmp_path / "evil.pt")
+
+
+@pytest.mark.parametrize("cin,cout,shape,bias", [(16, 2, (5, 7, 6), True), (8, 3, (4, 4, 1), False),
+                                                 (4, 4, (3, 2, 5), True)])
+def test_subpixel_form_equals_the_transposed_convolution(cin, cout, shape, bias):
+    from monai_pipeline.networks import SubPixelConvTranspose3d
+
+    torch.manual_seed(0)
+    conv = torch.nn.ConvTranspose3d(cin, cout, 3, stride=2, padding=1, output_padding=1, bias=bias).double()
+    x = torch.randn(2, cin, *shape, dtype=torch.float64)
+    out = SubPixelConvTranspose3d(conv)(x)
+    ref = conv(x)
+    assert out.shape == ref.shape == (2, cout, *(2 * s for s in shape))
+    assert torch.allclose(out, ref, atol=1e-12, rtol=0)
+    assert out.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+@pytest.mark.parametrize("conv", [torch.nn.ConvTranspose3d(16, 2, 2, stride=2),
+                                  torch.nn.ConvTranspose3d(16, 2, 3, stride=2, padding=1),
+                                  torch.nn.ConvTranspose3d(16, 2, 3, stride=1, padding=1),
+                                  torch.nn.ConvTranspose3d(16, 2, 3, stride=2, padding=1, output_padding=1, groups=2),
+                                  torch.nn.Conv3d(16, 2, 3)])
+def test_subpixel_form_refuses_other_convolutions(conv):
+    from monai_pipeline.networks import SubPixelConvTranspose3d
+
+    assert not SubPixelConvTranspose3d.applies_to(conv)
+    with pytest.raises(ValueError, match="not a kernel-3"):
+        SubPixelConvTranspose3d(conv)
+
+
+def test_inference_form_of_a_monai_unet_gives_its_output():
+    """MONAI UNet (demo layout): only the last up-sampling (32 -> 2 channels) qualifies; the network's output is
+    unchanged (float64), and the setting turns it off."""
+    from monai_pipeline.config import load_config
+    from monai_pipeline.networks import SubPixelConvTranspose3d, inference_form
+
+    spec = {"name": "UNet", "kwargs": {"spatial_dims": 3, "in_channels": 1, "out_channels": 2,
+                                       "channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1,
+                                       "norm": "batch"}}
+    torch.manual_seed(0)
+    net = build_network(spec).double().eval()
+    x = torch.randn(1, 1, 32, 24, 16, dtype=torch.float64)
+    with torch.no_grad():
+        ref = net(x)
+    cfg = load_config({"network": spec})
+    off = inference_form(build_network(spec), cfg.merged({"inference": {"subpixel_upsampling": False}}).inference,
+                         torch.device("cpu"))
+    assert not any(isinstance(m, SubPixelConvTranspose3d) for m in off.modules())
+    fast = inference_form(net, cfg.inference, torch.device("cpu"))
+    replaced = [m for m in fast.modules() if isinstance(m, SubPixelConvTranspose3d)]
+    assert [m.out_channels for m in replaced] == [2]
+    assert sum(isinstance(m, torch.nn.ConvTranspose3d) for m in fast.modules()) == 2
+    with torch.no_grad():
+        assert torch.allclose(fast(x.contiguous(memory_format=torch.channels_last_3d)), ref, atol=1e-10, rtol=0)
