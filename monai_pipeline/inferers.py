@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 from contextlib import nullcontext
 from functools import lru_cache
 from pathlib import Path
@@ -21,6 +22,7 @@ from monai.data import MetaTensor
 from monai.inferers import Inferer, SlidingWindowInferer
 
 from monai_pipeline.config import PipelineConfig
+from monai_pipeline.networks import inference_form
 
 
 def mirrorings(axes: tuple[int, ...]) -> list[tuple[int, ...]]:
@@ -170,6 +172,17 @@ class ProbabilityInferer(Inferer):
         self.roi = tuple(cfg.inference.roi_size)
         self.bf16 = cfg.inference.bf16
         self.last_tta_fraction = 0.0  # voxels the mirrored passes covered in the last call / the volume's
+        self._prepared: weakref.WeakSet = weakref.WeakSet()  # networks already in their inference form
+
+    def prepare(self, network: torch.nn.Module) -> torch.nn.Module:
+        """Put a network in evaluation mode into its inference form, in place and once
+        (:func:`~monai_pipeline.networks.inference_form`: channels-last memory, sub-pixel up-sampling on CPU), so
+        that every door -- ``infer``, the Python API, the bundle's evaluator -- runs the same arithmetic. A network
+        in training mode is used as it is (its modules and parameters are left alone)."""
+        if not network.training and network not in self._prepared:
+            inference_form(network, self.cfg.inference, self.device)
+            self._prepared.add(network)
+        return network
 
     def _window_for(self, shape: tuple[int, ...]) -> SlidingWindowInferer:
         """The sliding window for a ``shape`` input: windows no larger than the input rounded up to
@@ -210,6 +223,7 @@ class ProbabilityInferer(Inferer):
     def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> torch.Tensor:
         x = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
         x = x.to(self.device)
+        network = self.prepare(network)
         n = len(self.flips)
         with autocast_context(self.device, self.bf16):
             if n == 1 or self.scope == "volume":

@@ -166,9 +166,10 @@ def use_subpixel_upsampling(network: torch.nn.Module) -> int:
 
 
 def inference_form(network: torch.nn.Module, inference: InferenceConfig, device: torch.device) -> torch.nn.Module:
-    """The network as every prediction path runs it (``infer``, the bundle, the Python API): channels-last 3D
-    memory format (``inference.channels_last``) and sub-pixel up-sampling (``inference.subpixel_upsampling``;
-    auto = on CPU). Both give the same sums; modifies ``network`` in place and returns it."""
+    """The network as every prediction path runs it (``infer``, the bundle, the Python API, through
+    :meth:`~monai_pipeline.inferers.ProbabilityInferer.prepare`): channels-last 3D memory format
+    (``inference.channels_last``) and sub-pixel up-sampling (``inference.subpixel_upsampling``; auto = on CPU).
+    Both give the same sums; modifies ``network`` in place (call it after loading the weights) and returns it."""
     if inference.subpixel_upsampling is True or (inference.subpixel_upsampling == "auto" and device.type == "cpu"):
         use_subpixel_upsampling(network)
     if inference.channels_last:

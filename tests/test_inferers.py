@@ -120,3 +120,27 @@ def test_a_batch_is_mirrored_item_by_item() -> None:
     for i in range(2):
         torch.testing.assert_close(both[i:i + 1], inferer(x[i:i + 1], net))
     assert not torch.allclose(both[0], both[1])
+
+
+def test_every_door_runs_the_network_in_its_inference_form():
+    """The inferer (used by `infer`, the API and the bundle's evaluator) puts an evaluation-mode network into
+    its inference form once (sub-pixel last up-sampling, channels-last), with the same probabilities; a network
+    in training mode keeps its modules."""
+    from monai_pipeline.networks import SubPixelConvTranspose3d, build_network
+
+    spec = {"name": "UNet", "kwargs": {"spatial_dims": 3, "in_channels": 1, "out_channels": 2,
+                                       "channels": [16, 32], "strides": [2], "num_res_units": 1}}
+    cfg = load_config({"network": spec, "inference": {"roi_size": [16, 16, 16], "tta": False, "bf16": False}})
+    torch.manual_seed(0)
+    net = build_network(spec).eval()
+    x = torch.randn(1, 1, 24, 20, 16)
+    with torch.no_grad():
+        before = torch.softmax(build_sliding_window(cfg)(x, net), 1)
+    inferer = ProbabilityInferer(cfg, "cpu")
+    training = build_network(spec).train()
+    inferer(x, training)
+    assert not any(isinstance(m, SubPixelConvTranspose3d) for m in training.modules())
+    out = inferer(x, net)
+    assert sum(isinstance(m, SubPixelConvTranspose3d) for m in net.modules()) == 1
+    assert torch.allclose(out, before, atol=1e-5)
+    assert inferer.prepare(net) is net and torch.allclose(inferer(x, net), out)

@@ -22,7 +22,7 @@ from monai_pipeline.errors import InputError, PipelineError
 from monai_pipeline.inference.export import Prediction, export_prediction
 from monai_pipeline.inferers import ProbabilityInferer
 from monai_pipeline.io.reader import ReadOptions
-from monai_pipeline.networks import describe_training_data, inference_form, load_model_file, synthetic_only
+from monai_pipeline.networks import describe_training_data, load_model_file, synthetic_only
 from monai_pipeline.transforms.pipeline import prediction_transforms
 
 
@@ -132,7 +132,6 @@ class Predictor:
                                        ("tta_axes", tta_axes), ("tta_scope", tta_scope)) if v is not None}
         self.cfg: PipelineConfig = config_from_model_dict(self.blob["config"]).merged(
             {"inference": overrides, "postprocess": postprocess or {}})
-        self.networks = [inference_form(net, self.cfg.inference, self.device) for net in self.networks]
         self.read_options = read_options or ReadOptions()
         self.transform = prediction_transforms(self.cfg, self.read_options)
         self.inferer = ProbabilityInferer(self.cfg, self.device, stitch_device)
