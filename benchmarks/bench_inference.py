@@ -111,9 +111,12 @@ def reference(model: Path, image: Path, out: Path, device: str = "cpu", stitch_d
 def project(model: Path, image: Path, out: Path, device: str = "cpu", stitch_device: str | None = None,
             tta: bool | None = None) -> dict:
     """What ``monai-pipeline infer`` runs for one input, in-process: the model's own configuration (``tta``
-    overrides its TTA setting, as ``--tta/--no-tta`` do)."""
+    overrides its TTA setting, as ``--tta/--no-tta`` do), in a process whose allocator keeps freed memory, as
+    ``infer`` sets it up (:func:`monai_pipeline.runtime.keep_freed_memory`)."""
     from monai_pipeline.inference import Predictor, write_prediction
+    from monai_pipeline.runtime import keep_freed_memory
 
+    keep_freed_memory()
     t0 = time.perf_counter()
     p = Predictor(model, device=device, stitch_device=stitch_device, tta=tta)
     counter = VoxelCounter(p.network)

@@ -343,6 +343,9 @@ def _cmd_cv(a) -> int:
 
 
 def _cmd_infer(a) -> int:
+    from monai_pipeline.runtime import keep_freed_memory
+
+    keep_freed_memory()  # before the first large array: per-case arrays reuse memory instead of faulting it in
     from monai_pipeline.inference import (
         Predictor,
         cases_from_inputs,
