@@ -175,11 +175,12 @@ class ProbabilityInferer(Inferer):
         self._prepared: weakref.WeakSet = weakref.WeakSet()  # networks already in their inference form
 
     def prepare(self, network: torch.nn.Module) -> torch.nn.Module:
-        """Put a network in evaluation mode into its inference form, in place and once
+        """Put a network into its inference form, in place and once per network
         (:func:`~monai_pipeline.networks.inference_form`: channels-last memory, sub-pixel up-sampling on CPU), so
-        that every door -- ``infer``, the Python API, the bundle's evaluator -- runs the same arithmetic. A network
-        in training mode is used as it is (its modules and parameters are left alone)."""
-        if not network.training and network not in self._prepared:
+        that every door -- ``infer``, the Python API, the bundle's evaluator -- runs the same arithmetic. The
+        form keeps the network's parameters (the same tensors) and ``state_dict``, so weights loaded or trained
+        afterwards are used as they are."""
+        if network not in self._prepared:
             inference_form(network, self.cfg.inference, self.device)
             self._prepared.add(network)
         return network

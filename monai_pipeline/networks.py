@@ -102,7 +102,7 @@ def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> tup
     return net.to(device).eval(), blob
 
 
-class SubPixelConvTranspose3d(torch.nn.Module):
+class SubPixelConvTranspose3d(torch.nn.ConvTranspose3d):
     """A ``ConvTranspose3d`` with kernel 3, stride 2, padding 1 and output padding 1 (MONAI ``UNet``'s up-sampling)
     computed as one ordinary convolution followed by a sub-pixel shuffle -- the same sums in another order.
 
@@ -112,38 +112,58 @@ class SubPixelConvTranspose3d(torch.nn.Module):
     output voxel, which the shuffle moves to ``(2m + a, 2n + b, 2k + c)``. oneDNN runs the transposed form slowly
     when it has few output channels: MONAI UNet's last up-sampling (32 -> 2 channels at half resolution) takes
     13.5 ms per call of two 96 x 96 x 64 windows on this project's CPU in bf16, this form 5.4 ms
-    (``docs/performance.md``). Input and output ``(N, C, X, Y, Z)``; the output is channels-last in memory.
+    (``docs/performance.md``).
+
+    It *is* the transposed convolution it replaces (:meth:`from_module`): same parameters (the very tensors), same
+    ``state_dict``; the convolution kernel is rebuilt from ``weight`` on every call, so training, loading weights
+    and gradients behave as before. Input and output ``(N, C, X, Y, Z)``; the output is channels-last in memory.
     """
 
     #: per axis, output parity -> {input offset: kernel tap of the transposed convolution}
     TAPS = ({0: 1}, {0: 2, 1: 0})
-
-    def __init__(self, transposed: torch.nn.ConvTranspose3d):
-        super().__init__()
-        if not self.applies_to(transposed):
-            raise ValueError(f"not a kernel-3, stride-2, padding-1, output-padding-1 ConvTranspose3d: {transposed}")
-        w = transposed.weight.detach()  # (in, out, 3, 3, 3)
-        self.out_channels = int(w.shape[1])
-        weight = w.new_zeros((2, 2, 2, w.shape[1], w.shape[0], 2, 2, 2))
-        for a, ta in enumerate(self.TAPS):
-            for b, tb in enumerate(self.TAPS):
-                for c, tc in enumerate(self.TAPS):
-                    for (oa, ka), (ob, kb), (oc, kc) in ((x, y, z) for x in ta.items() for y in tb.items()
-                                                         for z in tc.items()):
-                        weight[a, b, c, :, :, oa, ob, oc] = w[:, :, ka, kb, kc].T
-        self.register_buffer("weight", weight.reshape(8 * w.shape[1], w.shape[0], 2, 2, 2))
-        bias = transposed.bias.detach().repeat(8) if transposed.bias is not None else None
-        self.register_buffer("bias", bias)
 
     @staticmethod
     def applies_to(module: torch.nn.Module) -> bool:
         """True for the transposed convolutions this form reproduces."""
         return (isinstance(module, torch.nn.ConvTranspose3d) and module.kernel_size == (3, 3, 3)
                 and module.stride == (2, 2, 2) and module.padding == (1, 1, 1)
-                and module.output_padding == (1, 1, 1) and module.dilation == (1, 1, 1) and module.groups == 1)
+                and module.output_padding == (1, 1, 1) and module.dilation == (1, 1, 1) and module.groups == 1
+                and module.padding_mode == "zeros")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.nn.functional.conv3d(torch.nn.functional.pad(x, (0, 1, 0, 1, 0, 1)), self.weight, self.bias)
+    @classmethod
+    def from_module(cls, transposed: torch.nn.ConvTranspose3d) -> SubPixelConvTranspose3d:
+        """The sub-pixel form of ``transposed``, sharing its weight and bias."""
+        if not cls.applies_to(transposed):
+            raise ValueError(f"not a kernel-3, stride-2, padding-1, output-padding-1 ConvTranspose3d: {transposed}")
+        new = cls(transposed.in_channels, transposed.out_channels, 3, stride=2, padding=1, output_padding=1,
+                  bias=transposed.bias is not None, device="meta")
+        new.weight, new.bias = transposed.weight, transposed.bias
+        new.train(transposed.training)
+        return new
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # (8 parities, 8 taps) -> index into the flattened 3 x 3 x 3 kernel, 27 = an appended zero
+        index = torch.full((8, 8), 27, dtype=torch.long)
+        for p, (ta, tb, tc) in enumerate((a, b, c) for a in self.TAPS for b in self.TAPS for c in self.TAPS):
+            for t, (oa, ob, oc) in enumerate((a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)):
+                if oa in ta and ob in tb and oc in tc:
+                    index[p, t] = ta[oa] * 9 + tb[ob] * 3 + tc[oc]
+        self.register_buffer("taps", index, persistent=False)
+
+    def subpixel_kernel(self) -> torch.Tensor:
+        """The ``(8 * out_channels, in_channels, 2, 2, 2)`` convolution kernel, from ``weight``."""
+        w = self.weight
+        cin, cout = w.shape[:2]
+        flat = torch.cat([w.reshape(cin, cout, 27), w.new_zeros(cin, cout, 1)], dim=2)
+        kernel = flat[:, :, self.taps.to(w.device)]  # (in, out, parity, tap)
+        return kernel.permute(2, 1, 0, 3).reshape(8 * cout, cin, 2, 2, 2)
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if output_size is not None:
+            return super().forward(x, output_size)
+        bias = self.bias.repeat(8) if self.bias is not None else None
+        y = torch.nn.functional.conv3d(torch.nn.functional.pad(x, (0, 1, 0, 1, 0, 1)), self.subpixel_kernel(), bias)
         n, _, sx, sy, sz = y.shape
         c = self.out_channels
         out = y.new_empty((n, sx, 2, sy, 2, sz, 2, c))  # (N, X, 2, Y, 2, Z, 2, C): channels-last in memory
@@ -152,16 +172,17 @@ class SubPixelConvTranspose3d(torch.nn.Module):
 
 
 def use_subpixel_upsampling(network: torch.nn.Module) -> int:
-    """Replace, in place, every transposed convolution :class:`SubPixelConvTranspose3d` reproduces and that has at
+    """Swap, in place, every transposed convolution :class:`SubPixelConvTranspose3d` reproduces and that has at
     most an eighth as many output as input channels (where the one-convolution form is the faster one on CPU;
-    with more output channels it is slower). Returns how many were replaced. For inference: the new modules hold
-    the weights as buffers, not parameters."""
+    with more output channels it is slower) for its sub-pixel form, which shares its parameters. Returns how many
+    were swapped (0 when already done)."""
     targets = [(name, m) for name, m in network.named_modules()
-               if SubPixelConvTranspose3d.applies_to(m) and 8 * m.out_channels <= m.in_channels]
+               if SubPixelConvTranspose3d.applies_to(m) and not isinstance(m, SubPixelConvTranspose3d)
+               and 8 * m.out_channels <= m.in_channels]
     for name, module in targets:
         parent_name, _, child = name.rpartition(".")
         setattr(network.get_submodule(parent_name) if parent_name else network, child,
-                SubPixelConvTranspose3d(module))
+                SubPixelConvTranspose3d.from_module(module))
     return len(targets)
 
 

@@ -48,7 +48,7 @@ def test_subpixel_form_equals_the_transposed_convolution(cin, cout, shape, bias)
     torch.manual_seed(0)
     conv = torch.nn.ConvTranspose3d(cin, cout, 3, stride=2, padding=1, output_padding=1, bias=bias).double()
     x = torch.randn(2, cin, *shape, dtype=torch.float64)
-    out = SubPixelConvTranspose3d(conv)(x)
+    out = SubPixelConvTranspose3d.from_module(conv)(x)
     ref = conv(x)
     assert out.shape == ref.shape == (2, cout, *(2 * s for s in shape))
     assert torch.allclose(out, ref, atol=1e-12, rtol=0)
@@ -65,7 +65,7 @@ def test_subpixel_form_refuses_other_convolutions(conv):
 
     assert not SubPixelConvTranspose3d.applies_to(conv)
     with pytest.raises(ValueError, match="not a kernel-3"):
-        SubPixelConvTranspose3d(conv)
+        SubPixelConvTranspose3d.from_module(conv)
 
 
 def test_inference_form_of_a_monai_unet_gives_its_output():
@@ -89,6 +89,32 @@ def test_inference_form_of_a_monai_unet_gives_its_output():
     fast = inference_form(net, cfg.inference, torch.device("cpu"))
     replaced = [m for m in fast.modules() if isinstance(m, SubPixelConvTranspose3d)]
     assert [m.out_channels for m in replaced] == [2]
-    assert sum(isinstance(m, torch.nn.ConvTranspose3d) for m in fast.modules()) == 2
+    assert sum(type(m) is torch.nn.ConvTranspose3d for m in fast.modules()) == 2
     with torch.no_grad():
         assert torch.allclose(fast(x.contiguous(memory_format=torch.channels_last_3d)), ref, atol=1e-10, rtol=0)
+
+
+def test_subpixel_form_keeps_parameters_state_dict_and_gradients():
+    """The swap keeps the very parameters and the state_dict keys, and trains like the original: same gradients;
+    weights loaded afterwards are used."""
+    from monai_pipeline.networks import use_subpixel_upsampling
+
+    spec = {"name": "UNet", "kwargs": {"spatial_dims": 3, "in_channels": 1, "out_channels": 2,
+                                       "channels": [16, 32], "strides": [2], "num_res_units": 1}}
+    torch.manual_seed(0)
+    ref = build_network(spec).double()
+    net = build_network(spec).double()
+    net.load_state_dict(ref.state_dict())
+    params = dict(net.named_parameters())
+    assert use_subpixel_upsampling(net) == 1 and use_subpixel_upsampling(net) == 0
+    assert {k: id(v) for k, v in net.named_parameters()} == {k: id(v) for k, v in params.items()}
+    assert list(net.state_dict()) == list(ref.state_dict())
+    x = torch.randn(2, 1, 16, 12, 8, dtype=torch.float64)
+    ref(x).square().mean().backward()
+    net(x).square().mean().backward()
+    for (name, a), b in zip(ref.named_parameters(), net.parameters(), strict=True):
+        assert torch.allclose(a.grad, b.grad, atol=1e-10), name
+    other = build_network(spec).double()
+    net.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(net.eval()(x), other.eval()(x), atol=1e-10)
