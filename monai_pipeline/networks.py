@@ -139,7 +139,7 @@ class SubPixelConvTranspose3d(torch.nn.ConvTranspose3d):
                   bias=transposed.bias is not None, device="meta")
         new.weight, new.bias = transposed.weight, transposed.bias
         new.train(transposed.training)
-        return new
+        return new.to(transposed.weight.device)  # the tap table beside the (shared) parameters
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -156,7 +156,7 @@ class SubPixelConvTranspose3d(torch.nn.ConvTranspose3d):
         w = self.weight
         cin, cout = w.shape[:2]
         flat = torch.cat([w.reshape(cin, cout, 27), w.new_zeros(cin, cout, 1)], dim=2)
-        kernel = flat[:, :, self.taps.to(w.device)]  # (in, out, parity, tap)
+        kernel = flat[:, :, self.taps]  # (in, out, parity, tap)
         return kernel.permute(2, 1, 0, 3).reshape(8 * cout, cin, 2, 2, 2)
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
