@@ -168,14 +168,15 @@ def sweep(model: Path, image: Path) -> None:
     net.to(memory_format=torch.contiguous_format)
 
 
-def whole_command(model: Path, image: Path | list[Path], out: Path) -> dict:
-    """``monai-pipeline infer --model M --input CT... --out DIR`` as a user types it; wall time of the process."""
+def whole_command(model: Path, image: Path | list[Path], out: Path, *extra: str) -> dict:
+    """``monai-pipeline infer --model M --input CT... --out DIR`` as a user types it (plus ``extra`` flags);
+    wall time of the process."""
     images = image if isinstance(image, list) else [image]
     exe = Path(sys.executable).with_name("monai-pipeline")
     command = [str(exe)] if exe.exists() else [sys.executable, "-m", "monai_pipeline.cli"]
     t0 = time.perf_counter()
     r = subprocess.run([*command, "infer", "--model", str(model), "--input", *map(str, images), "--out", str(out),
-                        "--no-progress"], capture_output=True, text=True)
+                        "--no-progress", *extra], capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     if r.returncode != 0:
         raise RuntimeError(f"monai-pipeline infer failed:\n{r.stderr[-3000:]}")
@@ -254,6 +255,10 @@ def batch(model: Path, n: int, workdir: Path, tmp: Path) -> None:
     command, against the recipe's per-case whole-command time (median of 3 of them, times n)."""
     from statistics import median
 
+    import SimpleITK as sitk
+
+    from monai_pipeline.io import sitk_to_xyz_array
+
     orientations = ("axial_hf", "flipped_rows", "prone", "axial_ff")
     vols = [make_volume(workdir, 120, seed=5000 + i, orientation=orientations[i % 4], name=f"batch_{i:02d}")
             for i in range(n)]
@@ -262,10 +267,18 @@ def batch(model: Path, n: int, workdir: Path, tmp: Path) -> None:
                                 "--out", str(tmp / f"batch_ref_{i}"))["process_s"] for i, (img, _) in enumerate(vols[:3]))
     cmd = whole_command(model, [img for img, _ in vols], tmp / "batch_cmd")
     dices = [truth_dice(m, lab) for m, (_, lab) in zip(cmd["masks"], vols, strict=True)]
-    print(f"\nbatch: {n} volumes of 512 x 512 x 120 through one `monai-pipeline infer`: {cmd['seconds']:.1f} s "
+    ran = json.loads((tmp / "batch_cmd" / "summary.json").read_text())
+    print(f"\nbatch: {n} volumes of 512 x 512 x 120 through one `monai-pipeline infer` ({ran['processes']} "
+          f"process(es) x {ran['threads_per_process']} thread(s), --workers auto): {cmd['seconds']:.1f} s "
           f"({3600 * n / cmd['seconds']:.0f} cases/hour, mean Dice vs truth {np.mean(dices):.4f}); recipe "
           f"{per_case:.1f} s per case as a command ({3600 / per_case:.0f} cases/hour): "
           f"{per_case * n / cmd['seconds']:.2f}x")
+    single = whole_command(model, [img for img, _ in vols], tmp / "batch_cmd_1", "--workers", "1")
+    same = sum(np.array_equal(sitk_to_xyz_array(sitk.ReadImage(a)), sitk_to_xyz_array(sitk.ReadImage(b)))
+               for a, b in zip(cmd["masks"], single["masks"], strict=True))
+    print(f"batch with --workers 1 (one process, every thread): {single['seconds']:.1f} s "
+          f"({per_case * n / single['seconds']:.2f}x the recipe); --workers auto is "
+          f"{single['seconds'] / cmd['seconds']:.2f}x faster; identical masks: {same} of {n}")
 
 
 def main() -> None:

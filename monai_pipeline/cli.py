@@ -42,6 +42,10 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _workers(text: str) -> int | str:
+    return "auto" if text == "auto" else _positive_int(text)
+
+
 def _sections(text: str) -> tuple[str, ...]:
     from monai_pipeline.data.manifest import SECTIONS
 
@@ -193,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=("nifti", "dicom-seg", "both"), default="nifti",
                    help="mask format: NIfTI (default), a DICOM SEG referencing the source series (DICOM input), or both")
     s.add_argument("--shard", type=_shard, help="process the I-th of N slices of the case list, e.g. 0/4")
+    s.add_argument("--workers", type=_workers, default="auto",
+                   help="processes predicting a batch side by side on a CPU, each with its share of the threads "
+                        "(default auto: one per CPU thread, at most one per case and per 3 GiB of free memory; "
+                        "1 on a GPU or under torchrun)")
     s.add_argument("--no-progress", action="store_true")
     _add_read_options(s)
 
@@ -370,13 +378,14 @@ def _cmd_infer(a) -> int:
         pred = predictor.predict(data, cid, save_prob=a.save_prob, postprocess=a.postprocess)
         written = write_prediction(pred, a.out, provenance, a.format)
         if a.preview:
-            from monai_pipeline.inference.batch import save_preview
+            from monai_pipeline.inference.workers import save_preview
 
             save_preview(data, pred, a.out)
         print(f"{written[0]}: {len(pred.lesions)} lesion(s)")
         return 0
     summary = run_batch(predictor, cases, a.out, shard=a.shard, save_prob=a.save_prob, progress=not a.no_progress,
-                        postprocess=a.postprocess, overwrite=a.overwrite, fmt=a.format, preview=a.preview)
+                        postprocess=a.postprocess, overwrite=a.overwrite, fmt=a.format, preview=a.preview,
+                        workers=a.workers)
     print(f"done {summary.done}, skipped {summary.skipped}, failed {summary.failed}")
     for cid, reason in summary.failures:
         print(f"failed: {cid}: {reason}", file=sys.stderr)

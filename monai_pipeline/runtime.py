@@ -23,6 +23,7 @@ ENV_KEEP_FREED_MEMORY = "MONAI_PIPELINE_KEEP_FREED_MEMORY"
 # glibc <malloc.h> parameter numbers for mallopt()
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 _INT_MAX = 2**31 - 1
+_kept = False
 
 
 def keep_freed_memory() -> bool:
@@ -43,6 +44,13 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _INT_MAX))
+    global _kept
     applied = all(mallopt(param, value) == 1 for param, value in settings)
     logger.debug("malloc keeps freed memory: %s", applied)
+    _kept = _kept or applied
     return applied
+
+
+def freed_memory_kept() -> bool:
+    """Whether :func:`keep_freed_memory` took effect in this process (helper processes of a batch repeat it)."""
+    return _kept

@@ -60,5 +60,7 @@ def test_bad_config_and_arguments(tmp_path):
     assert not (tmp_path / "run").exists()
     r = run_cli("synth", "--out", tmp_path / "s", "--cases", "0")
     assert r.returncode == 2 and not (tmp_path / "s").exists()
+    r = run_cli("infer", "--model", cfg, "--input", cfg, cfg, "--out", tmp_path / "i", "--workers", "0")
+    assert r.returncode == 2 and "--workers: must be >= 1, got 0" in r.stderr and not (tmp_path / "i").exists()
     r = run_cli("--version")
     assert r.returncode == 0 and "monai-pipeline" in r.stdout

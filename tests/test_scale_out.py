@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import SimpleITK as sitk
 import torch
 import yaml
@@ -147,7 +148,8 @@ def test_two_shards_cover_every_case_once(tiny_dataset, tmp_path):
     assert {p.stem for p in (out / ".done").glob("*.json")} == {e["case_id"] for e in _all_cases(manifest)}
 
 
-def test_corrupt_case_in_batch_is_recorded_and_others_done(tiny_dataset, tmp_path):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_corrupt_case_in_batch_is_recorded_and_others_done(tiny_dataset, tmp_path, workers):
     data = tmp_path / "data"
     shutil.copytree(tiny_dataset, data)
     cases = _all_cases(data / "manifest.json")
@@ -157,7 +159,8 @@ def test_corrupt_case_in_batch_is_recorded_and_others_done(tiny_dataset, tmp_pat
         fh.truncate(fh.seek(0, 2) // 2)  # half the file: header intact, image data cut
     model = tiny_model_file(tmp_path / "model.pt")
     r = run_cli("infer", "--model", model, "--manifest", data / "manifest.json", "--sections",
-                "training,validation,test", "--out", tmp_path / "out", "--device", "cpu", "--no-progress")
+                "training,validation,test", "--out", tmp_path / "out", "--device", "cpu", "--no-progress",
+                "--workers", workers)
     assert r.returncode == 1
     with open(tmp_path / "out" / "failures.csv") as fh:
         rows = list(csv.DictReader(fh))
@@ -165,4 +168,5 @@ def test_corrupt_case_in_batch_is_recorded_and_others_done(tiny_dataset, tmp_pat
     done = {p.stem for p in (tmp_path / "out" / ".done").glob("*.json")}
     assert done == {e["case_id"] for e in cases} - {victim["case_id"]}
     assert not (tmp_path / "out" / f"{victim['case_id']}.nii.gz").exists()
-    assert json.loads((tmp_path / "out" / "summary.json").read_text())["failed"] == 1
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["failed"] == 1 and summary["processes"] == int(workers)

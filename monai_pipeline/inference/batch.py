@@ -2,7 +2,8 @@
 
 Sharding (``shard=(i, n)``, automatic under torchrun), resume (a case is skipped only when its outputs are
 complete *and* were made by the same model with the same settings), a background reader that prepares the
-next case while the current one runs, ``failures.csv``, ``timings.csv`` and ``summary.json``.
+next case while the current one runs, helper processes on a CPU (:mod:`~monai_pipeline.inference.workers`),
+``failures.csv``, ``timings.csv`` and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -12,18 +13,25 @@ import io
 import json
 import logging
 import os
-import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from monai_pipeline.errors import InputError, PipelineError
-from monai_pipeline.inference.export import write_prediction
 from monai_pipeline.inference.predictor import Predictor
+from monai_pipeline.inference.workers import (
+    CaseOptions,
+    CaseOutcome,
+    HelperProcesses,
+    predict_case,
+    resolve_workers,
+)
 from monai_pipeline.io.geometry import Geometry, header_geometry
 from monai_pipeline.io.writer import atomic_write_text
+from monai_pipeline.runtime import freed_memory_kept
 
 logger = logging.getLogger(__name__)
 
@@ -144,35 +152,17 @@ def _remove_stale_parts(out: Path, case_ids: list[str]) -> None:
                 p.unlink(missing_ok=True)
 
 
-def save_preview(data: dict, pred, out: Path) -> Path:
-    """``<case_id>_preview.png``: axial, coronal and sagittal slices through each lesion (see visualize)."""
-    from monai_pipeline.io.geometry import xyz_array_to_sitk
-    from monai_pipeline.visualize import save_preview_png
-
-    ct = xyz_array_to_sitk(data["original"][0].numpy(), pred.geometry)
-    return save_preview_png(ct, xyz_array_to_sitk(pred.mask, pred.geometry), out / f"{pred.case_id}_preview.png")
-
-
-def _save_overlay(data: dict, pred, truth_path: str | None, path: Path) -> None:
-    import SimpleITK as sitk
-
-    from monai_pipeline.io.geometry import xyz_array_to_sitk
-    from monai_pipeline.visualize import save_overlays_png
-
-    ct = xyz_array_to_sitk(data["original"][0].numpy(), pred.geometry)
-    truth = sitk.ReadImage(truth_path) if truth_path else None
-    save_overlays_png(ct, xyz_array_to_sitk(pred.mask, pred.geometry), truth, path)
-
-
 def run_batch(predictor: Predictor, cases: list[tuple[str, str]], out: str | Path, shard: tuple[int, int] | None = None,
               save_prob: bool = False, progress: bool = True, overlays: dict[str, str] | None = None,
               postprocess: bool = True, overwrite: bool = False, fmt: str = "nifti",
-              preview: bool = False) -> BatchSummary:
+              preview: bool = False, workers: int | str = 1) -> BatchSummary:
     """Predict ``cases`` ((case_id, input path) pairs) into ``out``; never stops at a failing case.
 
     Outputs made earlier by the same model with the same settings are skipped (resume); outputs of another
     model or other settings stop the run before any work unless ``overwrite``. ``overlays`` maps case ids to
-    ground-truth label paths for PNG overlays (the demo uses it).
+    ground-truth label paths for PNG overlays (the demo uses it). ``workers`` (a number or ``"auto"``, see
+    :func:`~monai_pipeline.inference.workers.resolve_workers`): processes predicting side by side on a CPU, each
+    with its share of the threads; the masks are the same as with one.
     """
     from tqdm import tqdm
 
@@ -184,6 +174,7 @@ def run_batch(predictor: Predictor, cases: list[tuple[str, str]], out: str | Pat
     mine = shard_cases(cases, shard)
     provenance = predictor.provenance(save_prob, postprocess, fmt)
     check_existing_outputs(out, [c[0] for c in mine], provenance, overwrite)
+    n_workers = resolve_workers(workers, len(mine), predictor.device)
     out.mkdir(parents=True, exist_ok=True)
     _remove_stale_parts(out, [c[0] for c in mine])
     summary = BatchSummary()
@@ -193,46 +184,72 @@ def run_batch(predictor: Predictor, cases: list[tuple[str, str]], out: str | Pat
             summary.skipped += 1
         else:
             todo.append((cid, path))
+    n_workers = min(n_workers, max(1, len(todo)))
     tag = f".{shard[0]}of{shard[1]}" if shard else (f".rank{os.environ['RANK']}" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "")
     fail_csv, time_csv = out / f"failures{tag}.csv", out / f"timings{tag}.csv"
-
-    pool = ThreadPoolExecutor(max_workers=1)
-    futures: dict[int, Future] = {}
-    if todo:
-        futures[0] = pool.submit(predictor.load, todo[0][1])
+    opts = CaseOptions(out, provenance, save_prob, postprocess, fmt, preview, overlays)
     bar = tqdm(total=len(todo), desc="infer", unit="case", disable=not progress)
-    for k, (cid, path) in enumerate(todo):
-        if k + 1 < len(todo):
-            futures[k + 1] = pool.submit(predictor.load, todo[k + 1][1])  # background read of the next case
-        t0 = time.perf_counter()
-        try:
-            data = futures.pop(k).result()
-            pred = predictor.predict(data, cid, save_prob=save_prob, postprocess=postprocess)
-            write_prediction(pred, out, provenance, fmt)
-            if preview:
-                save_preview(data, pred, out)
-            if overlays and cid in overlays:
-                _save_overlay(data, pred, overlays[cid], out / "png" / f"{cid}.png")
+
+    def record(outcome: CaseOutcome) -> None:
+        if outcome.seconds is not None:
             summary.done += 1
-            _append_csv(time_csv, ["case_id", "total_s", *pred.seconds.keys()],
-                        [cid, f"{time.perf_counter() - t0:.3f}", *(f"{v:.3f}" for v in pred.seconds.values())])
-        except (PipelineError, RuntimeError, MemoryError, OSError, ValueError) as err:
-            reason = str(err).splitlines()[0] if str(err) else err.__class__.__name__
-            if isinstance(err, torch.cuda.OutOfMemoryError | MemoryError):
-                reason = f"out of memory: {reason}"
-                torch.cuda.empty_cache() if torch.cuda.is_available() else None
-            logger.error("%s: failed: %s", cid, reason)
+            _append_csv(time_csv, ["case_id", *outcome.seconds.keys()],
+                        [outcome.case_id, *(f"{v:.3f}" for v in outcome.seconds.values())])
+        else:
             summary.failed += 1
-            summary.failures.append((cid, reason))
-            _append_csv(fail_csv, ["case_id", "input", "reason"], [cid, path, reason])
+            summary.failures.append((outcome.case_id, str(outcome.reason)))
+            _append_csv(fail_csv, ["case_id", "input", "reason"], [outcome.case_id, outcome.path, outcome.reason])
         bar.update(1)
+
+    threads = torch.get_num_threads()
+    if n_workers == 1:
+        _predict_here(predictor, iter(todo).__next__, opts, record)
+    else:
+        per_worker = max(1, threads // n_workers)
+        logger.info("%d processes x %d thread(s)", n_workers, per_worker)
+        torch.set_num_threads(per_worker)
+        try:
+            with HelperProcesses(n_workers - 1, predictor, todo, opts, per_worker, freed_memory_kept()) as helpers:
+                _predict_here(predictor, helpers.take, opts, record,
+                              between=lambda: [record(o) for o in helpers.outcomes(wait=False)])
+                for outcome in helpers.outcomes(wait=True):
+                    record(outcome)
+                # a case a helper died before receiving went back to the queue after this process had emptied it
+                _predict_here(predictor, helpers.take, opts, record)
+        finally:
+            torch.set_num_threads(threads)
     bar.close()
-    pool.shutdown()
     write_batch_lesions(out, [c[0] for c in mine], out / f"lesions{tag}.csv")
     atomic_write_text(out / f"summary{tag}.json", json.dumps(
         {"done": summary.done, "skipped": summary.skipped, "failed": summary.failed, "total": len(mine),
-         "provenance": provenance}, indent=1))
+         "processes": n_workers, "threads_per_process": max(1, threads // n_workers), "provenance": provenance},
+        indent=1))
     return summary
+
+
+def _predict_here(predictor: Predictor, take: Callable[[], tuple[str, str] | None], opts: CaseOptions,
+                  record: Callable[[CaseOutcome], None], between: Callable[[], object] = lambda: None) -> None:
+    """Predict cases in this process until ``take`` has none left (returns None or raises StopIteration),
+    reading the next case in the background while the current one runs; ``between`` runs after each case."""
+
+    def next_case() -> tuple[str, str] | None:
+        try:
+            return take()
+        except StopIteration:
+            return None
+
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
+        case = next_case()
+        future = pool.submit(predictor.load, case[1]) if case else None
+        while case is not None and future is not None:
+            following = next_case()
+            next_future = pool.submit(predictor.load, following[1]) if following else None  # background read
+            record(predict_case(predictor, case[0], case[1], opts, load=future.result))
+            between()
+            case, future = following, next_future
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 def write_batch_lesions(out: Path, case_ids: list[str], path: Path) -> Path:

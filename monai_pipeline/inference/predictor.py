@@ -118,6 +118,11 @@ class Predictor:
                  resample: str | None = None, tta_axes: list[int] | None = None,
                  tta_scope: str | None = None, stitch_device: str | None = None, postprocess: dict | None = None,
                  read_options: ReadOptions | None = None):
+        #: the arguments that make this predictor (helper processes of a batch build theirs from them)
+        self.arguments: dict[str, Any] = {
+            "model_path": str(model_path), "device": device, "overlap": overlap, "sw_batch_size": sw_batch_size,
+            "tta": tta, "bf16": bf16, "resample": resample, "tta_axes": tta_axes, "tta_scope": tta_scope,
+            "stitch_device": stitch_device, "postprocess": postprocess, "read_options": read_options}
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model_path = Path(model_path)
         files = ensemble_members(self.model_path)

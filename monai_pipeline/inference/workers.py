@@ -1,0 +1,288 @@
+"""The per-case step of a batch, and helper processes that run it side by side on a CPU.
+
+:func:`predict_case` is the one thing a batch does per case (predict, write, report an outcome); the batch
+runner calls it in its own process and :class:`HelperProcesses` call it in theirs.
+
+Why processes: on a CPU, PyTorch's threads scale poorly on one 3D sliding window at a time (1.6-1.9x from one to
+two threads on this project's 2-core machine), so several single-threaded processes, each predicting its own
+case, finish a batch sooner than one process using every core (``docs/performance.md``). Helpers are
+*spawned* (fresh interpreters), never forked: a forked child of a process whose OpenMP thread pool has run hangs
+in its first parallel region. Every process takes its next case when it is free, so a long case never idles the
+others.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as wait_for
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from monai_pipeline.errors import PipelineError
+from monai_pipeline.inference.export import Prediction, write_prediction
+from monai_pipeline.inference.predictor import Predictor
+
+logger = logging.getLogger(__name__)
+
+#: memory set aside per process when ``workers="auto"`` picks the number of processes (GiB): a
+#: 512 x 512 x 600 CT peaks at 2.1 GB in one process (docs/performance.md)
+WORKER_MEMORY_GIB = 3.0
+#: errors that fail one case and let the batch go on (anything else is a bug and stops the run)
+CASE_ERRORS: tuple[type[BaseException], ...] = (PipelineError, RuntimeError, MemoryError, OSError, ValueError)
+
+
+@dataclass(frozen=True)
+class CaseOptions:
+    """What every case of one batch shares: the output folder and what to write there."""
+
+    out: Path
+    provenance: dict[str, Any]
+    save_prob: bool = False
+    postprocess: bool = True
+    fmt: str = "nifti"
+    preview: bool = False
+    overlays: dict[str, str] | None = None
+
+
+@dataclass
+class CaseOutcome:
+    """One case's result: ``seconds`` (``total_s`` and the predictor's stages) when done, ``reason`` when failed."""
+
+    case_id: str
+    path: str
+    seconds: dict[str, float] | None = None
+    reason: str | None = None
+
+
+def predict_case(predictor: Predictor, case_id: str, path: str, opts: CaseOptions,
+                 load: Callable[[], dict] | None = None) -> CaseOutcome:
+    """Predict one case and write its outputs into ``opts.out``; a bad case becomes a failed outcome, not an
+    exception. ``load`` returns the case's preprocessed data (the batch runner's background read); by default
+    the case is read here."""
+    t0 = time.perf_counter()
+    try:
+        data = load() if load is not None else predictor.load(path)
+        pred = predictor.predict(data, case_id, save_prob=opts.save_prob, postprocess=opts.postprocess)
+        write_prediction(pred, opts.out, opts.provenance, opts.fmt)
+        if opts.preview:
+            save_preview(data, pred, opts.out)
+        if opts.overlays and case_id in opts.overlays:
+            save_overlay(data, pred, opts.overlays[case_id], opts.out / "png" / f"{case_id}.png")
+        return CaseOutcome(case_id, path, {"total_s": time.perf_counter() - t0, **pred.seconds})
+    except CASE_ERRORS as err:
+        reason = str(err).splitlines()[0] if str(err) else err.__class__.__name__
+        if isinstance(err, torch.cuda.OutOfMemoryError | MemoryError):
+            reason = f"out of memory: {reason}"
+            torch.cuda.empty_cache() if torch.cuda.is_available() else None
+        logger.error("%s: failed: %s", case_id, reason)
+        return CaseOutcome(case_id, path, reason=reason)
+
+
+def save_preview(data: dict, pred: Prediction, out: Path) -> Path:
+    """``<case_id>_preview.png``: axial, coronal and sagittal slices through each lesion (see visualize)."""
+    from monai_pipeline.io.geometry import xyz_array_to_sitk
+    from monai_pipeline.visualize import save_preview_png
+
+    ct = xyz_array_to_sitk(data["original"][0].numpy(), pred.geometry)
+    return save_preview_png(ct, xyz_array_to_sitk(pred.mask, pred.geometry), out / f"{pred.case_id}_preview.png")
+
+
+def save_overlay(data: dict, pred: Prediction, truth_path: str | None, path: Path) -> None:
+    """A PNG of the CT with the predicted mask (and the ground truth, when given) overlaid (the demo's)."""
+    import SimpleITK as sitk
+
+    from monai_pipeline.io.geometry import xyz_array_to_sitk
+    from monai_pipeline.visualize import save_overlays_png
+
+    ct = xyz_array_to_sitk(data["original"][0].numpy(), pred.geometry)
+    truth = sitk.ReadImage(truth_path) if truth_path else None
+    save_overlays_png(ct, xyz_array_to_sitk(pred.mask, pred.geometry), truth, path)
+
+
+def _available_memory_gib() -> float | None:
+    """``MemAvailable`` of ``/proc/meminfo`` in GiB (Linux), else None."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024 ** 2
+    except OSError:
+        pass
+    return None
+
+
+def resolve_workers(requested: int | str, n_cases: int, device: torch.device) -> int:
+    """How many processes predict a batch of ``n_cases``: ``"auto"`` is one per CPU thread PyTorch would use
+    (``torch.get_num_threads()``, which honours ``OMP_NUM_THREADS``), at most one per case and one per
+    :data:`WORKER_MEMORY_GIB` of available memory; always 1 on a GPU and under torchrun (one process per rank
+    already). An explicit number is capped at ``n_cases``; more than 1 on a GPU is refused."""
+    if requested != "auto" and (not isinstance(requested, int) or requested < 1):
+        raise PipelineError(f"workers must be 'auto' or a positive integer, got {requested!r}")
+    if device.type != "cpu":
+        if requested != "auto" and requested > 1:
+            raise PipelineError(f"--workers {requested} runs several CPU processes; on {device.type} one process "
+                                "drives the device (use torchrun for several devices)")
+        return 1
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or n_cases < 2:
+        return 1
+    if requested != "auto":
+        return min(int(requested), n_cases)
+    memory = _available_memory_gib()
+    by_memory = n_cases if memory is None else max(1, int(memory // WORKER_MEMORY_GIB))
+    return max(1, min(n_cases, torch.get_num_threads(), by_memory))
+
+
+# --------------------------------------------------------------------------------------------- helper side
+def _helper_main(conn: Connection, arguments: dict[str, Any], model_sha256: str, threads: int, keep_memory: bool,
+                 log_level: int, opts: CaseOptions) -> None:
+    """A helper process: load the same model with the same settings, then predict the cases the parent sends
+    over ``conn`` until it sends None. Sends ``("ready", None)``, ``("done", CaseOutcome)`` per case,
+    ``("unavailable", reason)`` when it cannot start, or ``("error", text)`` on an internal error."""
+    try:
+        from monai_pipeline.runtime import keep_freed_memory
+
+        if keep_memory:
+            keep_freed_memory()
+        logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
+        torch.set_num_threads(threads)
+        predictor = Predictor(**arguments)
+        if predictor.model_sha256 != model_sha256:
+            raise PipelineError(f"{arguments['model_path']} changed since the batch started")
+    except Exception as err:  # noqa: BLE001 - reported to the parent, which goes on without this helper
+        conn.send(("unavailable", f"{err.__class__.__name__}: {err}"))
+        return
+    try:
+        conn.send(("ready", None))
+        while (task := conn.recv()) is not None:
+            case_id, path = task
+            conn.send(("done", predict_case(predictor, case_id, path, opts)))
+    except (KeyboardInterrupt, EOFError, BrokenPipeError):
+        pass  # interrupted, or the parent is gone
+    except Exception as err:  # noqa: BLE001 - a bug: the parent stops the batch with this text
+        conn.send(("error", f"{err.__class__.__name__}: {err}"))
+
+
+# --------------------------------------------------------------------------------------------- parent side
+class HelperError(Exception):
+    """A helper process stopped on an internal error (a bug, not a bad case)."""
+
+
+_FINISHED = object()
+
+
+class HelperProcesses:
+    """``n`` spawned processes predicting cases with the parent's model and settings.
+
+    The cases wait in one queue of the parent; the parent takes its own from it (:meth:`take`) while a
+    dispatcher thread hands the next case to each helper that reports one done, over a pipe of its own (no
+    lock is shared between processes, so a helper killed at any moment cannot block the others). A helper that
+    dies (killed, out of memory) fails the case it was predicting; one that cannot start is reported and the
+    others take its share. Use as a context manager; :meth:`outcomes` returns the helpers' finished cases.
+    """
+
+    def __init__(self, n: int, predictor: Predictor, cases: list[tuple[str, str]], opts: CaseOptions,
+                 threads: int, keep_memory: bool):
+        self.cases: queue.Queue = queue.Queue()
+        for case in cases:
+            self.cases.put(case)
+        self.done: queue.Queue = queue.Queue()
+        ctx = multiprocessing.get_context("spawn")
+        self.links: list[tuple[multiprocessing.process.BaseProcess, Connection, Connection]] = []
+        for i in range(n):
+            parent_end, child_end = ctx.Pipe()
+            proc = ctx.Process(target=_helper_main, daemon=True, name=f"monai-pipeline-helper-{i}",
+                               args=(child_end, predictor.arguments, predictor.model_sha256, threads, keep_memory,
+                                     logging.getLogger().level, opts))
+            self.links.append((proc, parent_end, child_end))
+        self.dispatcher = threading.Thread(target=self._dispatch, daemon=True, name="monai-pipeline-dispatcher")
+        self.finished = False
+
+    def __enter__(self) -> HelperProcesses:
+        for proc, _, child_end in self.links:
+            proc.start()
+            child_end.close()  # the helper's end lives in the helper: its death closes the pipe
+        self.dispatcher.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for proc, conn, _ in self.links:
+            if proc.is_alive():
+                proc.terminate()
+            proc.join()
+            conn.close()
+
+    @property
+    def pids(self) -> list[int | None]:
+        """Process ids of the helpers (None before they start)."""
+        return [proc.pid for proc, _, _ in self.links]
+
+    def take(self) -> tuple[str, str] | None:
+        """The next case nobody has taken yet, or None."""
+        try:
+            return self.cases.get_nowait()
+        except queue.Empty:
+            return None
+
+    def outcomes(self, wait: bool) -> list[CaseOutcome]:
+        """The helpers' outcomes since the last call; ``wait``: until every helper has finished."""
+        found: list[CaseOutcome] = []
+        while not self.finished:
+            try:
+                item = self.done.get() if wait else self.done.get_nowait()
+            except queue.Empty:
+                break
+            if item is _FINISHED:
+                self.finished = True
+            elif isinstance(item, HelperError):
+                raise item
+            else:
+                found.append(item)
+        return found
+
+    def _dispatch(self) -> None:
+        """Runs in a thread: answer each helper's message with its next case (None when there are none left)
+        until every helper has gone; a pipe closing under a case fails that case."""
+        procs = {conn: proc for proc, conn, _ in self.links}
+        current: dict[Connection, tuple[str, str] | None] = dict.fromkeys(procs)
+        while current:
+            for conn in wait_for(list(current)):
+                try:
+                    kind, value = conn.recv()
+                except (EOFError, OSError):  # the helper has exited: normally after None, or it died
+                    self._gone(procs[conn], current.pop(conn))
+                    continue
+                if kind == "done":
+                    self.done.put(value)
+                elif kind == "unavailable":
+                    logger.warning("a helper process could not start (%s); the other processes take its cases", value)
+                    continue
+                elif kind == "error":
+                    self.done.put(HelperError(f"helper process: {value}"))
+                    continue
+                case = self.take()
+                try:
+                    conn.send(case)
+                    current[conn] = case
+                except OSError:  # died before it could take it: back in the queue for the others
+                    if case is not None:
+                        self.cases.put(case)
+                    current[conn] = None
+        self.done.put(_FINISHED)
+
+    def _gone(self, proc: multiprocessing.process.BaseProcess, case: tuple[str, str] | None) -> None:
+        proc.join()
+        if case is None:
+            return
+        reason = f"its helper process died (exit code {proc.exitcode}: killed, or out of memory?)"
+        logger.error("%s: failed: %s", case[0], reason)
+        self.done.put(CaseOutcome(case[0], case[1], reason=reason))
