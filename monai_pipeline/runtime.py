@@ -1,4 +1,4 @@
-"""Process-level settings for the commands that run inference.
+"""Process-level settings for the commands that run inference: how memory is kept, and how the process ends.
 
 Inference allocates and frees arrays of hundreds of MB per case (the CT, its float copy, probabilities, masks).
 glibc's ``malloc`` serves allocations above 32 MB with ``mmap`` and hands them back to the kernel on ``free``, so
@@ -14,6 +14,7 @@ import ctypes
 import logging
 import os
 import sys
+from typing import NoReturn
 
 logger = logging.getLogger(__name__)
 
@@ -54,3 +55,20 @@ def keep_freed_memory() -> bool:
 def freed_memory_kept() -> bool:
     """Whether :func:`keep_freed_memory` took effect in this process (helper processes of a batch repeat it)."""
     return _kept
+
+
+def end_process(code: int) -> NoReturn:
+    """End this process now with exit status ``code``, without the interpreter's teardown.
+
+    With torch and MONAI loaded, Python's finalization (clearing thousands of modules, running the libraries'
+    static destructors) takes about 1.1 s on this project's machine (0.4 s for torch alone) and produces
+    nothing. Only for a process whose outputs are all written, closed and renamed -- ``monai-pipeline infer``
+    and its helper processes: logging handlers and the standard streams are flushed here first. ``atexit``
+    functions do not run."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken pipe: nothing more can be written there anyway
+            pass
+    os._exit(code)

@@ -35,3 +35,24 @@ def test_freed_arrays_are_reused_instead_of_faulted_in_again():
     # five 100 MB arrays: thousands of page faults when each goes back to the kernel (about 4,500 here, where
     # numpy asks for huge pages; 120,000 without them), next to none when the heap keeps the memory
     assert kept["faults"] * 10 < default["faults"], (kept, default)
+
+
+END_SCRIPT = """
+import atexit, logging, sys
+from monai_pipeline.runtime import end_process
+logging.basicConfig(filename=sys.argv[1], level=logging.INFO)
+logging.getLogger("x").info("logged before the end")
+atexit.register(lambda: print("atexit ran"))
+print("printed before the end", end="")  # no newline: still in the buffer when the process ends
+end_process(3)
+print("never")
+"""
+
+
+def test_end_process_keeps_the_status_and_everything_written(tmp_path):
+    """No teardown, but nothing written before the end is lost: buffered stdout, a logging file handler."""
+    log = tmp_path / "log.txt"
+    r = subprocess.run([sys.executable, "-c", END_SCRIPT, str(log)], capture_output=True, text=True)
+    assert r.returncode == 3
+    assert r.stdout == "printed before the end", "flushed; atexit functions and later code do not run"
+    assert "logged before the end" in log.read_text()

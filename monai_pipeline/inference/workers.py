@@ -31,6 +31,7 @@ import torch
 from monai_pipeline.errors import PipelineError
 from monai_pipeline.inference.export import Prediction, write_prediction
 from monai_pipeline.inference.predictor import Predictor
+from monai_pipeline.runtime import end_process, keep_freed_memory
 
 logger = logging.getLogger(__name__)
 
@@ -149,8 +150,6 @@ def _helper_main(conn: Connection, arguments: dict[str, Any], model_sha256: str,
     over ``conn`` until it sends None. Sends ``("ready", None)``, ``("done", CaseOutcome)`` per case,
     ``("unavailable", reason)`` when it cannot start, or ``("error", text)`` on an internal error."""
     try:
-        from monai_pipeline.runtime import keep_freed_memory
-
         if keep_memory:
             keep_freed_memory()
         logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
@@ -167,9 +166,12 @@ def _helper_main(conn: Connection, arguments: dict[str, Any], model_sha256: str,
             case_id, path = task
             conn.send(("done", predict_case(predictor, case_id, path, opts)))
     except (KeyboardInterrupt, EOFError, BrokenPipeError):
-        pass  # interrupted, or the parent is gone
+        return  # interrupted, or the parent is gone
     except Exception as err:  # noqa: BLE001 - a bug: the parent stops the batch with this text
         conn.send(("error", f"{err.__class__.__name__}: {err}"))
+        return
+    conn.close()
+    end_process(0)  # every case it took is written; the parent waits for this process to end
 
 
 # --------------------------------------------------------------------------------------------- parent side
