@@ -144,15 +144,40 @@ def resolve_workers(requested: int | str, n_cases: int, device: torch.device) ->
 
 
 # --------------------------------------------------------------------------------------------- helper side
+def _quiet_settings() -> dict[str, Any]:
+    """What this process says and hides -- logging levels (the root's and each named logger's), the warning
+    filters and SimpleITK's warning display -- for a spawned helper to repeat (a spawn inherits none of it)."""
+    import warnings
+
+    import SimpleITK as sitk
+
+    levels = {name: lg.level for name, lg in logging.root.manager.loggerDict.items()
+              if isinstance(lg, logging.Logger) and lg.level != logging.NOTSET}
+    return {"root": logging.getLogger().level, "levels": levels, "warnings": list(warnings.filters),
+            "sitk_warnings": bool(sitk.ProcessObject.GetGlobalWarningDisplay())}
+
+
+def _apply_quiet_settings(settings: dict[str, Any]) -> None:
+    import warnings
+
+    import SimpleITK as sitk
+
+    logging.basicConfig(level=settings["root"], format="%(levelname)s %(name)s: %(message)s")
+    for name, level in settings["levels"].items():
+        logging.getLogger(name).setLevel(level)
+    warnings.filters[:] = settings["warnings"]
+    sitk.ProcessObject.SetGlobalWarningDisplay(settings["sitk_warnings"])
+
+
 def _helper_main(conn: Connection, arguments: dict[str, Any], model_sha256: str, threads: int, keep_memory: bool,
-                 log_level: int, opts: CaseOptions) -> None:
+                 quiet: dict[str, Any], opts: CaseOptions) -> None:
     """A helper process: load the same model with the same settings, then predict the cases the parent sends
     over ``conn`` until it sends None. Sends ``("ready", None)``, ``("done", CaseOutcome)`` per case,
     ``("unavailable", reason)`` when it cannot start, or ``("error", text)`` on an internal error."""
     try:
         if keep_memory:
             keep_freed_memory()
-        logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
+        _apply_quiet_settings(quiet)
         torch.set_num_threads(threads)
         predictor = Predictor(**arguments)
         if predictor.model_sha256 != model_sha256:
@@ -199,12 +224,13 @@ class HelperProcesses:
             self.cases.put(case)
         self.done: queue.Queue = queue.Queue()
         ctx = multiprocessing.get_context("spawn")
+        quiet = _quiet_settings()
         self.links: list[tuple[multiprocessing.process.BaseProcess, Connection, Connection]] = []
         for i in range(n):
             parent_end, child_end = ctx.Pipe()
             proc = ctx.Process(target=_helper_main, daemon=True, name=f"monai-pipeline-helper-{i}",
                                args=(child_end, predictor.arguments, predictor.model_sha256, threads, keep_memory,
-                                     logging.getLogger().level, opts))
+                                     quiet, opts))
             self.links.append((proc, parent_end, child_end))
         self.dispatcher = threading.Thread(target=self._dispatch, daemon=True, name="monai-pipeline-dispatcher")
         self.finished = False

@@ -110,3 +110,23 @@ def test_a_helper_that_cannot_start_leaves_its_cases_to_the_others(tiny_dataset,
         summary = run_batch(predictor, _cases(tiny_dataset), tmp_path / "out", progress=False, workers=2)
     assert (summary.done, summary.failed) == (len(_cases(tiny_dataset)), 0)
     assert "could not start" in caplog.text and "changed since the batch started" in caplog.text
+
+
+def test_helpers_repeat_what_the_parent_hides():
+    """A spawned helper inherits no logging level or warning filter; it is given the parent's."""
+    import warnings
+
+    from monai_pipeline.inference.workers import _apply_quiet_settings, _quiet_settings
+
+    logger = logging.getLogger("monai_pipeline.test_quiet")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="a library's chatter")
+        logger.setLevel(logging.ERROR)
+        settings = _quiet_settings()
+        warnings.resetwarnings()
+        logger.setLevel(logging.NOTSET)
+        _apply_quiet_settings(settings)
+        assert logger.level == logging.ERROR
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.warn("a library's chatter", UserWarning, stacklevel=1)
+        assert not seen
