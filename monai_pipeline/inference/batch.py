@@ -187,6 +187,9 @@ def run_batch(predictor: Predictor, cases: list[tuple[str, str]], out: str | Pat
     n_workers = min(n_workers, max(1, len(todo)))
     tag = f".{shard[0]}of{shard[1]}" if shard else (f".rank{os.environ['RANK']}" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "")
     fail_csv, time_csv = out / f"failures{tag}.csv", out / f"timings{tag}.csv"
+    if overwrite:  # every case is predicted again: the rows of earlier runs would describe outputs now replaced
+        for stale in (fail_csv, time_csv):
+            stale.unlink(missing_ok=True)
     opts = CaseOptions(out, provenance, save_prob, postprocess, fmt, preview, overlays)
     bar = tqdm(total=len(todo), desc="infer", unit="case", disable=not progress)
 

@@ -130,3 +130,4 @@ def test_helpers_repeat_what_the_parent_hides():
         with warnings.catch_warnings(record=True) as seen:
             warnings.warn("a library's chatter", UserWarning, stacklevel=1)
         assert not seen
+
