@@ -170,3 +170,29 @@ def test_corrupt_case_in_batch_is_recorded_and_others_done(tiny_dataset, tmp_pat
     assert not (tmp_path / "out" / f"{victim['case_id']}.nii.gz").exists()
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["failed"] == 1 and summary["processes"] == int(workers)
+
+
+def test_ctrl_c_stops_a_batch_with_helper_processes_cleanly(tiny_dataset, tmp_path):
+    """SIGINT to the process group (Ctrl-C) of a batch running a helper process: exit 130 with one line, no case
+    reported as failed for it, no process left behind; the next run finishes the rest."""
+    model = tiny_model_file(tmp_path / "model.pt")
+    out = tmp_path / "out"
+    manifest = tiny_dataset / "manifest.json"
+    proc = subprocess.Popen(_infer_args(model, manifest, out, "--workers", "2"), env={**ENV, "OMP_NUM_THREADS": "2"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not any((out / ".done").glob("[!.]*.json")):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the batch finished before the interrupt arrived")
+    assert proc.returncode == 130 and "monai-pipeline: interrupted" in err, err[-2000:]
+    assert "helper process died" not in err and not (out / "failures.csv").exists(), err[-2000:]
+    time.sleep(0.5)
+    ps = subprocess.run(["ps", "-o", "pid=,stat=,args=", "-g", str(proc.pid)], capture_output=True, text=True).stdout
+    running = [ln for ln in ps.splitlines() if ln.split()[1][0] != "Z"]  # an exited, not yet reaped child is gone
+    assert not running, f"processes outlived the interrupted batch: {running}"
+    r = subprocess.run(_infer_args(model, manifest, out), capture_output=True, text=True, env=ENV, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert {p.stem for p in (out / ".done").glob("*.json")} == {e["case_id"] for e in _all_cases(manifest)}

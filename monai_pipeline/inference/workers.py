@@ -234,6 +234,7 @@ class HelperProcesses:
             self.links.append((proc, parent_end, child_end))
         self.dispatcher = threading.Thread(target=self._dispatch, daemon=True, name="monai-pipeline-dispatcher")
         self.finished = False
+        self.closing = False
 
     def __enter__(self) -> HelperProcesses:
         for proc, _, child_end in self.links:
@@ -243,6 +244,7 @@ class HelperProcesses:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.closing = True  # helpers stopped from here on (an interrupt, an error) did not die on a case
         for proc, conn, _ in self.links:
             if proc.is_alive():
                 proc.terminate()
@@ -309,7 +311,7 @@ class HelperProcesses:
 
     def _gone(self, proc: multiprocessing.process.BaseProcess, case: tuple[str, str] | None) -> None:
         proc.join()
-        if case is None:
+        if case is None or self.closing:
             return
         reason = f"its helper process died (exit code {proc.exitcode}: killed, or out of memory?)"
         logger.error("%s: failed: %s", case[0], reason)
