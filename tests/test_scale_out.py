@@ -189,6 +189,7 @@ def test_ctrl_c_stops_a_batch_with_helper_processes_cleanly(tiny_dataset, tmp_pa
         pytest.skip("the batch finished before the interrupt arrived")
     assert proc.returncode == 130 and "monai-pipeline: interrupted" in err, err[-2000:]
     assert "helper process died" not in err and not (out / "failures.csv").exists(), err[-2000:]
+    assert "Traceback" not in err and "Exception in thread" not in err, err[-2000:]
     time.sleep(0.5)
     ps = subprocess.run(["ps", "-o", "pid=,stat=,args=", "-g", str(proc.pid)], capture_output=True, text=True).stdout
     running = [ln for ln in ps.splitlines() if ln.split()[1][0] != "Z"]  # an exited, not yet reaped child is gone

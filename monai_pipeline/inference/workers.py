@@ -245,10 +245,12 @@ class HelperProcesses:
 
     def __exit__(self, *exc) -> None:
         self.closing = True  # helpers stopped from here on (an interrupt, an error) did not die on a case
-        for proc, conn, _ in self.links:
+        for proc, _, _ in self.links:
             if proc.is_alive():
                 proc.terminate()
             proc.join()
+        self.dispatcher.join(timeout=10)  # it sees every pipe close, then ends; only then are the pipes closed here
+        for _, conn, _ in self.links:
             conn.close()
 
     @property
