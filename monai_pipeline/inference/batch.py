@@ -174,9 +174,6 @@ def run_batch(predictor: Predictor, cases: list[tuple[str, str]], out: str | Pat
     mine = shard_cases(cases, shard)
     provenance = predictor.provenance(save_prob, postprocess, fmt)
     check_existing_outputs(out, [c[0] for c in mine], provenance, overwrite)
-    n_workers = resolve_workers(workers, len(mine), predictor.device)
-    out.mkdir(parents=True, exist_ok=True)
-    _remove_stale_parts(out, [c[0] for c in mine])
     summary = BatchSummary()
     todo = []
     for cid, path in mine:
@@ -184,7 +181,9 @@ def run_batch(predictor: Predictor, cases: list[tuple[str, str]], out: str | Pat
             summary.skipped += 1
         else:
             todo.append((cid, path))
-    n_workers = min(n_workers, max(1, len(todo)))
+    n_workers = resolve_workers(workers, len(todo), predictor.device)
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_stale_parts(out, [c[0] for c in mine])
     tag = f".{shard[0]}of{shard[1]}" if shard else (f".rank{os.environ['RANK']}" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "")
     fail_csv, time_csv = out / f"failures{tag}.csv", out / f"timings{tag}.csv"
     if overwrite:  # every case is predicted again: the rows of earlier runs would describe outputs now replaced
@@ -205,10 +204,11 @@ def run_batch(predictor: Predictor, cases: list[tuple[str, str]], out: str | Pat
         bar.update(1)
 
     threads = torch.get_num_threads()
+    per_worker = max(1, threads // n_workers)
     if n_workers == 1:
-        _predict_here(predictor, iter(todo).__next__, opts, record)
+        remaining = iter(todo)
+        _predict_here(predictor, lambda: next(remaining, None), opts, record)
     else:
-        per_worker = max(1, threads // n_workers)
         logger.info("%d processes x %d thread(s)", n_workers, per_worker)
         torch.set_num_threads(per_worker)
         try:
@@ -225,28 +225,21 @@ def run_batch(predictor: Predictor, cases: list[tuple[str, str]], out: str | Pat
     write_batch_lesions(out, [c[0] for c in mine], out / f"lesions{tag}.csv")
     atomic_write_text(out / f"summary{tag}.json", json.dumps(
         {"done": summary.done, "skipped": summary.skipped, "failed": summary.failed, "total": len(mine),
-         "processes": n_workers, "threads_per_process": max(1, threads // n_workers), "provenance": provenance},
+         "processes": n_workers, "threads_per_process": per_worker, "provenance": provenance},
         indent=1))
     return summary
 
 
 def _predict_here(predictor: Predictor, take: Callable[[], tuple[str, str] | None], opts: CaseOptions,
                   record: Callable[[CaseOutcome], None], between: Callable[[], object] = lambda: None) -> None:
-    """Predict cases in this process until ``take`` has none left (returns None or raises StopIteration),
-    reading the next case in the background while the current one runs; ``between`` runs after each case."""
-
-    def next_case() -> tuple[str, str] | None:
-        try:
-            return take()
-        except StopIteration:
-            return None
-
+    """Predict cases in this process until ``take`` returns None, reading the next case in the background while
+    the current one runs; ``between`` runs after each case."""
     pool = ThreadPoolExecutor(max_workers=1)
     try:
-        case = next_case()
+        case = take()
         future = pool.submit(predictor.load, case[1]) if case else None
-        while case is not None and future is not None:
-            following = next_case()
+        while case is not None:
+            following = take()
             next_future = pool.submit(predictor.load, following[1]) if following else None  # background read
             record(predict_case(predictor, case[0], case[1], opts, load=future.result))
             between()
