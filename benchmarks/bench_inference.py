@@ -71,7 +71,7 @@ def reference(model: Path, image: Path, out: Path, device: str = "cpu", stitch_d
         Spacingd,
     )
 
-    from monai_pipeline.networks import load_model_file
+    from monai_pipeline.model_file import load_model_file
 
     t0 = time.perf_counter()
     net, blob = load_model_file(model, device)

@@ -34,9 +34,10 @@ def timed(fn, *args, repeat: int = 3, **kw):
 def main() -> None:
     import SimpleITK as sitk
 
+    from monai_pipeline.config import load_config
     from monai_pipeline.evaluation import case_metrics
     from monai_pipeline.io import Geometry, sitk_to_xyz_array
-    from monai_pipeline.postprocess import lesion_table, postprocess_mask
+    from monai_pipeline.postprocess import lesion_table, postprocess_array
 
     work = REPO / "benchmarks" / ".cache"
     work.mkdir(parents=True, exist_ok=True)
@@ -51,7 +52,8 @@ def main() -> None:
         x, y, z = rng.integers(0, 510), rng.integers(0, 510), rng.integers(0, 298)
         pred[x:x + 2, y:y + 2, z:z + 2] = True
     print(f"mask {ref.shape}, {int(ref.sum())} reference voxels, spacing {tuple(round(s, 3) for s in geom.spacing)} mm")
-    t_post, cleaned = timed(postprocess_mask, pred, geom.spacing, min_volume_mm3=10.0, fill=True)
+    post = load_config({"postprocess": {"steps": {"lung_filter": {"enabled": False}}}}).postprocess
+    t_post, cleaned = timed(postprocess_array, pred, geom.spacing, post)
     t_les, rows = timed(lesion_table, cleaned, geom, hu)
     t_eval, m = timed(case_metrics, cleaned, ref, geom.spacing)
     t_fill_scipy, _ = timed(ndimage.binary_fill_holes, pred, repeat=1)

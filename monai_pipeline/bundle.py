@@ -16,7 +16,10 @@ from pathlib import Path
 
 import torch
 
-from monai_pipeline.config import BUNDLE_MODEL_CONFIG, PipelineConfig, dump_config
+from monai_pipeline.config import BUNDLE_CONFIG, BUNDLE_MODEL_CONFIG, PipelineConfig, dump_config
+from monai_pipeline.errors import InputError
+from monai_pipeline.io.writer import atomic_path
+from monai_pipeline.networks import unwrap
 
 logger = logging.getLogger(__name__)
 
@@ -26,16 +29,30 @@ def save_model_config(cfg: PipelineConfig, bundle_root: str | Path) -> Path:
     return dump_config(cfg, Path(bundle_root) / BUNDLE_MODEL_CONFIG)
 
 
+def finish_training(network: torch.nn.Module, cfg: PipelineConfig, bundle_root: str | Path) -> Path:
+    """The end of the bundle's training, as ``train`` ends: ``models/model.pt`` holds the best validation weights
+    (saved by the evaluator's checkpoint saver); when no validation ran (fewer epochs than
+    ``training.val_interval``), the last weights are saved instead. Then the configuration beside them."""
+    path = Path(bundle_root) / "models" / "model.pt"
+    if not path.is_file():
+        logger.info("no validation ran: %s holds the last weights", path)
+        with atomic_path(path) as tmp:
+            torch.save(unwrap(network).state_dict(), tmp)
+    return save_model_config(cfg, bundle_root)
+
+
 def export_to_bundle(model_path: str | Path, bundle_root: str | Path) -> Path:
     """Drop a ``monai-pipeline train`` model into a bundle: ``models/model.pt`` (the state dict, as model-zoo
     checkpoints are), ``models/pipeline.yaml`` (its configuration) and ``models/model_card.json`` (what it was
     trained on: case count per source, e.g. synthetic phantoms only; the epochs; the best validation Dice)."""
     from monai_pipeline.config import config_from_model_dict
-    from monai_pipeline.io.writer import atomic_path, atomic_write_text
-    from monai_pipeline.networks import describe_training_data, load_model_file
+    from monai_pipeline.io.writer import atomic_write_text
+    from monai_pipeline.model_file import describe_training_data, load_model_file
 
-    net, blob = load_model_file(model_path)
     root = Path(bundle_root)
+    if not (root / BUNDLE_CONFIG).is_file():
+        raise InputError(root, f"is not a monai-pipeline bundle (no {BUNDLE_CONFIG})")
+    net, blob = load_model_file(model_path)
     with atomic_path(root / "models" / "model.pt") as tmp:
         torch.save(net.state_dict(), tmp)
     save_model_config(config_from_model_dict(blob["config"]), root)

@@ -45,6 +45,8 @@ IntTriple = tuple[int, int, int]
 
 #: keys whose values are free-form mappings (merged whole, not key by key, and not checked key by key)
 FREE_MAPPINGS = ("kwargs", "intensity_stats", "labels")
+#: ordered mappings: merged key by key, and an overlay naming every key of the base sets their order
+ORDERED_MAPPINGS = ("steps",)
 #: bundle layout: ``configs/pipeline.yaml`` overlays the defaults, a trained model brings ``models/pipeline.yaml``
 BUNDLE_CONFIG, BUNDLE_MODEL_CONFIG = "configs/pipeline.yaml", "models/pipeline.yaml"
 
@@ -214,23 +216,25 @@ class InferenceConfig:
 
 @dataclass(frozen=True)
 class PostprocessConfig:
-    """Clean-up of predicted masks on the input grid; sizes in mm and mm3."""
+    """Clean-up of predicted masks on the input grid: ``steps`` maps each step's name (a function of
+    :mod:`monai_pipeline.postprocess.steps`) to its settings, run in this order; ``enabled: false`` skips one.
+    Step names and settings are checked against the steps' keyword arguments by
+    :func:`monai_pipeline.postprocess.check_steps` (this module sits below the registry)."""
 
-    min_volume_mm3: float
-    keep_largest: bool
-    fill_holes: bool
-    opening_mm: float
-    closing_mm: float
     connectivity: int
-    lung_filter: bool
-    lung_closing_mm: float
-    lung_min_fraction: float
+    steps: dict
 
     def __post_init__(self) -> None:
-        for name in ("min_volume_mm3", "opening_mm", "closing_mm", "lung_closing_mm"):
-            _need(getattr(self, name) >= 0, f"postprocess.{name} must be >= 0, got {getattr(self, name)}")
         _one_of("postprocess.connectivity", self.connectivity, (6, 18, 26))
-        _prob("postprocess.lung_min_fraction", self.lung_min_fraction)
+        for name, settings in self.steps.items():
+            _need(isinstance(settings, dict), f"postprocess.steps.{name} must be a mapping of settings, got "
+                  f"{settings!r}")
+            _need(isinstance(settings.get("enabled", True), bool),
+                  f"postprocess.steps.{name}.enabled must be true or false, got {settings.get('enabled')!r}")
+
+    def step_enabled(self, name: str) -> bool:
+        """Whether step ``name`` is configured and not switched off."""
+        return name in self.steps and bool(self.steps[name].get("enabled", True))
 
 
 @dataclass(frozen=True)
@@ -254,7 +258,7 @@ class PipelineConfig:
         """A new configuration with ``overlays`` (nested dicts) merged over this one, validated."""
         data = self.to_dict()
         for overlay in overlays:
-            data = deep_merge(data, overlay or {})
+            data = deep_merge(data, upgrade(overlay or {}))
         return from_dict(data)
 
 
@@ -347,12 +351,40 @@ def default_dict() -> dict[str, Any]:
     return yaml.safe_load(text)
 
 
+#: ``postprocess`` keys of configurations written before the steps list (0.1.x), and where each now lives:
+#: (step, setting); ``enabled`` is the step's switch
+FLAT_POSTPROCESS_KEYS = {
+    "lung_filter": ("lung_filter", "enabled"), "lung_closing_mm": ("lung_filter", "lung_closing_mm"),
+    "lung_min_fraction": ("lung_filter", "lung_min_fraction"), "closing_mm": ("closing", "closing_mm"),
+    "opening_mm": ("opening", "opening_mm"), "fill_holes": ("fill_holes", "enabled"),
+    "min_volume_mm3": ("remove_small", "min_volume_mm3"), "keep_largest": ("keep_largest", "enabled"),
+}
+
+
+def upgrade(data: dict) -> dict:
+    """A configuration (or overlay) with the flat ``postprocess`` keys of 0.1.x moved into ``postprocess.steps``,
+    so that older model files and overlays keep loading and mean what they meant."""
+    if not isinstance(data, dict) or not isinstance(data.get("postprocess"), dict):
+        return data
+    section = dict(data["postprocess"])
+    if not any(k in section for k in FLAT_POSTPROCESS_KEYS):
+        return data
+    steps = copy.deepcopy(section.pop("steps", None) or {})
+    for key, (step, setting) in FLAT_POSTPROCESS_KEYS.items():
+        if key in section:
+            steps.setdefault(step, {})[setting] = section.pop(key)
+    return {**data, "postprocess": {**section, "steps": steps}}
+
+
 def deep_merge(base: dict, override: dict) -> dict:
     """Recursive dict merge; values of ``override`` win, nested dicts merge (free mappings are replaced)."""
     out = copy.deepcopy(base)
     for k, v in (override or {}).items():
         if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in FREE_MAPPINGS:
-            out[k] = deep_merge(out[k], v)
+            merged = deep_merge(out[k], v)
+            if k in ORDERED_MAPPINGS and set(v) >= set(out[k]):
+                merged = {name: merged[name] for name in v}
+            out[k] = merged
         else:
             out[k] = copy.deepcopy(v)
     return out
@@ -383,9 +415,9 @@ def load_config(*sources: str | Path | dict | None) -> PipelineConfig:
         if src is None:
             continue
         if isinstance(src, dict):
-            data = deep_merge(data, src)
+            data = deep_merge(data, upgrade(src))
             continue
-        data = deep_merge(data, read_config_file(src))
+        data = deep_merge(data, upgrade(read_config_file(src)))
         try:
             from_dict(data)
         except ConfigError as err:
@@ -395,7 +427,7 @@ def load_config(*sources: str | Path | dict | None) -> PipelineConfig:
 
 def config_from_model_dict(stored: dict) -> PipelineConfig:
     """The configuration stored in a model file, merged over today's defaults (keys added since fill in)."""
-    return from_dict(deep_merge(default_dict(), stored))
+    return from_dict(deep_merge(default_dict(), upgrade(stored)))
 
 
 def bundle_config(bundle_root: str | Path) -> PipelineConfig:

@@ -24,38 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-
-def distance_mm(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
-    """Euclidean distance (mm, float32) from every voxel of a 3D boolean ``mask`` (x, y, z; ``spacing`` mm) to
-    the nearest True voxel (0 on them; inf everywhere when there is none): what
-    ``scipy.ndimage.distance_transform_edt(~mask, sampling=spacing)`` gives (tested against it), from SimpleITK's
-    multi-threaded Maurer distance map, 2-3x faster here."""
-    import SimpleITK as sitk
-
-    m = np.asarray(mask, dtype=bool)
-    if not m.any():
-        return np.full(m.shape, np.inf, np.float32)
-    img = sitk.GetImageFromArray(np.ascontiguousarray(m.transpose(2, 1, 0)).view(np.uint8))  # (z, y, x) array
-    img.SetSpacing(tuple(float(s) for s in spacing))
-    d = sitk.SignedMaurerDistanceMap(img, insideIsPositive=False, squaredDistance=False, useImageSpacing=True,
-                                     backgroundValue=0)
-    return np.maximum(sitk.GetArrayFromImage(d), 0).transpose(2, 1, 0)
-
-
-def subsample_factors(spacing: Sequence[float], target_mm: float) -> tuple[int, ...]:
-    """Integer strides per axis that bring ``spacing`` (mm) up to about ``target_mm``."""
-    return tuple(max(1, int(target_mm // s)) for s in spacing)
-
-
-def bounding_box(mask: np.ndarray, pad: Sequence[int] = (0, 0, 0)) -> tuple[slice, ...] | None:
-    """Slices of the smallest box holding every True voxel of a 3D mask, widened by ``pad`` voxels per axis
-    (clipped to the array); None for an empty mask."""
-    m = np.asarray(mask)
-    idx = [np.flatnonzero(m.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
-    if any(len(i) == 0 for i in idx):
-        return None
-    return tuple(slice(max(0, int(i[0]) - p), min(m.shape[ax], int(i[-1]) + 1 + p))
-                 for ax, (i, p) in enumerate(zip(idx, pad, strict=True)))
+from monai_pipeline.arrays import bounding_box, distance_mm, subsample_factors
 
 
 @dataclass(frozen=True)

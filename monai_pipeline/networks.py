@@ -1,26 +1,14 @@
-"""Networks chosen by configuration, and the self-describing model file.
-
-A model file (``model.pt``) is a plain dict of tensors and primitives, loadable with
-``torch.load(path, weights_only=True)`` on any machine: the weights, the network spec
-(``{"name", "kwargs"}``), the whole pipeline configuration (preprocessing, inference, post-processing),
-label names, and the versions of the software that made it.
-"""
+"""Networks chosen by configuration (MONAI's, by the class names of ``config.NETWORKS``, the one list of them), and
+the form in which every prediction path runs them. The model file is :mod:`monai_pipeline.model_file`."""
 
 from __future__ import annotations
 
-import json
-import platform
-from pathlib import Path
 from typing import Any
 
+import monai.networks.nets
 import torch
-from monai.networks.nets import BasicUNet, DynUNet, SegResNet, UNet
 
-from monai_pipeline.config import InferenceConfig, NetworkConfig, PipelineConfig
-from monai_pipeline.errors import InputError
-
-MODEL_FORMAT = "monai-pipeline-model/1"
-_NETWORKS = {"UNet": UNet, "SegResNet": SegResNet, "DynUNet": DynUNet, "BasicUNet": BasicUNet}
+from monai_pipeline.config import NETWORKS, InferenceConfig, NetworkConfig
 
 
 def build_network(spec: NetworkConfig | dict[str, Any]) -> torch.nn.Module:
@@ -28,78 +16,17 @@ def build_network(spec: NetworkConfig | dict[str, Any]) -> torch.nn.Module:
     if isinstance(spec, dict):
         spec = NetworkConfig(name=spec.get("name"), kwargs=dict(spec.get("kwargs", {})))
     name = spec.name
-    if name not in _NETWORKS:
-        raise ValueError(f"network name must be one of {sorted(_NETWORKS)}, got {name!r}")
+    if name not in NETWORKS:
+        raise ValueError(f"network name must be one of {', '.join(NETWORKS)}, got {name!r}")
     kwargs = dict(spec.kwargs)
     for key in ("channels", "strides", "kernel_size", "upsample_kernel_size", "blocks_down", "blocks_up", "features"):
         if key in kwargs and isinstance(kwargs[key], list):
             kwargs[key] = tuple(tuple(v) if isinstance(v, list) else v for v in kwargs[key])
-    return _NETWORKS[name](**kwargs)
-
-
-def versions() -> dict[str, str]:
-    import monai
-    import numpy
-    import SimpleITK
-
-    from monai_pipeline import __version__
-
-    return {"monai_pipeline": __version__, "monai": monai.__version__, "torch": torch.__version__,
-            "numpy": numpy.__version__, "SimpleITK": SimpleITK.Version_VersionString(),
-            "python": platform.python_version()}
+    return getattr(monai.networks.nets, name)(**kwargs)
 
 
 def unwrap(network: torch.nn.Module) -> torch.nn.Module:
     return network.module if hasattr(network, "module") else network
-
-
-def make_model_file(network: torch.nn.Module, config: PipelineConfig, extra: dict | None = None) -> dict:
-    """The model file's content: tensors and plain data only (``weights_only=True`` loads it)."""
-    state = {k: v.detach().cpu() for k, v in unwrap(network).state_dict().items()}
-    data = config.to_dict()
-    plain = json.loads(json.dumps({"network": data["network"], "config": data, "labels": data["labels"],
-                                   "versions": {k: str(v) for k, v in versions().items()}, **(extra or {})}))
-    return {"format": MODEL_FORMAT, "state_dict": state, **plain}
-
-
-def save_model_file(path: str | Path, network: torch.nn.Module, config: PipelineConfig,
-                    extra: dict | None = None) -> Path:
-    from monai_pipeline.io.writer import atomic_path
-
-    with atomic_path(path) as tmp:
-        torch.save(make_model_file(network, config, extra), tmp)
-    return Path(path)
-
-
-def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    """Load a model file with ``weights_only=True``; returns (network in eval mode on ``device``, the dict).
-
-    Also accepts a MONAI bundle checkpoint (``<bundle>/models/model.pt``, a bare state dict): the network and
-    configuration then come from the bundle (:func:`monai_pipeline.config.bundle_config`).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "model file does not exist")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - report any unpickling problem as a bad input
-        raise InputError(path, f"not a loadable model file ({err.__class__.__name__})") from err
-    if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
-        from monai_pipeline.config import bundle_config, is_bundle_checkpoint
-
-        if isinstance(blob, dict) and is_bundle_checkpoint(path):  # a bundle's models/model.pt (bare state dict)
-            cfg = bundle_config(path.parent.parent).to_dict()
-            blob = {"format": MODEL_FORMAT, "state_dict": blob, "network": cfg["network"], "config": cfg,
-                    "labels": cfg["labels"], "versions": {}}
-        else:
-            raise InputError(path, f"not a {MODEL_FORMAT} file, nor a bundle checkpoint (models/model.pt beside "
-                             "configs/pipeline.yaml)")
-    net = build_network(blob["network"])
-    try:
-        net.load_state_dict(blob["state_dict"])
-    except RuntimeError as err:
-        raise InputError(path, f"weights do not fit the network spec ({str(err).splitlines()[0]})") from err
-    return net.to(device).eval(), blob
 
 
 class SubPixelConvTranspose3d(torch.nn.ConvTranspose3d):
@@ -196,33 +123,3 @@ def inference_form(network: torch.nn.Module, inference: InferenceConfig, device:
     if inference.channels_last:
         network = network.to(memory_format=torch.channels_last_3d)
     return network
-
-
-#: manifest sources whose images are made up (phantom anatomy)
-SYNTHETIC_SOURCES = ("synthetic", "lidc-synthetic")
-
-
-def training_data_card(train_files: list[dict]) -> dict:
-    """What a model was trained on, for its model file: case count and cases per manifest ``source``
-    (``synthetic`` from ``synth``, ``real-background`` from ``synth --background``, ``lidc`` from ``lidc-convert``,
-    ``lidc-synthetic`` from ``lidc-convert`` of ``synth --lidc-xml`` studies; ``unrecorded`` without one)."""
-    from collections import Counter
-
-    sources = Counter(str(f.get("source", "unrecorded")) for f in train_files)
-    return {"n_cases": len(train_files), "sources": dict(sorted(sources.items()))}
-
-
-def synthetic_only(blob: dict) -> bool:
-    """True when a model file says it was trained on synthetic phantoms alone (older files say nothing: False)."""
-    card = blob.get("training_data") or {}
-    sources = card.get("sources") or {}
-    return bool(sources) and set(sources) <= set(SYNTHETIC_SOURCES)
-
-
-def describe_training_data(blob: dict) -> str:
-    """One line for people: what the model in ``blob`` was trained on."""
-    card = blob.get("training_data")
-    if not card:
-        return "training data not recorded in this model file"
-    parts = ", ".join(f"{n} {src}" for src, n in card["sources"].items())
-    return f"trained on {card['n_cases']} case(s): {parts}"

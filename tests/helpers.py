@@ -27,7 +27,8 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subproce
 def tiny_model_file(path: Path, overlay: dict | None = None) -> Path:
     """An untrained, tiny model file (enough for geometry and batch-mechanics tests)."""
     from monai_pipeline.config import load_config
-    from monai_pipeline.networks import build_network, save_model_file
+    from monai_pipeline.model_file import save_model_file
+    from monai_pipeline.networks import build_network
 
     cfg = load_config(TINY_OVERLAY, overlay)
     return save_model_file(path, build_network(cfg.network), cfg)

@@ -68,3 +68,29 @@ def test_no_private_names_across_modules():
 
 def test_training_does_not_import_inference():
     assert "monai_pipeline.inference" not in _stage_graph().get("monai_pipeline.training", set())
+
+
+def test_cli_modules_are_thin():
+    """The CLI holds arguments and calls into the library: no module over 200 lines, no verb's run function (or
+    argument function) over 40 lines."""
+    cli = PKG / "cli"
+    too_long = [f.name for f in cli.glob("*.py") if len(f.read_text().splitlines()) > 200]
+    assert not too_long, too_long
+    big = []
+    for f in cli.glob("*.py"):
+        for node in ast.parse(f.read_text()).body:
+            if isinstance(node, ast.FunctionDef) and node.name.startswith(("run_", "add_")):
+                if node.end_lineno - node.lineno + 1 > 40:
+                    big.append(f"{f.name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not big, big
+
+
+def test_every_verb_is_declared_in_one_place():
+    """Each verb is one ``Verb`` in one module: its name, help, arguments and run function side by side."""
+    from monai_pipeline.cli.app import VERBS, build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert set(sub.choices) == set(VERBS)
+    for name, verb in VERBS.items():
+        assert verb.run.__module__ == verb.add_arguments.__module__, name

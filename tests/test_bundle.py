@@ -142,7 +142,7 @@ def two_inputs(tmp_path_factory):
 def _with_overlay(model: Path, overlay: dict, out: Path) -> Path:
     """``model`` re-saved with ``overlay`` merged into its configuration (same weights)."""
     from monai_pipeline.config import config_from_model_dict
-    from monai_pipeline.networks import load_model_file, save_model_file
+    from monai_pipeline.model_file import load_model_file, save_model_file
 
     net, blob = load_model_file(model)
     extra = {k: v for k, v in blob.items() if k in ("trained_on", "validated_on")}

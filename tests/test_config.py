@@ -26,7 +26,7 @@ def test_defaults_validate_and_overlay_merges(tmp_path):
     ({"preprocessing": {"target_spacing": [1, 1]}}, "preprocessing.target_spacing must be a list of 3 numbers"),
     ({"preprocessing": {"target_spacing": [1, 0, 1]}}, "preprocessing.target_spacing must be 3 positive numbers"),
     ({"training": {"epochs": "ten"}}, "training.epochs must be an integer, got 'ten'"),
-    ({"postprocess": {"fill_holes": "yes"}}, "postprocess.fill_holes must be true or false"),
+    ({"postprocess": {"fill_holes": "yes"}}, "postprocess.steps.fill_holes.enabled must be true or false"),
     ({"augmentation": {"flip_prob": 1.5}}, "augmentation.flip_prob must be in [0, 1], got 1.5"),
     ({"preprocessing": {"normalization": "zscore"}}, "preprocessing.normalization must be one of"),
     ({"preprocessing": {"crop": "liver"}}, "preprocessing.crop must be one of"),
@@ -51,7 +51,7 @@ def test_bad_config_file(tmp_path):
 
 @pytest.mark.parametrize("overlay,key,suggestion", [
     ({"inference": {"overlapp": 0.5}}, "inference.'overlapp'", "did you mean 'overlap'?"),
-    ({"postprocess": {"min_volume": 5}}, "postprocess.'min_volume'", "did you mean 'min_volume_mm3'?"),
+    ({"postprocess": {"step": {}}}, "postprocess.'step'", "did you mean 'steps'?"),
     ({"trainig": {"epochs": 3}}, "'trainig'", "did you mean 'training'?"),
 ])
 def test_misspelt_key_is_named_with_a_suggestion(overlay, key, suggestion):
@@ -95,5 +95,31 @@ def test_old_model_dicts_missing_a_new_key_still_load():
     from monai_pipeline.config import config_from_model_dict
 
     stored = load_config().to_dict()
-    del stored["postprocess"]["lung_min_fraction"]
-    assert config_from_model_dict(stored).postprocess.lung_min_fraction == load_config().postprocess.lung_min_fraction
+    del stored["postprocess"]["steps"]["lung_filter"]["lung_min_fraction"]
+    assert config_from_model_dict(stored).postprocess == load_config().postprocess
+
+
+def test_flat_postprocess_keys_of_older_configurations_move_into_their_steps():
+    """Model files and overlays of 0.1.x name post-processing settings flat; they load and mean the same."""
+    from monai_pipeline.config import config_from_model_dict
+
+    stored = load_config().to_dict()
+    stored["postprocess"] = {"min_volume_mm3": 30.0, "keep_largest": True, "fill_holes": False, "opening_mm": 1.0,
+                             "closing_mm": 2.0, "connectivity": 6, "lung_filter": False, "lung_closing_mm": 8.0,
+                             "lung_min_fraction": 0.25}
+    post = config_from_model_dict(stored).postprocess
+    assert post.connectivity == 6
+    assert post.steps == {"lung_filter": {"enabled": False, "lung_closing_mm": 8.0, "lung_min_fraction": 0.25},
+                          "closing": {"enabled": True, "closing_mm": 2.0}, "opening": {"enabled": True, "opening_mm": 1.0},
+                          "fill_holes": {"enabled": False}, "remove_small": {"enabled": True, "min_volume_mm3": 30.0},
+                          "keep_largest": {"enabled": True}}
+    assert load_config({"postprocess": {"min_volume_mm3": 5.0}}).postprocess.steps["remove_small"]["min_volume_mm3"] == 5.0
+
+
+def test_an_overlay_naming_every_step_sets_their_order():
+    steps = load_config().postprocess.steps
+    reordered = dict(reversed(list(steps.items())))
+    assert list(load_config({"postprocess": {"steps": reordered}}).postprocess.steps) == list(reversed(list(steps)))
+    # naming some steps changes their settings, not the order
+    assert list(load_config({"postprocess": {"steps": {"keep_largest": {"enabled": True}}}}).postprocess.steps) == \
+        list(steps)

@@ -6,7 +6,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from monai_pipeline.inference import Predictor, is_complete, shard_cases, write_prediction
+from monai_pipeline.inference import Predictor, shard_cases, write_prediction
+from monai_pipeline.io.layout import PredictionLayout
 from tests.conftest import physical_points_lps
 from tests.helpers import run_cli, tiny_model_file
 
@@ -70,7 +71,7 @@ def test_mask_overlays_spheres_in_mm(tmp_path):
             np.array([row["centroid_x_mm"], row["centroid_y_mm"], row["centroid_z_mm"]]) - c))
         assert abs(row["equivalent_diameter_mm"] - 2 * r) < 1.5
         assert -150 < row["mean_hu"] <= 40  # sphere (40 HU) with a rim of partial air voxels, not air (-1000)
-    assert is_complete(tmp_path / "out", "phantom")
+    assert PredictionLayout(tmp_path / "out").is_complete("phantom")
 
 
 def test_tta_and_probability_map(tmp_path):

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from monai_pipeline.errors import InputError
-from monai_pipeline.networks import build_network, load_model_file, save_model_file
+from monai_pipeline.model_file import load_model_file, save_model_file
+from monai_pipeline.networks import build_network
 
 
 @pytest.mark.parametrize("spec", [

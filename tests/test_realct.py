@@ -61,12 +61,12 @@ def test_lung_filter_region_holds_the_lungs_and_no_gut(image, segmentation):
     from monai_pipeline.config import load_config
     from monai_pipeline.io import Geometry, sitk_to_xyz_array
     from monai_pipeline.lungs import axial_axis, lung_region
-    from monai_pipeline.postprocess.array import LUNG_FILTER_RESOLUTION_MM
+    from monai_pipeline.postprocess.steps import LUNG_FILTER_RESOLUTION_MM
 
     vol, organs = _volume_and_organs(image, segmentation)
     post = load_config().postprocess
     g = Geometry.from_sitk(vol.image)
-    region = lung_region(sitk_to_xyz_array(vol.image), g.spacing, -500.0, post.lung_closing_mm,
+    region = lung_region(sitk_to_xyz_array(vol.image), g.spacing, -500.0, post.steps["lung_filter"]["lung_closing_mm"],
                          resolution_mm=LUNG_FILTER_RESOLUTION_MM, axis=axial_axis(g.direction))
     lungs, gut = np.isin(organs, LUNG_LABELS), np.isin(organs, GUT_LABELS)
     assert gut.sum() > 1000  # both scans show stomach or bowel
@@ -122,7 +122,7 @@ def test_lung_region_on_synthetic_phantoms():
     from monai_pipeline.data.synthetic import ORIENTATIONS, SynthConfig, generate_case
     from monai_pipeline.io import Geometry, sitk_to_xyz_array
     from monai_pipeline.lungs import axial_axis, lung_region
-    from monai_pipeline.postprocess.array import LUNG_FILTER_RESOLUTION_MM
+    from monai_pipeline.postprocess.steps import LUNG_FILTER_RESOLUTION_MM
 
     cfg = SynthConfig(matrix=160, extent_z_mm=100.0)
     for i, orientation in enumerate(ORIENTATIONS):
@@ -218,7 +218,7 @@ def test_real_series_predicted_in_its_exact_geometry_and_warned(tmp_path):
 
     import nibabel as nib
 
-    from monai_pipeline.networks import load_model_file, save_model_file
+    from monai_pipeline.model_file import load_model_file, save_model_file
 
     model = tiny_model_file(tmp_path / "model.pt")
     net, blob = load_model_file(model)
@@ -241,7 +241,7 @@ def test_real_series_predicted_in_its_exact_geometry_and_warned(tmp_path):
 def test_no_warning_for_phantoms_or_models_with_real_data(tmp_path):
     from monai_pipeline.config import config_from_model_dict
     from monai_pipeline.data.synth_dataset import synthesize
-    from monai_pipeline.networks import load_model_file, save_model_file
+    from monai_pipeline.model_file import load_model_file, save_model_file
 
     model = tiny_model_file(tmp_path / "model.pt")
     net, blob = load_model_file(model)

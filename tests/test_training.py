@@ -91,7 +91,7 @@ def test_killed_at_random_moments_and_resumed_each_time(tiny_dataset, tmp_path):
     with open(run / "log.csv") as fh:
         epochs = [int(r["epoch"]) for r in csv.DictReader(fh)]
     assert epochs == list(range(1, 31)), "every epoch logged once, none missing"
-    from monai_pipeline.networks import load_model_file
+    from monai_pipeline.model_file import load_model_file
 
     load_model_file(run / "model.pt")
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from monai_pipeline.postprocess.array import c_order, label_components
+from monai_pipeline.arrays import c_order, label_components
 
 METRICS = ("dice", "iou", "sensitivity", "specificity", "precision", "hd95_mm", "assd_mm", "lesion_tp",
            "lesion_fp", "lesion_fn", "lesion_sensitivity", "ref_volume_mm3", "pred_volume_mm3")

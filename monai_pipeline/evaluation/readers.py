@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from monai_pipeline.postprocess.array import c_order, label_components
+from monai_pipeline.arrays import c_order, label_components
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +36,7 @@ from monai_pipeline.evaluation.detection import (
 from monai_pipeline.evaluation.metrics import METRICS, case_metrics
 from monai_pipeline.evaluation.readers import nodule_agreement, reader_files
 from monai_pipeline.evaluation.stats import summarize
+from monai_pipeline.io.layout import PredictionLayout
 from monai_pipeline.io.writer import dumps_strict
 
 logger = logging.getLogger(__name__)
@@ -85,22 +85,14 @@ def select_cases(manifest: str | Path, sections: Sequence[str] | None, fold: int
     return entries
 
 
-def provenance_of(pred_dir: Path, case_id: str) -> dict | None:
-    """The provenance a prediction's done-marker records (None when there is none)."""
-    marker = pred_dir / ".done" / f"{case_id}.json"
-    try:
-        return json.loads(marker.read_text()).get("provenance") or None if marker.is_file() else None
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def check_held_out(pred_dir: Path, case_ids: list[str], include_training: bool) -> dict:
     """Refuse (InputError) predictions of cases their model was trained on, unless ``include_training``.
     Returns what the report records: the models, settings and the cases whose provenance is unknown."""
     trained, unverified, models, settings = [], [], set(), set()
     details: dict[str, dict] = {}
+    layout = PredictionLayout(pred_dir)
     for cid in case_ids:
-        prov = provenance_of(pred_dir, cid)
+        prov = layout.provenance(cid)
         if prov is None:
             unverified.append(cid)
             continue
@@ -122,7 +114,7 @@ def check_held_out(pred_dir: Path, case_ids: list[str], include_training: bool) 
 
 def load_candidates(pred_dir: Path, case_id: str) -> list[tuple[tuple[float, float, float], float]]:
     """Candidates of a case from ``<case_id>_lesions.csv``: (centre mm LPS, score); a blank score counts 1.0."""
-    path = pred_dir / f"{case_id}_lesions.csv"
+    path = PredictionLayout(pred_dir).lesions(case_id)
     if not path.is_file():
         return []
     with open(path) as fh:
@@ -149,8 +141,9 @@ def reference_lesions(pred: np.ndarray, ref: np.ndarray, geometry) -> tuple[list
     """Per reference nodule: longest axial and equivalent diameter (mm), detected (any predicted voxel on it),
     lesion Dice (against the predicted components that touch it), size bucket; and the nodules as findings
     (centre, radius = longest axial diameter / 2) for the detection score."""
+    from monai_pipeline.arrays import label_components
     from monai_pipeline.evaluation.readers import dice
-    from monai_pipeline.postprocess import label_components, lesion_table
+    from monai_pipeline.postprocess import lesion_table
 
     rows, labels = lesion_table(ref, geometry, return_labels=True)
     pred_b = np.asarray(pred) > 0
@@ -203,7 +196,8 @@ def evaluate_folder(pred_dir: str | Path, manifest: str | Path, out: str | Path 
         raise InputError(pred_dir, "prediction folder does not exist")
     out = Path(out) if out else pred_dir
     entries = select_cases(manifest, sections, fold, base_dir)
-    present = [e for e in entries if (pred_dir / f"{e['case_id']}.nii.gz").exists()]
+    layout = PredictionLayout(pred_dir)
+    present = [e for e in entries if layout.has_mask(e["case_id"])]
     missing = [e["case_id"] for e in entries if e not in present]
     if not present:
         raise InputError(pred_dir, f"holds no prediction for any selected labelled case of {manifest}")
@@ -215,9 +209,9 @@ def evaluate_folder(pred_dir: str | Path, manifest: str | Path, out: str | Path 
     rows, lesions, scans, cand_rows, agreement = [], [], [], [], []
     for e in present:
         cid = e["case_id"]
-        pv, rv = read_binary_label(pred_dir / f"{cid}.nii.gz"), read_binary_label(e["label"])
+        pv, rv = read_binary_label(layout.mask(cid)), read_binary_label(e["label"])
         if not pv.geometry.matches(rv.geometry):
-            raise InputError(pred_dir / f"{cid}.nii.gz", f"grid differs from the reference label {e['label']} "
+            raise InputError(layout.mask(cid), f"grid differs from the reference label {e['label']} "
                              f"(size {pv.geometry.size} vs {rv.geometry.size})")
         pred, ref = sitk_to_xyz_array(pv.image), sitk_to_xyz_array(rv.image)
         rows.append({"case_id": cid, **case_metrics(pred, ref, rv.geometry.spacing, min_overlap)})
@@ -299,7 +293,7 @@ def _plot_worst(rows: list[dict], entries: dict[str, dict], pred_dir: Path, out:
             ct = read_ct(e["image"], ReadOptions(allow_non_ct=True)).image
         except PipelineError:  # the picture falls back to a blank background; the metrics never depended on it
             ct = label * 0 - 1000
-        save_overlays_png(ct, sitk.ReadImage(str(pred_dir / f"{r['case_id']}.nii.gz")), label,
+        save_overlays_png(ct, sitk.ReadImage(str(PredictionLayout(pred_dir).mask(r["case_id"]))), label,
                           out / f"worst_{r['case_id']}.png")
 
 

@@ -9,12 +9,10 @@ from monai_pipeline.inference.batch import (
     BatchSummary,
     cases_from_inputs,
     cases_from_manifest,
-    is_complete,
-    output_paths,
-    read_marker,
     run_batch,
     shard_cases,
 )
+from monai_pipeline.inference.case import CaseOptions
 from monai_pipeline.inference.export import (
     ExportPredictiond,
     Prediction,
@@ -24,6 +22,6 @@ from monai_pipeline.inference.export import (
 )
 from monai_pipeline.inference.predictor import Predictor, file_sha256, prediction_provenance
 
-__all__ = ["BatchSummary", "ExportPredictiond", "Prediction", "Predictor", "cases_from_inputs", "cases_from_manifest",
-           "export_prediction", "file_sha256", "is_complete", "output_paths", "prediction_provenance", "read_marker", "resample_to_grid",
+__all__ = ["BatchSummary", "CaseOptions", "ExportPredictiond", "Prediction", "Predictor", "cases_from_inputs", "cases_from_manifest",
+           "export_prediction", "file_sha256", "prediction_provenance", "resample_to_grid",
            "run_batch", "shard_cases", "write_prediction"]

@@ -21,48 +21,15 @@ from pathlib import Path
 import torch
 
 from monai_pipeline.errors import InputError, PipelineError
+from monai_pipeline.inference.case import CaseOptions, CaseOutcome, predict_and_write, predict_case
+from monai_pipeline.inference.export import Prediction
 from monai_pipeline.inference.predictor import Predictor
-from monai_pipeline.inference.workers import (
-    CaseOptions,
-    CaseOutcome,
-    HelperProcesses,
-    predict_case,
-    resolve_workers,
-)
-from monai_pipeline.io.geometry import Geometry, header_geometry
+from monai_pipeline.inference.workers import HelperProcesses, resolve_workers
+from monai_pipeline.io.layout import PredictionLayout
 from monai_pipeline.io.writer import atomic_write_text
 from monai_pipeline.runtime import freed_memory_kept
 
 logger = logging.getLogger(__name__)
-
-
-def read_marker(out: Path, case_id: str) -> dict | None:
-    """The done-marker of a case (geometry and provenance), or None."""
-    marker = out / ".done" / f"{case_id}.json"
-    try:
-        return json.loads(marker.read_text()) if marker.is_file() else None
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def is_complete(out: Path, case_id: str) -> bool:
-    """An output counts as done when its marker exists, the files of its format exist, and (NIfTI) the mask
-    header reads with the marker's geometry."""
-    rec = read_marker(out, case_id)
-    if rec is None or not (out / f"{case_id}_lesions.csv").is_file():
-        return False
-    fmt = rec.get("format", "nifti")
-    if fmt in ("dicom-seg", "both") and not (out / f"{case_id}_seg.dcm").is_file():
-        return False
-    if fmt == "dicom-seg":
-        return True
-    mask = out / f"{case_id}.nii.gz"
-    if not mask.is_file():
-        return False
-    try:
-        return header_geometry(str(mask)).matches(Geometry.from_dict(rec["geometry"]), atol_mm=1e-3)
-    except Exception:  # noqa: BLE001 - anything unreadable is simply not complete
-        return False
 
 
 def provenance_difference(old: dict, new: dict) -> str | None:
@@ -89,13 +56,14 @@ def check_existing_outputs(out: Path, case_ids: list[str], provenance: dict, ove
     """Refuse (before any work) to mix outputs of another model or other settings into ``out``."""
     if overwrite:
         return
+    layout = PredictionLayout(out)
     for cid in case_ids:
-        rec = read_marker(out, cid)
+        rec = layout.read_marker(cid)
         if rec is None:
             continue
         diff = provenance_difference(rec.get("provenance") or {}, provenance)
         if diff:
-            raise InputError(out / f"{cid}.nii.gz", f"already exists and {diff}",
+            raise InputError(layout.mask(cid), f"already exists and {diff}",
                              hint="use --overwrite to replace it, or another --out")
 
 
@@ -135,19 +103,13 @@ def _append_csv(path: Path, header: list[str], row: list) -> None:
         os.fsync(fh.fileno())
 
 
-def output_paths(out: Path, case_id: str) -> list[Path]:
-    """Every file a case may write (mask, lesions, probability map, overlay, done-marker)."""
-    return [out / f"{case_id}.nii.gz", out / f"{case_id}_lesions.csv", out / f"{case_id}_prob.nii.gz",
-            out / f"{case_id}_seg.dcm", out / f"{case_id}_stats.json", out / f"{case_id}_preview.png",
-            out / "png" / f"{case_id}.png", out / ".done" / f"{case_id}.json"]
-
-
 def _remove_stale_parts(out: Path, case_ids: list[str]) -> None:
     """Temporary files a killed run left for these cases (only ours: shards may share ``out``)."""
     from monai_pipeline.io.writer import stale_parts
 
+    layout = PredictionLayout(out)
     for cid in case_ids:
-        for target in output_paths(out, cid):
+        for target in layout.case_files(cid):
             for p in stale_parts(target):
                 p.unlink(missing_ok=True)
 
@@ -175,9 +137,10 @@ def run_batch(predictor: Predictor, cases: list[tuple[str, str]], out: str | Pat
     provenance = predictor.provenance(save_prob, postprocess, fmt)
     check_existing_outputs(out, [c[0] for c in mine], provenance, overwrite)
     summary = BatchSummary()
+    layout = PredictionLayout(out)
     todo = []
     for cid, path in mine:
-        if not overwrite and is_complete(out, cid):
+        if not overwrite and layout.is_complete(cid):
             summary.skipped += 1
         else:
             todo.append((cid, path))
@@ -185,7 +148,7 @@ def run_batch(predictor: Predictor, cases: list[tuple[str, str]], out: str | Pat
     out.mkdir(parents=True, exist_ok=True)
     _remove_stale_parts(out, [c[0] for c in mine])
     tag = f".{shard[0]}of{shard[1]}" if shard else (f".rank{os.environ['RANK']}" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "")
-    fail_csv, time_csv = out / f"failures{tag}.csv", out / f"timings{tag}.csv"
+    fail_csv, time_csv = layout.batch_file("failures", tag), layout.batch_file("timings", tag)
     if overwrite:  # every case is predicted again: the rows of earlier runs would describe outputs now replaced
         for stale in (fail_csv, time_csv):
             stale.unlink(missing_ok=True)
@@ -222,8 +185,8 @@ def run_batch(predictor: Predictor, cases: list[tuple[str, str]], out: str | Pat
         finally:
             torch.set_num_threads(threads)
     bar.close()
-    write_batch_lesions(out, [c[0] for c in mine], out / f"lesions{tag}.csv")
-    atomic_write_text(out / f"summary{tag}.json", json.dumps(
+    write_batch_lesions(out, [c[0] for c in mine], layout.batch_file("lesions", tag))
+    atomic_write_text(layout.batch_file("summary", tag), json.dumps(
         {"done": summary.done, "skipped": summary.skipped, "failed": summary.failed, "total": len(mine),
          "processes": n_workers, "threads_per_process": per_worker, "provenance": provenance},
         indent=1))
@@ -255,13 +218,23 @@ def write_batch_lesions(out: Path, case_ids: list[str], path: Path) -> Path:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=["case_id", *LESION_FIELDS], extrasaction="ignore")
     w.writeheader()
+    layout = PredictionLayout(out)
     for cid in case_ids:
-        f = out / f"{cid}_lesions.csv"
+        f = layout.lesions(cid)
         if f.is_file():
             with open(f) as fh:
                 for row in csv.DictReader(fh):
                     w.writerow({"case_id": cid, **row})
     return atomic_write_text(path, buf.getvalue())
+
+
+def predict_single(predictor: Predictor, case: tuple[str, str], opts: CaseOptions,
+                   overwrite: bool = False) -> tuple[Prediction, list[Path]]:
+    """One input, all or nothing: outputs of another model or other settings in ``opts.out`` are refused unless
+    ``overwrite``, and a bad input raises (nothing is written). Returns the prediction and its files."""
+    case_id, path = case
+    check_existing_outputs(opts.out, [case_id], opts.provenance, overwrite)
+    return predict_and_write(predictor, case_id, path, opts)
 
 
 def cases_from_inputs(inputs: list[str], strict: bool = True) -> list[tuple[str, str]]:

@@ -18,7 +18,6 @@ so the same model gives the same mask through every door:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,11 +28,13 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
+from monai_pipeline.arrays import label_components
 from monai_pipeline.config import PipelineConfig
-from monai_pipeline.errors import InputError
+from monai_pipeline.io.formats import MASK_FORMATS, parse_formats
 from monai_pipeline.io.geometry import LPS_TO_RAS, Geometry, sitk_to_xyz_array, xyz_array_to_sitk
-from monai_pipeline.io.writer import atomic_write_text, write_image, write_mask
-from monai_pipeline.postprocess import label_components, lesion_table, postprocess_case, write_lesion_csv
+from monai_pipeline.io.layout import PredictionLayout
+from monai_pipeline.io.writer import atomic_write_text, write_image
+from monai_pipeline.postprocess import lesion_table, postprocess_case, write_lesion_csv
 from monai_pipeline.postprocess.lesions import ScoreFn
 
 
@@ -203,39 +204,20 @@ def case_statistics_json(pred: Prediction, provenance: dict | None = None) -> st
                          "settings": prov.get("settings"), "versions": prov.get("versions")})
 
 
-def mask_description(provenance: dict | None) -> str:
-    """The NIfTI ``descrip`` (80 characters at most): which model and settings made the mask (hash prefixes)."""
-    if not provenance:
-        return "monai-pipeline"
-    return f"monai-pipeline model={provenance['model_sha256'][:24]} settings={provenance['settings_sha256'][:24]}"
-
-
-FORMATS = ("nifti", "dicom-seg", "both")
-
-
 def write_prediction(pred: Prediction, out: str | Path, provenance: dict | None = None,
                      fmt: str = "nifti") -> list[Path]:
-    """Mask (NIfTI, and/or DICOM SEG referencing the source series with ``fmt``), lesion table (and probability
-    map) for one case into ``out``; the done-marker, which records the geometry and ``provenance`` (model SHA-256,
-    settings), is written last."""
-    out = Path(out)
-    paths = []
-    if fmt in ("dicom-seg", "both"):
-        from monai_pipeline.io.dicom_seg import write_dicom_seg
-
-        if not pred.source_files:
-            raise InputError(pred.case_id, "DICOM SEG needs a DICOM series as input (its source images)")
-        paths.append(write_dicom_seg(pred.mask, pred.source_files, out / f"{pred.case_id}_seg.dcm", provenance))
-    if fmt in ("nifti", "both"):
-        paths.append(write_mask(pred.mask, pred.geometry, out / f"{pred.case_id}.nii.gz",
-                                description=mask_description(provenance)))
-    paths.append(write_lesion_csv(pred.lesions, out / f"{pred.case_id}_lesions.csv"))
-    paths.append(atomic_write_text(out / f"{pred.case_id}_stats.json", case_statistics_json(pred, provenance)))
+    """One case's outputs into the prediction folder ``out`` (names: :class:`~monai_pipeline.io.layout.
+    PredictionLayout`): the mask in each format of ``fmt`` (``"nifti"``, ``"both"``, ``"nifti,dicom-seg"``: see
+    :mod:`~monai_pipeline.io.formats`), the lesion table, the statistics, the probability map when there is one,
+    and last the done-marker, which records the geometry and ``provenance`` (model SHA-256, settings)."""
+    layout = PredictionLayout(out)
+    paths = [MASK_FORMATS[name].write(pred, layout.mask(pred.case_id, name), provenance)
+             for name in parse_formats(fmt)]
+    paths.append(write_lesion_csv(pred.lesions, layout.lesions(pred.case_id)))
+    paths.append(atomic_write_text(layout.stats(pred.case_id), case_statistics_json(pred, provenance)))
     if pred.prob is not None:
-        paths.append(write_image(pred.prob, out / f"{pred.case_id}_prob.nii.gz"))
-    atomic_write_text(out / ".done" / f"{pred.case_id}.json", json.dumps(
-        {"case_id": pred.case_id, "geometry": pred.geometry.to_dict(), "format": fmt, "provenance": provenance or {}},
-        indent=1))
+        paths.append(write_image(pred.prob, layout.probability(pred.case_id)))
+    layout.write_marker(pred.case_id, pred.geometry, fmt, provenance)
     return paths
 
 

@@ -22,7 +22,8 @@ from monai_pipeline.errors import InputError, PipelineError
 from monai_pipeline.inference.export import Prediction, export_prediction
 from monai_pipeline.inferers import ProbabilityInferer
 from monai_pipeline.io.reader import ReadOptions
-from monai_pipeline.networks import describe_training_data, load_model_file, synthetic_only
+from monai_pipeline.model_file import describe_training_data, load_model_file, synthetic_only, versions
+from monai_pipeline.postprocess.steps import check_steps
 from monai_pipeline.transforms.pipeline import prediction_transforms
 
 
@@ -85,8 +86,6 @@ def prediction_provenance(model_path: str | Path, cfg: PipelineConfig, read_opti
     """What makes a prediction what it is: the model file's SHA-256 and every setting that changes the mask,
     plus a hash of those settings (``settings_sha256``) that resume and ``evaluate`` compare, the case ids the
     model was trained on (``evaluate`` refuses to score them) and the software versions."""
-    from monai_pipeline.networks import versions
-
     sha = model_sha256 or file_sha256(model_path)
     settings = {"model_sha256": sha, "inference": dataclasses.asdict(cfg.inference),
                 "postprocess": dataclasses.asdict(cfg.postprocess) if postprocess else None,
@@ -137,6 +136,7 @@ class Predictor:
                                        ("tta_axes", tta_axes), ("tta_scope", tta_scope)) if v is not None}
         self.cfg: PipelineConfig = config_from_model_dict(self.blob["config"]).merged(
             {"inference": overrides, "postprocess": postprocess or {}})
+        check_steps(self.cfg.postprocess)
         self.read_options = read_options or ReadOptions()
         self.transform = prediction_transforms(self.cfg, self.read_options)
         self.inferer = ProbabilityInferer(self.cfg, self.device, stitch_device)

@@ -1,7 +1,5 @@
-"""The per-case step of a batch, and helper processes that run it side by side on a CPU.
-
-:func:`predict_case` is the one thing a batch does per case (predict, write, report an outcome); the batch
-runner calls it in its own process and :class:`HelperProcesses` call it in theirs.
+"""Helper processes that run a batch's per-case step (:func:`~monai_pipeline.inference.case.predict_case`) side
+by side on a CPU; the batch runner calls the same step in its own process.
 
 Why processes: on a CPU, PyTorch's threads scale poorly on one 3D sliding window at a time (1.6-1.9x from one to
 two threads on this project's 2-core machine), so several single-threaded processes, each predicting its own
@@ -18,18 +16,14 @@ import multiprocessing
 import os
 import queue
 import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_for
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from monai_pipeline.errors import PipelineError
-from monai_pipeline.inference.export import Prediction, write_prediction
+from monai_pipeline.inference.case import CaseOptions, CaseOutcome, predict_case
 from monai_pipeline.inference.predictor import Predictor
 from monai_pipeline.runtime import end_process, keep_freed_memory
 
@@ -38,77 +32,6 @@ logger = logging.getLogger(__name__)
 #: memory set aside per process when ``workers="auto"`` picks the number of processes (GiB): a
 #: 512 x 512 x 600 CT peaks at 2.1 GB in one process (docs/performance.md)
 WORKER_MEMORY_GIB = 3.0
-#: errors that fail one case and let the batch go on (anything else is a bug and stops the run)
-CASE_ERRORS: tuple[type[BaseException], ...] = (PipelineError, RuntimeError, MemoryError, OSError, ValueError)
-
-
-@dataclass(frozen=True)
-class CaseOptions:
-    """What every case of one batch shares: the output folder and what to write there."""
-
-    out: Path
-    provenance: dict[str, Any]
-    save_prob: bool = False
-    postprocess: bool = True
-    fmt: str = "nifti"
-    preview: bool = False
-    overlays: dict[str, str] | None = None
-
-
-@dataclass
-class CaseOutcome:
-    """One case's result: ``seconds`` (``total_s`` and the predictor's stages) when done, ``reason`` when failed."""
-
-    case_id: str
-    path: str
-    seconds: dict[str, float] | None = None
-    reason: str | None = None
-
-
-def predict_case(predictor: Predictor, case_id: str, path: str, opts: CaseOptions,
-                 load: Callable[[], dict] | None = None) -> CaseOutcome:
-    """Predict one case and write its outputs into ``opts.out``; a bad case becomes a failed outcome, not an
-    exception. ``load`` returns the case's preprocessed data (the batch runner's background read); by default
-    the case is read here."""
-    t0 = time.perf_counter()
-    try:
-        data = load() if load is not None else predictor.load(path)
-        pred = predictor.predict(data, case_id, save_prob=opts.save_prob, postprocess=opts.postprocess)
-        write_prediction(pred, opts.out, opts.provenance, opts.fmt)
-        if opts.preview:
-            save_preview(data, pred, opts.out)
-        if opts.overlays and case_id in opts.overlays:
-            save_overlay(data, pred, opts.overlays[case_id], opts.out / "png" / f"{case_id}.png")
-        return CaseOutcome(case_id, path, {"total_s": time.perf_counter() - t0, **pred.seconds})
-    except CASE_ERRORS as err:
-        reason = str(err).splitlines()[0] if str(err) else err.__class__.__name__
-        if isinstance(err, torch.cuda.OutOfMemoryError | MemoryError):
-            reason = f"out of memory: {reason}"
-            torch.cuda.empty_cache() if torch.cuda.is_available() else None
-        logger.error("%s: failed: %s", case_id, reason)
-        return CaseOutcome(case_id, path, reason=reason)
-
-
-def save_preview(data: dict, pred: Prediction, out: Path) -> Path:
-    """``<case_id>_preview.png``: axial, coronal and sagittal slices through each lesion (see visualize)."""
-    from monai_pipeline.io.geometry import xyz_array_to_sitk
-    from monai_pipeline.visualize import save_preview_png
-
-    ct = xyz_array_to_sitk(data["original"][0].numpy(), pred.geometry)
-    return save_preview_png(ct, xyz_array_to_sitk(pred.mask, pred.geometry), out / f"{pred.case_id}_preview.png")
-
-
-def save_overlay(data: dict, pred: Prediction, truth_path: str | None, path: Path) -> None:
-    """A PNG of the CT with the predicted mask (and the ground truth, when given) overlaid (the demo's)."""
-    import SimpleITK as sitk
-
-    from monai_pipeline.io.geometry import xyz_array_to_sitk
-    from monai_pipeline.visualize import save_overlays_png
-
-    ct = xyz_array_to_sitk(data["original"][0].numpy(), pred.geometry)
-    truth = sitk.ReadImage(truth_path) if truth_path else None
-    save_overlays_png(ct, xyz_array_to_sitk(pred.mask, pred.geometry), truth, path)
-
 
 def _available_memory_gib() -> float | None:
     """``MemAvailable`` of ``/proc/meminfo`` in GiB (Linux), else None."""

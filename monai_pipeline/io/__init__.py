@@ -1,11 +1,26 @@
-"""CT input/output: SimpleITK reading (NIfTI, NRRD, MHA, DICOM file or series), geometry, atomic writing."""
+"""CT input/output: SimpleITK reading (NIfTI, NRRD, MHA, DICOM file or series), geometry, atomic writing, the
+prediction folder's layout and the mask formats.
 
-from monai_pipeline.io.geometry import Geometry, sitk_to_xyz_array, xyz_array_to_sitk
-from monai_pipeline.io.reader import CTVolume, ReadOptions, SimpleITKReader, read_ct, read_label, volume_meta
-from monai_pipeline.io.writer import atomic_path, atomic_write, atomic_write_text, write_image, write_mask
+Names are imported on first use: the mask-format registry (``io.formats``) feeds the CLI's choices, and the
+reader pulls in MONAI (about 5 s), which ``monai-pipeline --help`` does not need.
+"""
 
-__all__ = [
-    "CTVolume", "Geometry", "ReadOptions", "SimpleITKReader", "atomic_path", "atomic_write",
-    "atomic_write_text", "read_ct", "read_label", "sitk_to_xyz_array", "volume_meta", "write_image", "write_mask",
-    "xyz_array_to_sitk",
-]
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "Geometry": "geometry", "sitk_to_xyz_array": "geometry", "xyz_array_to_sitk": "geometry",
+    "CTVolume": "reader", "ReadOptions": "reader", "SimpleITKReader": "reader", "read_ct": "reader",
+    "read_label": "reader", "volume_meta": "reader",
+    "atomic_path": "writer", "atomic_write": "writer", "atomic_write_text": "writer", "write_image": "writer",
+    "write_mask": "writer",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(f"monai_pipeline.io.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'monai_pipeline.io' has no attribute {name!r}")

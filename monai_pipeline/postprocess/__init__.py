@@ -1,22 +1,27 @@
-"""Post-processing of predicted masks (array/dictionary transforms) and per-lesion measurements."""
+"""Post-processing of predicted masks: the configured list of steps (:mod:`.steps`), its array/dictionary
+transforms, the operations the steps are made of (:mod:`.ops`), and per-lesion measurements (:mod:`.lesions`).
 
-from monai_pipeline.postprocess.array import (
-    PostprocessMask,
-    binary_close,
-    binary_open,
-    fill_holes,
-    keep_components_in_region,
-    keep_largest_component,
-    label_components,
-    lung_filter,
-    postprocess_case,
-    postprocess_from_config,
-    postprocess_mask,
-    remove_small_components,
-)
-from monai_pipeline.postprocess.dictionary import PostprocessMaskd
-from monai_pipeline.postprocess.lesions import LESION_FIELDS, lesion_table, write_lesion_csv
+Names are imported on first use: the step registry feeds the CLI's flags, and the transforms pull in MONAI,
+which ``monai-pipeline --help`` does not need.
+"""
 
-__all__ = ["LESION_FIELDS", "PostprocessMask", "PostprocessMaskd", "binary_close", "binary_open", "fill_holes",
-           "keep_components_in_region", "keep_largest_component", "label_components", "lung_filter", "postprocess_case", "lesion_table", "postprocess_from_config",
-           "postprocess_mask", "remove_small_components", "write_lesion_csv"]
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "PostprocessMask": "array", "PostprocessMaskd": "dictionary",
+    "LESION_FIELDS": "lesions", "lesion_table": "lesions", "write_lesion_csv": "lesions",
+    "binary_close": "ops", "binary_open": "ops", "fill_holes": "ops", "keep_components_in_region": "ops",
+    "keep_largest_component": "ops", "remove_small_components": "ops",
+    "STEPS": "steps", "StepContext": "steps", "check_steps": "steps", "postprocess_array": "steps",
+    "postprocess_case": "steps", "register_step": "steps",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(f"monai_pipeline.postprocess.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'monai_pipeline.postprocess' has no attribute {name!r}")

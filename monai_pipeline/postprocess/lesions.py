@@ -12,10 +12,9 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 from scipy.spatial.distance import pdist
 
+from monai_pipeline.arrays import bounding_box, label_components
 from monai_pipeline.io.geometry import Geometry
 from monai_pipeline.io.writer import atomic_write_text
-from monai_pipeline.lungs import bounding_box
-from monai_pipeline.postprocess.array import label_components
 
 LESION_FIELDS = ("lesion", "volume_mm3", "equivalent_diameter_mm", "longest_axial_diameter_mm", "centroid_x_mm",
                  "centroid_y_mm", "centroid_z_mm", "mean_hu", "max_hu", "n_voxels", "score")

@@ -25,7 +25,7 @@ class HUThreshold:
 
     def bounding_box(self, img: NdarrayOrTensor) -> tuple[slice, ...] | None:
         """Spatial box (x, y, z slices) of the selected voxels of a ``(C, X, Y, Z)`` image; None when empty."""
-        from monai_pipeline.lungs import bounding_box
+        from monai_pipeline.arrays import bounding_box
 
         sel = self(img)
         sel = sel.detach().cpu().numpy() if isinstance(sel, torch.Tensor) else np.asarray(sel)

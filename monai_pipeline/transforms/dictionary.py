@@ -84,9 +84,9 @@ class LesionComponentsd(MapTransform):
         import numpy as np
         import torch
 
+        from monai_pipeline.arrays import label_components
         from monai_pipeline.io.geometry import spacing_from_affine
         from monai_pipeline.lungs import lung_region
-        from monai_pipeline.postprocess.array import label_components
 
         def _np(x):
             return np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x)
@@ -125,9 +125,9 @@ class CropForegroundMMd(MapTransform):
 
         from monai.transforms import SpatialCropd
 
+        from monai_pipeline.arrays import bounding_box
         from monai_pipeline.errors import InputError
         from monai_pipeline.io.geometry import spacing_from_affine
-        from monai_pipeline.lungs import bounding_box
 
         source = data[self.source_key]
         spacing = spacing_from_affine(source.affine)

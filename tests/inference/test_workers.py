@@ -18,7 +18,8 @@ from monai_pipeline.data.manifest import load_manifest
 from monai_pipeline.errors import PipelineError
 from monai_pipeline.inference import Predictor, run_batch
 from monai_pipeline.inference import workers as W
-from monai_pipeline.inference.workers import CaseOptions, HelperProcesses, resolve_workers
+from monai_pipeline.inference.case import CaseOptions
+from monai_pipeline.inference.workers import HelperProcesses, resolve_workers
 from tests.helpers import tiny_model_file
 
 CPU = torch.device("cpu")

@@ -64,12 +64,12 @@ def test_transform_classes_channel_first():
     m = np.zeros((1, 8, 8, 8), np.uint8)
     m[0, 1:3, 1:3, 1:3] = 1
     m[0, 5, 5, 5] = 1
-    out = PostprocessMask(min_volume_mm3=2.0, spacing=(1, 1, 1))(torch.as_tensor(m))
+    out = PostprocessMask({"remove_small": {"min_volume_mm3": 2.0}}, spacing=(1, 1, 1))(torch.as_tensor(m))
     assert isinstance(out, torch.Tensor) and out.shape == (1, 8, 8, 8) and int(out.sum()) == 8
-    d = PostprocessMaskd(keys="pred", keep_largest=True, spacing=(1, 1, 1))({"pred": m})
+    d = PostprocessMaskd(keys="pred", steps={"keep_largest": {}}, spacing=(1, 1, 1))({"pred": m})
     assert int(np.asarray(d["pred"]).sum()) == 8
     with pytest.raises(ValueError, match="connectivity must be 6, 18 or 26"):
-        PostprocessMask(connectivity=4)
+        PostprocessMask({}, connectivity=4)
 
 
 def test_lesion_table_units():

@@ -81,7 +81,7 @@ def test_foreground_stats():
 def test_lung_select_bounding_box_equals_the_full_masks_box() -> None:
     """The crop asks only for a box: computed on the coarse grid, it is the box of the full-size selection
     widened by the lung rim (5 mm: 4 voxels of 1.5 mm)."""
-    from monai_pipeline.lungs import bounding_box
+    from monai_pipeline.arrays import bounding_box
 
     rng = np.random.default_rng(3)
     for resolution in (1.5, 3.0, 4.5):  # subsampling by 1, 2 and 3 of 1.5 mm voxels

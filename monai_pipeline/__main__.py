@@ -1,0 +1,7 @@
+"""``python -m monai_pipeline``: the ``monai-pipeline`` command."""
+
+import sys
+
+from monai_pipeline.cli import main
+
+sys.exit(main())

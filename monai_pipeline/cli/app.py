@@ -1,0 +1,106 @@
+"""``monai-pipeline``: the parser built from the verb modules, logging, and one line per error.
+
+Errors in the input or configuration print one line (``monai-pipeline: error: <file>: <problem>``) and exit
+with code 2; a batch in which some cases failed exits with 1 after finishing the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+
+from monai_pipeline import __version__
+from monai_pipeline.cli import data, demo, evaluation, inference, lidc, training
+from monai_pipeline.cli.args import Verb, check_declared_paths
+
+EXIT_INPUT, EXIT_PARTIAL = 2, 1
+#: every verb, in the order ``--help`` lists them
+VERBS: dict[str, Verb] = {v.name: v for group in (data, training, inference, evaluation, demo, lidc)
+                          for v in group.VERBS}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line: one subparser per verb, its arguments added by the verb's own module."""
+    p = argparse.ArgumentParser(prog="monai-pipeline",
+                                description="MONAI-based CT segmentation: DICOM/NIfTI in, geometry-exact masks out.")
+    p.add_argument("--version", action="version", version=f"monai-pipeline {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error (and library warnings)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, verb in VERBS.items():
+        verb.add_arguments(sub.add_parser(name, help=verb.help, description=verb.help))
+    return p
+
+
+def describe(err: BaseException) -> str:
+    """One line for an error the library did not map itself: the file when the error names one."""
+    if isinstance(err, OSError) and err.filename:
+        return f"{err.filename}: {err.strerror or err.__class__.__name__}"
+    text = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), "")
+    return f"{err.__class__.__name__}: {text}"[:300]
+
+
+def _quiet_libraries(debug: bool) -> None:
+    """Library warnings (pydicom, nibabel, ITK's own console output) would print beside the project's one-line
+    message; they are shown only with --debug."""
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
+    if debug:
+        return
+    warnings.filterwarnings("ignore")
+    import SimpleITK as sitk  # deferred with the library (see cli.args)
+
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``monai-pipeline`` command; returns the exit status. As a console command (``argv`` None), a verb
+    without teardown (``infer``) ends with :func:`~monai_pipeline.runtime.end_process` once its outputs are
+    written, and so does a process started by torchrun (``WORLD_SIZE`` > 1), whatever the verb: gloo's threads
+    can abort the interpreter's normal teardown after a successful run, and every result is already written
+    atomically."""
+    args = build_parser().parse_args(argv)
+    rc = run(args)
+    if argv is None and (not VERBS[args.command].teardown or int(os.environ.get("WORLD_SIZE", "1")) > 1):
+        from monai_pipeline.runtime import end_process
+
+        end_process(rc)
+    return rc
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check the declared paths, run the verb, and map its errors to one line and an exit status."""
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("monai", "ignite", "PIL", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    _quiet_libraries(args.debug)
+    from monai_pipeline.errors import EXIT_PREEMPTED, PipelineError, Preempted
+
+    try:
+        check_declared_paths(args)
+        return VERBS[args.command].run(args)
+    except Preempted as err:
+        print(f"monai-pipeline: preempted: {err}", file=sys.stderr)
+        return EXIT_PREEMPTED
+    except PipelineError as err:
+        if args.debug:
+            raise
+        print(f"monai-pipeline: error: {err}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("monai-pipeline: interrupted", file=sys.stderr)
+        return 130
+    except (OSError, ValueError, RuntimeError, MemoryError) as err:
+        if args.debug:
+            raise
+        print(f"monai-pipeline: error: {describe(err)} (run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_INPUT
+    except Exception as err:  # noqa: BLE001 - an internal error still gets one line; --debug shows the traceback
+        if args.debug:
+            raise
+        print(f"monai-pipeline: internal error: {describe(err)} (run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_PARTIAL

@@ -1,0 +1,158 @@
+"""Verbs that predict and clean masks: ``infer`` and ``postprocess`` (library imports deferred: see
+:mod:`.args`). The choices of ``--format`` come from the mask-format registry and the post-processing flags
+from the step registry, so a new format or step needs no change here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from monai_pipeline.cli.args import (
+    Verb,
+    add_read_options,
+    device,
+    device_or_none,
+    int_list,
+    overlap,
+    path_argument,
+    positive_int,
+    read_options,
+    sections,
+    shard,
+    workers,
+)
+from monai_pipeline.io.formats import format_choices, parse_formats
+from monai_pipeline.postprocess.steps import STEPS
+
+EXIT_PARTIAL = 1
+
+
+def _format(text: str) -> str:
+    try:
+        parse_formats(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+    return text
+
+
+def add_infer(p: argparse.ArgumentParser) -> None:
+    path_argument(p, "--model", check="input", required=True,
+                  help="model.pt, a bundle's models/model.pt, or a cv folder")
+    src = p.add_mutually_exclusive_group(required=True)
+    path_argument(src, "--input", check="single-input", type=str, nargs="+",
+                  help="NIfTI/NRRD/MHA files or DICOM series folders (several: a batch)")
+    path_argument(src, "--manifest", check="input")
+    p.add_argument("--sections", type=sections, default=("test",), help="manifest sections, comma separated (default: test)")
+    path_argument(p, "--out", check="out-dir", required=True)
+    p.add_argument("--device", type=device, default="auto")
+    p.add_argument("--stitch-device", type=device, help="where full-volume outputs are accumulated (e.g. cpu)")
+    p.add_argument("--overlap", type=overlap)
+    p.add_argument("--sw-batch-size", type=positive_int)
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="mirroring test-time augmentation, 8 flips (default: the model's configuration)")
+    p.add_argument("--no-bf16", action="store_true", help="disable bf16 autocast on CPU")
+    p.add_argument("--tta-scope", choices=("candidates", "volume"),
+                   help="mirror only around the plain pass's candidates, or the whole volume (default: the model's)")
+    p.add_argument("--tta-axes", type=int_list, help="axes mirrored by TTA, e.g. 0 or 0,1 (default: the model's)")
+    p.add_argument("--resample", choices=("linear", "nearest"),
+                   help="back onto the input grid: resample the probability (linear) or the label (nearest); "
+                        "default: the model's configuration")
+    p.add_argument("--save-prob", action="store_true", help="also write <case>_prob.nii.gz (foreground probability)")
+    p.add_argument("--postprocess", action=argparse.BooleanOptionalAction, default=True,
+                   help="apply the model's post-processing (default); --no-postprocess writes the raw decision")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace outputs in --out made by another model or other settings (default: refuse)")
+    p.add_argument("--preview", action="store_true",
+                   help="also write <case>_preview.png: axial/coronal/sagittal slices through each lesion")
+    p.add_argument("--format", type=_format, default="nifti", metavar="{" + ",".join(format_choices()) + "}",
+                   help="mask format(s), comma separated: NIfTI (default), a DICOM SEG referencing the source series "
+                        "(DICOM input), ...; both = nifti,dicom-seg")
+    p.add_argument("--shard", type=shard, help="process the I-th of N slices of the case list, e.g. 0/4")
+    p.add_argument("--workers", type=workers, default="auto",
+                   help="processes predicting a batch side by side on a CPU, each with its share of the threads "
+                        "(default auto: one per CPU thread, at most one per case and per 3 GiB of free memory; "
+                        "1 on a GPU or under torchrun)")
+    p.add_argument("--no-progress", action="store_true")
+    add_read_options(p)
+
+
+def run_infer(a: argparse.Namespace) -> int:
+    from monai_pipeline.runtime import keep_freed_memory
+
+    keep_freed_memory()  # before the first large array: per-case arrays reuse memory instead of faulting it in
+    from monai_pipeline.inference import (
+        CaseOptions,
+        Predictor,
+        cases_from_inputs,
+        cases_from_manifest,
+        run_batch,
+    )
+    from monai_pipeline.inference.batch import predict_single
+    from monai_pipeline.io.formats import check_format_inputs
+
+    single = bool(a.input) and len(a.input) == 1 and a.shard is None
+    cases = cases_from_inputs(a.input, strict=single) if a.input else cases_from_manifest(a.manifest, a.sections)
+    check_format_inputs(a.format, [path for _, path in cases])
+    predictor = Predictor(a.model, device=device_or_none(a.device), overlap=a.overlap, sw_batch_size=a.sw_batch_size,
+                          tta=a.tta, bf16=False if a.no_bf16 else None, resample=a.resample, tta_axes=a.tta_axes,
+                          tta_scope=a.tta_scope, stitch_device=a.stitch_device, read_options=read_options(a))
+    opts = CaseOptions(a.out, predictor.provenance(a.save_prob, a.postprocess, a.format), a.save_prob, a.postprocess,
+                       a.format, a.preview)
+    if single:  # one input is all-or-nothing: a bad input exits 2 and writes nothing
+        pred, written = predict_single(predictor, cases[0], opts, a.overwrite)
+        print(f"{written[0]}: {len(pred.lesions)} lesion(s)")
+        return 0
+    summary = run_batch(predictor, cases, a.out, shard=a.shard, save_prob=a.save_prob, progress=not a.no_progress,
+                        postprocess=a.postprocess, overwrite=a.overwrite, fmt=a.format, preview=a.preview,
+                        workers=a.workers)
+    print(f"done {summary.done}, skipped {summary.skipped}, failed {summary.failed}")
+    for cid, reason in summary.failures:
+        print(f"failed: {cid}: {reason}", file=sys.stderr)
+    return EXIT_PARTIAL if summary.failed else 0
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_postprocess(p: argparse.ArgumentParser) -> None:
+    path_argument(p, "--input", check="input", nargs="+", required=True, help="mask files")
+    path_argument(p, "--out", check="out-dir", required=True)
+    path_argument(p, "--image", check="input", nargs="*",
+                  help="the CT of each mask (same order): needed by the lung filter, gives the lesions' HU")
+    settings = p.add_mutually_exclusive_group()
+    path_argument(settings, "--model", check="input", help="take the post-processing settings of this model file")
+    path_argument(settings, "--config", check="input", help="YAML/JSON merged over the default configuration")
+    g = p.add_argument_group("overrides of the post-processing steps (default: the model's, --config's or default.yaml's)")
+    for name, spec in STEPS.items():
+        doc = (spec.fn.__doc__ or name).strip().splitlines()[0]
+        g.add_argument(_flag(name), dest=f"step:{name}", action=argparse.BooleanOptionalAction, default=None,
+                       help=f"the {name} step: {doc}")
+        for key in spec.keywords():
+            g.add_argument(_flag(key), dest=f"step:{name}:{key}", type=float, default=None, help=f"{name} setting")
+
+
+def step_overrides(a: argparse.Namespace) -> dict:
+    """The ``postprocess`` overlay of the step flags given on the command line."""
+    steps: dict[str, dict] = {}
+    for dest, value in vars(a).items():
+        if dest.startswith("step:") and value is not None:
+            _, name, *key = dest.split(":")
+            steps.setdefault(name, {})[key[0] if key else "enabled"] = value
+    return {"steps": steps} if steps else {}
+
+
+def run_postprocess(a: argparse.Namespace) -> int:
+    from monai_pipeline.inference.masks import postprocess_files, postprocess_settings
+
+    cfg = postprocess_settings(a.model, a.config, step_overrides(a))
+    for pred in postprocess_files(a.input, a.image, a.out, cfg):
+        print(f"{pred.case_id}: {len(pred.lesions)} lesion(s)")
+    return 0
+
+
+VERBS = [
+    Verb("infer", "sliding-window inference; masks in each input's own geometry", add_infer, run_infer, teardown=False),
+    Verb("postprocess", "clean masks and write lesion tables (the post-processing infer runs)", add_postprocess,
+         run_postprocess),
+]
