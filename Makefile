@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH_CPU := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo lidc-demo test lint setup clean bench
+.PHONY: demo lidc-demo test test-fast lint setup clean bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,11 +24,16 @@ demo: $(STAMP)
 lidc-demo: $(STAMP)
 	$(BIN)/monai-pipeline lidc-demo --out lidc_demo_output
 
-test: $(STAMP)
+# the linter first (line length included): a violation fails the run, as it fails CI
+test: lint
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q tests
 
+# the suite without the end-to-end tests marked slow (subprocesses, training, real CT)
+test-fast: lint
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q -m "not slow" tests
+
 lint: $(STAMP)
-	$(BIN)/ruff check monai_pipeline tests benchmarks
+	$(BIN)/ruff check monai_pipeline tests benchmarks scripts
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_inference.py

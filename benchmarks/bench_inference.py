@@ -127,7 +127,8 @@ def project(model: Path, image: Path, out: Path, device: str = "cpu", stitch_dev
     seconds = time.perf_counter() - t0
     fpv = flops_per_voxel(counter.net, p.cfg.inference.roi_size)
     peak_gpu = torch.cuda.max_memory_allocated() / 1024 ** 3 if p.device.type == "cuda" else 0.0
-    return {"seconds": seconds, "peak_rss_gb": peak_rss_gb(), "peak_gpu_gb": peak_gpu, "mask": str(out / "project.nii.gz"),
+    return {"seconds": seconds, "peak_rss_gb": peak_rss_gb(), "peak_gpu_gb": peak_gpu,
+            "mask": str(out / "project.nii.gz"),
             "flops": counter.voxels * fpv, "floor_flops": int(np.prod(data["image"].shape[1:])) * fpv,
             "stages": pred.seconds}
 
@@ -264,7 +265,8 @@ def batch(model: Path, n: int, workdir: Path, tmp: Path) -> None:
             for i in range(n)]
     script = Path(__file__)
     per_case = median(run_child(script, "--child", "reference", "--model", str(model), "--image", str(img),
-                                "--out", str(tmp / f"batch_ref_{i}"))["process_s"] for i, (img, _) in enumerate(vols[:3]))
+                                "--out", str(tmp / f"batch_ref_{i}"))["process_s"]
+                 for i, (img, _) in enumerate(vols[:3]))
     cmd = whole_command(model, [img for img, _ in vols], tmp / "batch_cmd")
     dices = [truth_dice(m, lab) for m, (_, lab) in zip(cmd["masks"], vols, strict=True)]
     ran = json.loads((tmp / "batch_cmd" / "summary.json").read_text())

@@ -60,7 +60,8 @@ def main() -> None:
     t_edt_scipy, _ = timed(ndimage.distance_transform_edt, ~pred, sampling=geom.spacing, repeat=1)
     print(f"post-processing (remove < 10 mm3, fill holes): {t_post:.3f} s")
     print(f"lesion table ({len(rows)} lesions):                {t_les:.3f} s")
-    print(f"evaluation (Dice..HD95, ASSD, lesions):        {t_eval:.3f} s   (Dice {m['dice']:.3f}, HD95 {m['hd95_mm']:.2f} mm)")
+    print(f"evaluation (Dice..HD95, ASSD, lesions):        {t_eval:.3f} s   "
+          f"(Dice {m['dice']:.3f}, HD95 {m['hd95_mm']:.2f} mm)")
     print(f"for scale, scipy on the whole volume: binary_fill_holes {t_fill_scipy:.2f} s, "
           f"distance_transform_edt {t_edt_scipy:.2f} s")
     print(f"post-processing {t_post + t_les:.2f} s and evaluation {t_eval:.2f} s per 512x512x300 mask "

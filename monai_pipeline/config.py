@@ -82,7 +82,8 @@ class PreprocessingConfig:
     crop_margin_mm: float
 
     def __post_init__(self) -> None:
-        _need(len(self.orientation) == 3, f"preprocessing.orientation must be 3 axis codes (e.g. RAS), got {self.orientation!r}")
+        _need(len(self.orientation) == 3,
+              f"preprocessing.orientation must be 3 axis codes (e.g. RAS), got {self.orientation!r}")
         _positive_triple("preprocessing.target_spacing", self.target_spacing)
         _one_of("preprocessing.normalization", self.normalization, NORMALIZATIONS)
         _need(self.hu_window[0] < self.hu_window[1],
@@ -91,7 +92,8 @@ class PreprocessingConfig:
         _need(self.crop_margin_mm >= 0, f"preprocessing.crop_margin_mm must be >= 0, got {self.crop_margin_mm}")
         if self.intensity_stats is not None:
             missing = {"mean", "std", "p00_5", "p99_5"} - set(self.intensity_stats)
-            _need(not missing, f"preprocessing.intensity_stats must have mean, std, p00_5 and p99_5; missing {sorted(missing)}")
+            _need(not missing,
+                  f"preprocessing.intensity_stats must have mean, std, p00_5 and p99_5; missing {sorted(missing)}")
 
 
 @dataclass(frozen=True)
@@ -194,7 +196,6 @@ class InferenceConfig:
     tta_axes: tuple[int, ...]  # network-grid axes (0 = x, 1 = y, 2 = z) mirrored by TTA: 2^len passes
     tta_scope: str  # candidates: mirrored passes only around the plain pass's candidates | volume: everywhere
     bf16: bool | str
-    sw_device: str | None
     resample: str  # linear: foreground probability resampled (around candidates), then decided | nearest: label
     channels_last: bool  # run the network in channels-last 3D memory format
     subpixel_upsampling: bool | str  # few-output-channel transposed convolutions as convolution + shuffle (auto: CPU)
@@ -361,10 +362,20 @@ FLAT_POSTPROCESS_KEYS = {
 }
 
 
+#: keys of 0.1.x that nothing read (dropped when older model files and overlays load)
+RETIRED_KEYS = {"inference": ("sw_device",)}
+
+
 def upgrade(data: dict) -> dict:
-    """A configuration (or overlay) with the flat ``postprocess`` keys of 0.1.x moved into ``postprocess.steps``,
-    so that older model files and overlays keep loading and mean what they meant."""
-    if not isinstance(data, dict) or not isinstance(data.get("postprocess"), dict):
+    """A configuration (or overlay) of 0.1.x in today's shape, so that older model files and overlays keep
+    loading and mean what they meant: the flat ``postprocess`` keys moved into ``postprocess.steps``, keys that
+    nothing read dropped."""
+    if not isinstance(data, dict):
+        return data
+    for section, keys in RETIRED_KEYS.items():
+        if isinstance(data.get(section), dict) and any(k in data[section] for k in keys):
+            data = {**data, section: {k: v for k, v in data[section].items() if k not in keys}}
+    if not isinstance(data.get("postprocess"), dict):
         return data
     section = dict(data["postprocess"])
     if not any(k in section for k in FLAT_POSTPROCESS_KEYS):

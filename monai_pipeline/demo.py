@@ -102,7 +102,8 @@ def run_demo(out: str | Path, n_cases: int | None = None, epochs: int | None = N
     manifest = out / "data" / "manifest.json"
     if not manifest.exists():
         print(f"[1/4] synthesising {n_cases} chest CT cases -> {out / 'data'}")
-        synthesize(out / "data", n_cases, seed=2026, fmt="nifti", cfg=synth_cfg, n_test=n_test, n_val=1 if quick else DEMO_VAL, pngs=2)
+        synthesize(out / "data", n_cases, seed=2026, fmt="nifti", cfg=synth_cfg, n_test=n_test,
+                   n_val=1 if quick else DEMO_VAL, pngs=2)
         if real_ct is not None and (real_ct / REAL_BACKGROUND).is_file() and not quick:
             n = add_real_background(out / "data", real_ct, DEMO_REAL_CASES)
             print(f"      + {n} real-background training cases: synthetic nodules in the lungs of {REAL_BACKGROUND}")
@@ -129,7 +130,7 @@ def run_demo(out: str | Path, n_cases: int | None = None, epochs: int | None = N
     res = evaluate_folder(preds, manifest, out / "report", sections=("test",))
     print(format_table(res))
     print(headline(res))
-    from monai_pipeline.report import write_report
+    from monai_pipeline.html_report import write_report
 
     html = write_report(out)
     print(f"outputs: masks {preds}/*.nii.gz, previews {preds}/*_preview.png, overlays {preds}/png/, curve "

@@ -62,7 +62,8 @@ def autocast_context(device: torch.device, bf16: bool | str):
 
 def build_sliding_window(cfg: PipelineConfig, sw_device: str | torch.device | None = None,
                          device: str | torch.device | None = None,
-                         roi_size: tuple[int, ...] | None = None, sw_batch_size: int | None = None) -> SlidingWindowInferer:
+                         roi_size: tuple[int,
+                                         ...] | None = None, sw_batch_size: int | None = None) -> SlidingWindowInferer:
     """The configured ``SlidingWindowInferer`` (weights of the gaussian computed once at construction).
 
     ``sw_device`` runs the windows (the network's device); ``device`` accumulates the full-volume output
@@ -160,7 +161,8 @@ class ProbabilityInferer(Inferer):
         stitch_device: where the full-volume output is accumulated (default: ``device``).
     """
 
-    def __init__(self, cfg: PipelineConfig, device: str | torch.device, stitch_device: str | torch.device | None = None):
+    def __init__(self, cfg: PipelineConfig, device: str | torch.device,
+                 stitch_device: str | torch.device | None = None):
         super().__init__()
         self.cfg = cfg
         self.device = torch.device(device)

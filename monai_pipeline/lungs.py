@@ -173,7 +173,8 @@ def lung_region_coarse(hu: np.ndarray, spacing: Sequence[float], threshold_hu: f
     nodules and juxtapleural nodules count as inside), holes filled slice by slice, widened by ``rim_mm``
     (default :data:`LUNG_RIM_MM`; 0 for the lungs without their pleural rim). ``axis`` is the axial array
     axis. Computed on a grid of about ``resolution_mm`` (a region, not a contour, is needed) and returned as a
-    :class:`CoarseMask` of ``hu``'s shape. Closing uses two Euclidean distance maps (:func:`distance_mm`, spacing-aware)."""
+    :class:`CoarseMask` of ``hu``'s shape. Closing uses two Euclidean distance maps (:func:`distance_mm`,
+    spacing-aware)."""
     hu = np.asarray(hu)
     f = subsample_factors(spacing, resolution_mm)
     small = _solid_lungs(hu[::f[0], ::f[1], ::f[2]], [s * k for s, k in zip(spacing, f, strict=True)],

@@ -19,7 +19,8 @@ def test_segment_equals_infer_and_writes_with_provenance(tiny_dataset, trained_t
     image = tiny_dataset / entry["image"]
     r = run_cli("infer", "--model", trained_tiny_model, "--input", image, "--out", tmp_path / "cli", "--device", "cpu")
     assert r.returncode == 0, r.stderr
-    cli = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "cli" / f"{entry['case_id']}.nii.gz"))).transpose(2, 1, 0)
+    cli_mask = sitk.ReadImage(str(tmp_path / "cli" / f"{entry['case_id']}.nii.gz"))
+    cli = sitk.GetArrayFromImage(cli_mask).transpose(2, 1, 0)
     res = segment(str(image), str(trained_tiny_model), out=str(tmp_path / "api"), device="cpu")  # plain strings
     np.testing.assert_array_equal(res.mask, cli)
     assert res.geometry.size == sitk.ReadImage(str(image)).GetSize()

@@ -110,10 +110,12 @@ def test_flat_postprocess_keys_of_older_configurations_move_into_their_steps():
     post = config_from_model_dict(stored).postprocess
     assert post.connectivity == 6
     assert post.steps == {"lung_filter": {"enabled": False, "lung_closing_mm": 8.0, "lung_min_fraction": 0.25},
-                          "closing": {"enabled": True, "closing_mm": 2.0}, "opening": {"enabled": True, "opening_mm": 1.0},
+                          "closing": {"enabled": True, "closing_mm": 2.0}, "opening": {"enabled": True,
+                                                                                       "opening_mm": 1.0},
                           "fill_holes": {"enabled": False}, "remove_small": {"enabled": True, "min_volume_mm3": 30.0},
                           "keep_largest": {"enabled": True}}
-    assert load_config({"postprocess": {"min_volume_mm3": 5.0}}).postprocess.steps["remove_small"]["min_volume_mm3"] == 5.0
+    flat = load_config({"postprocess": {"min_volume_mm3": 5.0}}).postprocess
+    assert flat.steps["remove_small"]["min_volume_mm3"] == 5.0
 
 
 def test_an_overlay_naming_every_step_sets_their_order():

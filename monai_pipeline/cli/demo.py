@@ -25,7 +25,8 @@ def add_demo(p: argparse.ArgumentParser) -> None:
     path_argument(p, "--out", check="out-dir", default=Path("demo_output"))
     p.add_argument("--cases", type=positive_int, default=None)
     p.add_argument("--epochs", type=positive_int, default=None)
-    p.add_argument("--quick", action="store_true", help="a tiny run for smoke tests (minutes less, Dice not meaningful)")
+    p.add_argument("--quick", action="store_true",
+                   help="a tiny run for smoke tests (minutes less, Dice not meaningful)")
 
 
 def run_demo(a: argparse.Namespace) -> int:

@@ -36,7 +36,7 @@ def add_report(p: argparse.ArgumentParser) -> None:
 
 
 def run_report(a: argparse.Namespace) -> int:
-    from monai_pipeline.report import write_report
+    from monai_pipeline.html_report import write_report
 
     print(write_report(a.folder, a.out))
     return 0

@@ -42,7 +42,8 @@ def add_infer(p: argparse.ArgumentParser) -> None:
     path_argument(src, "--input", check="single-input", type=str, nargs="+",
                   help="NIfTI/NRRD/MHA files or DICOM series folders (several: a batch)")
     path_argument(src, "--manifest", check="input")
-    p.add_argument("--sections", type=sections, default=("test",), help="manifest sections, comma separated (default: test)")
+    p.add_argument("--sections", type=sections, default=("test",),
+                   help="manifest sections, comma separated (default: test)")
     path_argument(p, "--out", check="out-dir", required=True)
     p.add_argument("--device", type=device, default="auto")
     p.add_argument("--stitch-device", type=device, help="where full-volume outputs are accumulated (e.g. cpu)")
@@ -123,7 +124,8 @@ def add_postprocess(p: argparse.ArgumentParser) -> None:
     settings = p.add_mutually_exclusive_group()
     path_argument(settings, "--model", check="input", help="take the post-processing settings of this model file")
     path_argument(settings, "--config", check="input", help="YAML/JSON merged over the default configuration")
-    g = p.add_argument_group("overrides of the post-processing steps (default: the model's, --config's or default.yaml's)")
+    g = p.add_argument_group("overrides of the post-processing steps "
+                             "(default: the model's, --config's or default.yaml's)")
     for name, spec in STEPS.items():
         doc = (spec.fn.__doc__ or name).strip().splitlines()[0]
         g.add_argument(_flag(name), dest=f"step:{name}", action=argparse.BooleanOptionalAction, default=None,

@@ -41,7 +41,7 @@ def add_lidc_demo(p: argparse.ArgumentParser) -> None:
 
 
 def run_lidc_demo(a: argparse.Namespace) -> int:
-    from monai_pipeline.lidc.demo import run_lidc_demo as run
+    from monai_pipeline.lidc.lidc_demo import run_lidc_demo as run
 
     run(a.out, n_studies=a.studies, quick=a.quick)
     return 0

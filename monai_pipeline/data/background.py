@@ -8,7 +8,8 @@ calls them nodules on a real scan. Here nodules are drawn into the lungs of a re
   *interior* (the ball and a margin inside the lung air), *juxtavascular* (touching a vessel: lung voxels above
   -300 HU) and *juxtapleural* (65-95 % of a shell around it inside the lung, the rest in the chest wall);
 * what: solid, part-solid (ground glass with a solid core of half the radius) and ground-glass, spherical,
-  lobulated or spiculated (the phantom generator's shapes, :func:`~monai_pipeline.data.synthetic.nodule_signed_distance`),
+  lobulated or spiculated (the phantom generator's shapes,
+  :func:`~monai_pipeline.data.synthetic.nodule_signed_distance`),
   3-30 mm, never overlapping;
 * how it looks: solid at the patient's own soft-tissue HU (median of voxels in [-100, 150] HU), ground glass
   250 HU above the patient's aerated lung, partial volume over one voxel at the edge, and the scan's own noise

@@ -163,7 +163,8 @@ def _outliers(stats: list[dict], report: CheckReport) -> None:
     for axis, name in enumerate("xyz"):
         z = robust_z(np.asarray([s["spacing_mm"][axis] for s in stats]))
         for s, zi in zip(stats, z, strict=True):
-            if zi > OUTLIER_Z and abs(s["spacing_mm"][axis] / np.median([t["spacing_mm"][axis] for t in stats]) - 1) > 0.5:
+            median = np.median([t["spacing_mm"][axis] for t in stats])
+            if zi > OUTLIER_Z and abs(s["spacing_mm"][axis] / median - 1) > 0.5:
                 report.add("warning", s["case_id"], f"spacing {name} {s['spacing_mm'][axis]} mm is an outlier")
     z = robust_z(np.asarray([s["median_hu"] for s in stats]))
     for s, zi in zip(stats, z, strict=True):

@@ -13,6 +13,7 @@ from monai_pipeline.evaluation.detection import (
     match_scan,
     sensitivity_at,
 )
+from monai_pipeline.evaluation.evaluate import evaluate_folder, format_table, headline, select_cases
 from monai_pipeline.evaluation.metrics import (
     METRICS,
     case_metrics,
@@ -24,7 +25,6 @@ from monai_pipeline.evaluation.metrics import (
     surface_points_mm,
 )
 from monai_pipeline.evaluation.readers import nodule_agreement
-from monai_pipeline.evaluation.report import evaluate_folder, format_table, headline, select_cases
 from monai_pipeline.evaluation.stats import bootstrap_ci, dumps_strict, json_safe, summarize
 
 __all__ = ["FP_RATES", "METRICS", "Finding", "ScanDetections", "bootstrap_ci", "case_metrics", "confusion", "cpm",

@@ -105,7 +105,8 @@ def cpm(scans: Sequence[ScanDetections]) -> float | None:
     return float(np.mean(sensitivity_at(curve)))
 
 
-def cpm_bootstrap(scans: Sequence[ScanDetections], n_resamples: int = 1000, seed: int = 0) -> tuple[float | None, float | None]:
+def cpm_bootstrap(scans: Sequence[ScanDetections], n_resamples: int = 1000,
+                  seed: int = 0) -> tuple[float | None, float | None]:
     """95 % interval of the CPM, resampling scans with replacement; None where undefined."""
     if len(scans) < 2:
         return None, None

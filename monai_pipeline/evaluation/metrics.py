@@ -6,7 +6,8 @@ Conventions (documented in ``docs/evaluation.md``):
 * Sensitivity = TP/(TP+FN), NaN when the reference is empty; precision = TP/(TP+FP), NaN when the prediction is
   empty; specificity = TN/(TN+FP).
 * HD95 and ASSD (mm) are computed from the surface voxels of both masks (6-connected boundary) with exact
-  Euclidean distances in mm (nearest surface voxel, KD-tree); HD95 = max of the two directed 95th percentiles (as MONAI), ASSD = mean of all distances
+  Euclidean distances in mm (nearest surface voxel, KD-tree); HD95 = max of the two directed 95th percentiles
+  (as MONAI), ASSD = mean of all distances
   from both directions. Undefined (NaN) when either mask is empty, and NaNs are excluded from means.
 * Lesions are 26-connected components. A reference lesion is detected (TP) when predicted voxels cover at
   least ``min_overlap`` of it (default: any overlap, >= 1 voxel); a predicted component that touches no

@@ -22,6 +22,7 @@ from monai_pipeline.inference.export import (
 )
 from monai_pipeline.inference.predictor import Predictor, file_sha256, prediction_provenance
 
-__all__ = ["BatchSummary", "CaseOptions", "ExportPredictiond", "Prediction", "Predictor", "cases_from_inputs", "cases_from_manifest",
+__all__ = ["BatchSummary", "CaseOptions", "ExportPredictiond", "Prediction", "Predictor", "cases_from_inputs",
+           "cases_from_manifest",
            "export_prediction", "file_sha256", "prediction_provenance", "resample_to_grid",
            "run_batch", "shard_cases", "write_prediction"]

@@ -147,7 +147,8 @@ def run_batch(predictor: Predictor, cases: list[tuple[str, str]], out: str | Pat
     n_workers = resolve_workers(workers, len(todo), predictor.device)
     out.mkdir(parents=True, exist_ok=True)
     _remove_stale_parts(out, [c[0] for c in mine])
-    tag = f".{shard[0]}of{shard[1]}" if shard else (f".rank{os.environ['RANK']}" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "")
+    torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    tag = f".{shard[0]}of{shard[1]}" if shard else (f".rank{os.environ['RANK']}" if torchrun else "")
     fail_csv, time_csv = layout.batch_file("failures", tag), layout.batch_file("timings", tag)
     if overwrite:  # every case is predicted again: the rows of earlier runs would describe outputs now replaced
         for stale in (fail_csv, time_csv):

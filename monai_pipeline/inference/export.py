@@ -113,7 +113,8 @@ def invert_foreground(margin_net: np.ndarray, affine_ras: np.ndarray, geometry: 
     in_to_net = np.linalg.inv(net_to_in)
     net_grid = Geometry.from_ras_affine(affine_ras, margin_net.shape)
     labels, n = label_components(positive, 26)
-    boxes = ndimage.find_objects(labels) if n <= MAX_CANDIDATE_BOXES else ndimage.find_objects(positive.astype(np.uint8))
+    boxes = (ndimage.find_objects(labels) if n <= MAX_CANDIDATE_BOXES
+             else ndimage.find_objects(positive.astype(np.uint8)))
     for box in boxes:
         lo, hi = np.array([b.start for b in box]) - 1, np.array([b.stop for b in box]) + 1
         in_box = _index_box(_apply(net_to_in, _corners(lo, hi)), size)

@@ -105,7 +105,8 @@ class Predictor:
         model_path: a ``model.pt`` written by ``monai-pipeline train`` (or a bundle's ``models/model.pt``), or a
             ``monai-pipeline cv`` folder (its ``cv.json``): then the fold models' probabilities are averaged.
         device: where the network runs ("cpu", "cuda", "cuda:1"; default: cuda when available).
-        overlap, sw_batch_size, tta, tta_axes, tta_scope, bf16, resample: override the model's ``inference`` configuration.
+        overlap, sw_batch_size, tta, tta_axes, tta_scope, bf16, resample: override the model's ``inference``
+            configuration.
         stitch_device: where the full-volume output is accumulated; "cpu" lets a GPU infer volumes whose
             probabilities would not fit in its memory.
         postprocess: overrides of the model's ``postprocess`` configuration (a dict of its keys).

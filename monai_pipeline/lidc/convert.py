@@ -59,7 +59,8 @@ def _dicom_folders(root: Path) -> list[Path]:
     out = []
     for d, _, names in os.walk(root):
         files = [n for n in names if not n.endswith(".xml") and not n.startswith(".")]
-        if any(n.lower().endswith(".dcm") for n in files) or (files and dicom._is_dicom_file(os.path.join(d, files[0]))):
+        first = os.path.join(d, files[0]) if files else None
+        if any(n.lower().endswith(".dcm") for n in files) or (first and dicom._is_dicom_file(first)):
             out.append(Path(d))
     return sorted(out)
 
@@ -169,7 +170,8 @@ def _measure(vox: np.ndarray, geometry: Geometry) -> dict:
     vol = len(vox) * float(np.prod(geometry.spacing))
     aff = geometry.lps_affine()
     c = aff[:3, :3] @ idx.mean(axis=0) + aff[:3, 3]
-    return {"consensus_volume_mm3": round(vol, 3), "diameter_mm": round(longest_axial_diameter(crop, geometry.spacing), 3),
+    return {"consensus_volume_mm3": round(vol, 3), "diameter_mm": round(longest_axial_diameter(crop, geometry.spacing),
+                                                                        3),
             "equivalent_diameter_mm": round(float((6 * vol / np.pi) ** (1 / 3)), 3),
             "centroid_x_mm": round(float(c[0]), 3), "centroid_y_mm": round(float(c[1]), 3),
             "centroid_z_mm": round(float(c[2]), 3)}

@@ -166,7 +166,8 @@ def plan_layout(read: LidcRead, metadata: dict[str, dict], margin_mm: float = 15
         seen.add(sop)
         k = int(np.rint((z - z0) / step))
         if abs(grid[k] - z) > 0.01:
-            notes.append(f"SOP {sop} at z={z:g} mm lies {abs(grid[k] - z):.2f} mm off the {step:g} mm grid: not in the series")
+            notes.append(f"SOP {sop} at z={z:g} mm lies {abs(grid[k] - z):.2f} mm off the {step:g} mm grid: "
+                         "not in the series")
         elif sops[k] is not None and sops[k] != sop:
             notes.append(f"SOP {sop} at z={z:g} mm: slice already taken by another SOP UID, not in the series")
         else:

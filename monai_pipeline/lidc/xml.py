@@ -155,7 +155,8 @@ def parse_read(source: str | Path | IO[bytes]) -> LidcRead | None:
                                                _characteristics(n.find("characteristics"), name),
                                                [_roi(r, name) for r in n.findall("roi")]))
             except InputError as err:
-                raise InputError(name, f"reading session {i}, nodule {_text(n.find('noduleID'))}: {err.problem}") from err
+                raise InputError(name,
+                                 f"reading session {i}, nodule {_text(n.find('noduleID'))}: {err.problem}") from err
         for nn in s.findall("nonNodule"):
             locus = nn.find("locus")
             sess.non_nodules.append(NonNodule(

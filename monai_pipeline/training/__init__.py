@@ -50,5 +50,6 @@ __all__ = ["BEST_NAME", "DATA_KEYS", "LAST_PREFIX", "PREEMPTED_MARKER", "BestChe
            "PreemptionHandler", "ReaderAgreementBatch", "RunContext", "build_evaluator", "build_loss",
            "build_optimizer", "build_prepare_batch", "build_scheduler", "build_trainer", "bundle_training_files",
            "check_training_data", "checkpoint_epoch", "compute_intensity_stats", "init_distributed",
-           "latest_checkpoint", "make_dataset", "plot_training_curve", "read_log", "resolve_device", "schedule_handlers",
+           "latest_checkpoint", "make_dataset", "plot_training_curve", "read_log", "resolve_device",
+           "schedule_handlers",
            "tensorboard_handlers", "train", "training_labels", "weights_fingerprint", "with_intensity_stats"]

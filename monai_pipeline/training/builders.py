@@ -77,7 +77,8 @@ def check_training_data(manifest: str | Path, fold: int | None, n_classes: int) 
     for w in report.warnings:
         logger.warning("check: %s: %s", w.case_id, w.message)
     if report.empty_labels:
-        logger.info("check: %d case(s) have an empty label: %s", len(report.empty_labels), ", ".join(report.empty_labels))
+        logger.info("check: %d case(s) have an empty label: %s", len(report.empty_labels),
+                    ", ".join(report.empty_labels))
     if report.errors:
         first = report.errors[0]
         raise InputError(manifest, f"{len(report.errors)} dataset problem(s), first: {first.case_id}: {first.message}",
@@ -145,7 +146,8 @@ def build_trainer(rc: RunContext, train_files: list[dict], network, optimizer, s
     ``training.val_interval`` epochs."""
     cfg, t = rc.cfg, rc.cfg.training
     train_ds = make_dataset(train_files, train_transforms(cfg), t.cache, rc.run / "cache", keys=data_keys(t.label_mode))
-    sampler = torch.utils.data.distributed.DistributedSampler(train_ds, shuffle=True) if rc.dist.world_size > 1 else None
+    sampler = torch.utils.data.distributed.DistributedSampler(train_ds,
+                                                              shuffle=True) if rc.dist.world_size > 1 else None
     train_loader = DataLoader(train_ds, batch_size=t.batch_size, shuffle=sampler is None, sampler=sampler,
                               num_workers=t.num_workers, drop_last=False)
     handlers = schedule_handlers(scheduler, evaluator, t.val_interval)

@@ -40,7 +40,8 @@ class CSVLogger:
 
     def _iter(self, engine) -> None:
         out = engine.state.output[0] if isinstance(engine.state.output, list) else engine.state.output
-        self._losses.append(float(out["loss"].detach()) if isinstance(out["loss"], torch.Tensor) else float(out["loss"]))
+        self._losses.append(float(out["loss"].detach()) if isinstance(out["loss"],
+                                                                      torch.Tensor) else float(out["loss"]))
 
     def _epoch(self, engine) -> None:
         val = ""

@@ -70,7 +70,8 @@ def test_synth_cli_both_formats(tmp_path):
         np.testing.assert_allclose(nb_img.affine, nb_lab.affine)
         files = sorted(dcm.iterdir())
         ds = pydicom.dcmread(str(files[0]))
-        assert ds.Modality == "CT" and float(ds.RescaleIntercept) == -1024 and ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2"
+        assert ds.Modality == "CT" and float(ds.RescaleIntercept) == -1024
+        assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2"
         assert len({pydicom.dcmread(str(f), stop_before_pixels=True).SOPInstanceUID for f in files}) == len(files)
         vol = read_ct(dcm)
         np.testing.assert_array_equal(sitk_to_xyz_array(vol.image), np.asarray(nb_img.dataobj))

@@ -190,6 +190,7 @@ def test_nifti_qform_sform_disagreement_follows_nibabels_rule(tmp_path):
     img.header.set_sform(sform, code=2)
     nib.save(img, str(tmp_path / "two_forms.nii.gz"))
     vol = read_ct(tmp_path / "two_forms.nii.gz")
-    np.testing.assert_allclose(Geometry.from_sitk(vol.image).ras_affine(), nib.load(tmp_path / "two_forms.nii.gz").affine,
+    np.testing.assert_allclose(Geometry.from_sitk(vol.image).ras_affine(),
+                               nib.load(tmp_path / "two_forms.nii.gz").affine,
                                atol=1e-4)
     np.testing.assert_allclose(vol.image.GetSpacing(), (0.9, 0.8, 2.5), atol=1e-5)

@@ -47,14 +47,22 @@ def test_whole_archive_parses_with_published_totals():
 # counted by hand in each file (grep for <readingSession>, <unblindedReadNodule>, <characteristics>, <roi>,
 # <inclusion>FALSE, <nonNodule>, and reads whose rois hold a single edge-map point)
 PINNED = {
-    "185_069.xml": dict(sessions=4, nodule_reads=13, with_characteristics=4, small=9, rois=41, exclusion_rois=0, non_nodules=13),
-    "187_023.xml": dict(sessions=4, nodule_reads=4, with_characteristics=4, small=0, rois=8, exclusion_rois=0, non_nodules=1),
-    "188_259.xml": dict(sessions=4, nodule_reads=12, with_characteristics=6, small=6, rois=16, exclusion_rois=1, non_nodules=7),
-    "157_162.xml": dict(sessions=4, nodule_reads=20, with_characteristics=6, small=14, rois=29, exclusion_rois=0, non_nodules=16),
-    "189_142.xml": dict(sessions=4, nodule_reads=0, with_characteristics=0, small=0, rois=0, exclusion_rois=0, non_nodules=1),
-    "189_110.xml": dict(sessions=3, nodule_reads=11, with_characteristics=3, small=8, rois=33, exclusion_rois=0, non_nodules=28),
-    "188_011.xml": dict(sessions=8, nodule_reads=20, with_characteristics=4, small=16, rois=27, exclusion_rois=0, non_nodules=64),
-    "187_044.xml": dict(sessions=4, nodule_reads=39, with_characteristics=17, small=21, rois=115, exclusion_rois=3, non_nodules=7),
+    "185_069.xml": dict(sessions=4, nodule_reads=13, with_characteristics=4, small=9, rois=41, exclusion_rois=0,
+                        non_nodules=13),
+    "187_023.xml": dict(sessions=4, nodule_reads=4, with_characteristics=4, small=0, rois=8, exclusion_rois=0,
+                        non_nodules=1),
+    "188_259.xml": dict(sessions=4, nodule_reads=12, with_characteristics=6, small=6, rois=16, exclusion_rois=1,
+                        non_nodules=7),
+    "157_162.xml": dict(sessions=4, nodule_reads=20, with_characteristics=6, small=14, rois=29, exclusion_rois=0,
+                        non_nodules=16),
+    "189_142.xml": dict(sessions=4, nodule_reads=0, with_characteristics=0, small=0, rois=0, exclusion_rois=0,
+                        non_nodules=1),
+    "189_110.xml": dict(sessions=3, nodule_reads=11, with_characteristics=3, small=8, rois=33, exclusion_rois=0,
+                        non_nodules=28),
+    "188_011.xml": dict(sessions=8, nodule_reads=20, with_characteristics=4, small=16, rois=27, exclusion_rois=0,
+                        non_nodules=64),
+    "187_044.xml": dict(sessions=4, nodule_reads=39, with_characteristics=17, small=21, rois=115, exclusion_rois=3,
+                        non_nodules=7),
 }
 
 

@@ -17,6 +17,8 @@ from monai_pipeline.config import load_config
 from monai_pipeline.training import checkpoint_epoch, latest_checkpoint, train
 from tests.helpers import TINY_OVERLAY, wait_for_checkpoint
 
+pytestmark = pytest.mark.slow  # trains tiny networks and kills training processes
+
 
 def _losses(run):
     with open(run / "log.csv") as fh:

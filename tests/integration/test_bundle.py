@@ -19,6 +19,8 @@ import torch
 from tests.conftest import REPO, SHARED
 from tests.helpers import run_cli, tiny_model_file
 
+pytestmark = pytest.mark.slow  # end to end: subprocesses, training or real CT
+
 BUNDLE = REPO / "bundles" / "lung_nodule_ct_segmentation"
 DATALIST = REPO / "data_manifests" / "synthetic.json"
 SCHEMA = SHARED / "reference" / "monai_bundle_meta_schema_20240725.json"
@@ -46,7 +48,8 @@ def bundle(tmp_path):
 
 def _bundle_run(*configs, bundle, data, extra=(), nproc: int | None = None, cwd: Path | None = None):
     """``python -m monai.bundle run`` as the bundle README writes it: --bundle_root and --dataset_dir only."""
-    cfg = str([str(bundle / "configs" / c) for c in configs]) if len(configs) > 1 else str(bundle / "configs" / configs[0])
+    paths = [str(bundle / "configs" / c) for c in configs]
+    cfg = str(paths) if len(paths) > 1 else paths[0]
     head = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", f"--nproc_per_node={nproc}",
              "-m", "monai.bundle"] if nproc else [sys.executable, "-m", "monai.bundle"])
     args = [*head, "run", "--config_file", cfg, "--bundle_root", str(bundle), "--dataset_dir", str(data),
@@ -107,7 +110,8 @@ def test_copied_bundle_trains_infers_and_evaluates_with_dataset_dir_only(bundle,
     rows = list(csv.DictReader(open(bundle / "eval" / "metrics.csv")))
     assert {r["case_id"] for r in rows} == {e["case_id"] for e in manifest["validation"] + manifest["test"]}
     # the bundle's checkpoint is usable by the CLI as it is
-    r = run_cli("infer", "--model", bundle / "models" / "model.pt", "--input", bundle_data / manifest["test"][0]["image"],
+    r = run_cli("infer", "--model", bundle / "models" / "model.pt", "--input",
+                bundle_data / manifest["test"][0]["image"],
                 "--out", bundle.parent / "cli_out", "--device", "cpu")
     assert r.returncode == 0, r.stderr
     # and exports to TorchScript, which loads and runs
@@ -162,14 +166,17 @@ def test_bundle_infer_and_postprocess_give_the_same_masks(bundle, two_inputs, tr
     r = _bundle_run("inference.json", bundle=bundle, data=two_inputs)
     assert r.returncode == 0, r.stderr[-3000:]
     inputs = [two_inputs / "series_ff", two_inputs / "flipped.nii.gz"]
-    r = run_cli("infer", "--model", trained_tiny_model, "--input", *inputs, "--out", tmp_path / "cli", "--device", "cpu",
+    r = run_cli("infer", "--model", trained_tiny_model, "--input", *inputs, "--out", tmp_path / "cli", "--device",
+                "cpu",
                 "--no-progress")
     assert r.returncode == 0, r.stderr
-    r = run_cli("infer", "--model", trained_tiny_model, "--input", *inputs, "--out", tmp_path / "raw", "--device", "cpu",
+    r = run_cli("infer", "--model", trained_tiny_model, "--input", *inputs, "--out", tmp_path / "raw", "--device",
+                "cpu",
                 "--no-progress", "--no-postprocess")
     assert r.returncode == 0, r.stderr
     raw = [tmp_path / "raw" / "series_ff.nii.gz", tmp_path / "raw" / "flipped.nii.gz"]
-    r = run_cli("postprocess", "--input", *raw, "--image", *inputs, "--model", trained_tiny_model, "--out", tmp_path / "pp")
+    r = run_cli("postprocess", "--input", *raw, "--image", *inputs, "--model", trained_tiny_model, "--out",
+                tmp_path / "pp")
     assert r.returncode == 0, r.stderr
     total = 0
     for cid in ("series_ff", "flipped"):

@@ -45,7 +45,8 @@ def test_training_cases_are_refused_naming_them(predicted, tiny_dataset, trained
 def test_default_scores_held_out_cases_with_strict_json_and_detection(predicted, tiny_dataset, tmp_path):
     manifest = json.loads((tiny_dataset / "manifest.json").read_text())
     held_out = sorted(e["case_id"] for e in manifest["validation"] + manifest["test"])
-    r = run_cli("evaluate", "--pred", predicted, "--manifest", tiny_dataset / "manifest.json", "--out", tmp_path / "rep")
+    r = run_cli("evaluate", "--pred", predicted, "--manifest", tiny_dataset / "manifest.json", "--out",
+                tmp_path / "rep")
     assert r.returncode == 0, r.stderr
     rep = tmp_path / "rep"
     summary = json.loads((rep / "summary.json").read_text(), parse_constant=_refuse)  # no NaN tokens

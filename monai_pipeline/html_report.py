@@ -105,7 +105,8 @@ def _evaluation(d: Path, summary: dict) -> str:
     ra = summary.get("reader_agreement")
     if ra:
         parts.append("<h3>Reader agreement</h3>" + _table(
-            [{"model vs consensus": ra["model_vs_consensus"]["mean"], "model vs readers": ra["model_vs_readers"]["mean"],
+            [{"model vs consensus": ra["model_vs_consensus"]["mean"],
+              "model vs readers": ra["model_vs_readers"]["mean"],
               "reader vs reader": ra["reader_vs_reader"]["mean"], "nodules": ra["n_nodules"]}], "readers"))
     for name, caption in (("dice.png", "Dice per case"), ("dice_box.png", "Dice distribution"),
                           ("froc.png", "FROC curve")):
@@ -155,7 +156,8 @@ def build_report(folder: str | Path) -> str:
     body = "\n<hr>\n".join(html_text for _, html_text in sorted(found, key=lambda t: t[0]))
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>monai-pipeline report: {html.escape(folder.name)}"
             f"</title><style>{STYLE}</style></head><body><h1>monai-pipeline report</h1>"
-            f"<p>{html.escape(str(folder.resolve()))}; monai-pipeline {__version__}. Research software: not for clinical "
+            f"<p>{html.escape(str(folder.resolve()))}; monai-pipeline {__version__}. "
+            "Research software: not for clinical "
             f"decisions.</p>{body}<script>{SCRIPT}</script></body></html>")
 
 

@@ -32,7 +32,8 @@ def results(tmp_path_factory, tiny_dataset, trained_tiny_model):
 
 def test_outputs_for_people(results, tiny_dataset):
     pred = results / "predictions"
-    cases = [e["case_id"] for s in ("validation", "test") for e in json.loads((tiny_dataset / "manifest.json").read_text())[s]]
+    cases = [e["case_id"] for s in ("validation",
+                                    "test") for e in json.loads((tiny_dataset / "manifest.json").read_text())[s]]
     for cid in cases:
         assert (pred / f"{cid}_preview.png").stat().st_size > 1000
         stats = json.loads((pred / f"{cid}_stats.json").read_text())

@@ -13,11 +13,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import SimpleITK as sitk
 import yaml
 
 from tests.conftest import REPO
 from tests.helpers import TINY_OVERLAY, run_cli, wait_for_checkpoint
+
+pytestmark = pytest.mark.slow  # end to end: subprocesses, training or real CT
 
 SRUN = """#!/bin/bash
 # stub srun: the command once per node (--ntasks-per-node=1), SLURM_NODEID/SLURM_PROCID set; signals forwarded
@@ -87,7 +90,7 @@ def test_multinode_training_preempted_requeued_and_resumed(tiny_dataset, tmp_pat
     out, _ = proc.communicate(timeout=240)
     assert proc.returncode == 0, out[-3000:]
     assert "requeueing job 4242" in out and (tmp_path / "scontrol.log").read_text().split() == ["4242"]
-    ranks = [json.loads(p.read_text()) for p in sorted((run / "ranks").glob("rank*.json"))] if (run / "ranks").exists() else []
+    ranks = [json.loads(p.read_text()) for p in sorted((run / "ranks").glob("rank*.json"))]
     assert not (run / "model.pt").exists() and ranks == []
     # the requeued job: same script, same environment, resumes and finishes
     env["MASTER_PORT"] = str(_free_port())

@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 import torch
 import yaml
 
 from tests.helpers import TINY_OVERLAY, run_cli
+
+pytestmark = pytest.mark.slow  # end to end: subprocesses, training or real CT
 
 
 def test_cv_out_of_fold_and_ensemble(tiny_dataset, tmp_path):

@@ -27,7 +27,7 @@ GUT_LABELS = (6, 18, 19, 20)  # stomach, small bowel, duodenum, colon
 #: "none of the stomach and bowel voxels", with a tolerance of 0.1 % of them (boundary voxels of a 3 mm grid)
 GUT_TOLERANCE = 0.001
 
-pytestmark = pytest.mark.skipif(not REAL.is_dir(), reason="../shared/realct not present")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not REAL.is_dir(), reason="../shared/realct not present")]
 
 
 def _dcm2niix() -> str | None:

@@ -23,6 +23,8 @@ from pydicom.dataelem import DataElement
 
 from tests.helpers import tiny_model_file
 
+pytestmark = pytest.mark.slow  # end to end: subprocesses, training or real CT
+
 
 @dataclass
 class Case:
@@ -274,10 +276,13 @@ FILE_CASES = {
     "nifti_4d": _file_case(lambda d: _image(d, "fourd.nii.gz", np.full((2, 6, 20, 20), -1000, np.int16))),
     "nifti_rgb": _file_case(lambda d: (sitk.WriteImage(sitk.Compose([_ct()] * 3), str(d / "rgb.nii.gz")),
                                        d / "rgb.nii.gz")[1]),
-    "nifti_nan_voxels": _file_case(lambda d: _float_ct(d, "nan.nii.gz", lambda a: a.__setitem__((0, 0, slice(0, 5)), np.nan))),
+    "nifti_nan_voxels": _file_case(
+        lambda d: _float_ct(d, "nan.nii.gz", lambda a: a.__setitem__((0, 0, slice(0, 5)), np.nan))),
     "nifti_inf_voxels": _file_case(lambda d: _float_ct(d, "inf.nii.gz", lambda a: a.__setitem__((1, 1, 1), np.inf))),
-    "nifti_not_hu_0_1": _file_case(lambda d: _image(d, "unit.nii.gz", np.random.default_rng(0).random((8, 20, 20)).astype(np.float32))),
-    "nifti_values_out_of_range": _file_case(lambda d: _float_ct(d, "huge.nii.gz", lambda a: a.__setitem__((2, 2, 2), 1e7))),
+    "nifti_not_hu_0_1": _file_case(
+        lambda d: _image(d, "unit.nii.gz", np.random.default_rng(0).random((8, 20, 20)).astype(np.float32))),
+    "nifti_values_out_of_range": _file_case(
+        lambda d: _float_ct(d, "huge.nii.gz", lambda a: a.__setitem__((2, 2, 2), 1e7))),
     "nifti_sheared_sform": _file_case(_sheared_nifti),
     "mha_named_pipe": _file_case(lambda d: _fifo(d, "scan.mha")),
     "dcm_named_pipe": _file_case(lambda d: _fifo(d, "scan.dcm")),
@@ -325,7 +330,8 @@ def _eval_case(label_arr_fn=None, pred_arr_fn=None, name="label", other_grid=Fal
         else:
             write(pred, d / "pred" / "c1.nii.gz")
         (d / "data" / "manifest.json").write_text(json.dumps(
-            {"training": [], "validation": [], "test": [{"image": "c1.nii.gz", "label": "c1_label.nii.gz", "case_id": "c1"}]}))
+            {"training": [], "validation": [], "test": [{"image": "c1.nii.gz", "label": "c1_label.nii.gz",
+                                                         "case_id": "c1"}]}))
         return Case(["evaluate", "--pred", str(d / "pred"), "--manifest", str(d / "data" / "manifest.json"),
                      "--out", str(d / "out")], name, d / "out")
     return build
@@ -364,7 +370,8 @@ def _manifest_case(content, command="train"):
         elif command == "check":
             argv = ["check", "--manifest", str(m)]
         else:
-            argv = ["infer", "--model", str(env["model"]), "--manifest", str(m), "--out", str(d / "out"), "--device", "cpu"]
+            argv = ["infer", "--model", str(env["model"]), "--manifest", str(m), "--out", str(d / "out"), "--device",
+                    "cpu"]
         return Case(argv, "m.json", d / "out")
     return build
 
@@ -385,7 +392,8 @@ MANIFEST_CASES = {
                                                                  {"image": "good.nii.gz", "label": "good.nii.gz",
                                                                   "case_id": "b", "fold": 1}]}),
     "manifest_duplicate_case_ids_check": _manifest_case({"training": [{"image": "good.nii.gz", "case_id": "a"},
-                                                                      {"image": "good.nii.gz", "case_id": "a"}]}, "check"),
+                                                                      {"image": "good.nii.gz",
+                                                                       "case_id": "a"}]}, "check"),
     "manifest_patient_in_two_folds_check": _manifest_case(
         {"training": [{"image": "good.nii.gz", "case_id": "a", "patient_id": "p", "fold": 0},
                       {"image": "good.nii.gz", "case_id": "b", "patient_id": "p", "fold": 1}]}, "check"),
@@ -398,7 +406,8 @@ MANIFEST_CASES = {
 def _model_case(make, name):
     def build(d: Path, env) -> Case:
         m = make(d)
-        return Case(["infer", "--model", str(m), "--input", str(env["good"]), "--out", str(d / "out"), "--device", "cpu"],
+        return Case(["infer", "--model", str(m), "--input", str(env["good"]), "--out", str(d / "out"), "--device",
+                     "cpu"],
                     name, d / "out")
     return build
 
@@ -464,10 +473,12 @@ OUTPUT_CASES = {
     "convert_out_unknown_extension": _out_case(lambda d, env: ["convert", "--input", str(env["good"]), "--out",
                                                                str(d / "out.xyz")], "out.xyz"),
     "convert_out_is_a_folder": _out_case(lambda d, env: ["convert", "--input", str(env["good"]), "--out",
-                                                         str((d / "dir.nii.gz").mkdir() or d / "dir.nii.gz")], "dir.nii.gz"),
+                                                         str((d / "dir.nii.gz").mkdir() or d / "dir.nii.gz")],
+                                         "dir.nii.gz"),
     "evaluate_out_is_a_file": _out_case(lambda d, env: ["evaluate", "--pred", str(d), "--manifest", str(env["good"]),
                                                         "--out", str(_existing_file(d, "report"))], "report"),
-    "manifest_out_not_json": _out_case(lambda d, env: ["manifest", "--images", str(d), "--out", str(d / "m.txt")], "m.txt"),
+    "manifest_out_not_json": _out_case(lambda d, env: ["manifest", "--images", str(d), "--out", str(d / "m.txt")],
+                                       "m.txt"),
     "export_bundle_not_a_bundle": _out_case(lambda d, env: ["export-bundle", "--model", str(env["model"]), "--bundle",
                                                             str((d / "notabundle").mkdir() or d / "notabundle")],
                                             "notabundle"),
@@ -476,7 +487,8 @@ OUTPUT_CASES = {
     "postprocess_image_count_differs": _out_case(
         lambda d, env: ["postprocess", "--input", str(env["good"]), "--image", str(env["good"]), str(env["good"]),
                         "--out", str(d / "out")], "--image"),
-    "synth_out_is_a_file": _out_case(lambda d, env: ["synth", "--out", str(_existing_file(d, "s")), "--cases", "1"], "s"),
+    "synth_out_is_a_file": _out_case(lambda d, env: ["synth", "--out", str(_existing_file(d, "s")), "--cases", "1"],
+                                     "s"),
     "lidc_input_missing": _out_case(lambda d, env: ["lidc-convert", "--input", str(d / "nolidc"), "--out",
                                                     str(d / "o")], "nolidc"),
 }

@@ -20,6 +20,8 @@ import yaml
 from monai_pipeline.data.manifest import load_manifest
 from tests.helpers import TINY_OVERLAY, run_cli, tiny_model_file, wait_for_checkpoint
 
+pytestmark = pytest.mark.slow  # end to end: subprocesses, training or real CT
+
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
 
 
