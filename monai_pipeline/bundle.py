@@ -15,10 +15,21 @@ import logging
 from pathlib import Path
 
 import torch
+from monai.data import load_decathlon_datalist
 
-from monai_pipeline.config import BUNDLE_CONFIG, BUNDLE_MODEL_CONFIG, PipelineConfig, dump_config
+from monai_pipeline.config import (
+    BUNDLE_CONFIG,
+    BUNDLE_MODEL_CONFIG,
+    PipelineConfig,
+    config_from_model_dict,
+    dump_config,
+)
+from monai_pipeline.data.manifest import case_id_from_path
 from monai_pipeline.errors import InputError
-from monai_pipeline.io.writer import atomic_path
+from monai_pipeline.evaluation import evaluate_folder, headline
+from monai_pipeline.io.reader import is_image_path
+from monai_pipeline.io.writer import atomic_path, atomic_write_text
+from monai_pipeline.model_file import describe_training_data, load_model_file
 from monai_pipeline.networks import unwrap
 
 logger = logging.getLogger(__name__)
@@ -45,9 +56,6 @@ def export_to_bundle(model_path: str | Path, bundle_root: str | Path) -> Path:
     """Drop a ``monai-pipeline train`` model into a bundle: ``models/model.pt`` (the state dict, as model-zoo
     checkpoints are), ``models/pipeline.yaml`` (its configuration) and ``models/model_card.json`` (what it was
     trained on: case count per source, e.g. synthetic phantoms only; the epochs; the best validation Dice)."""
-    from monai_pipeline.config import config_from_model_dict
-    from monai_pipeline.io.writer import atomic_write_text
-    from monai_pipeline.model_file import describe_training_data, load_model_file
 
     root = Path(bundle_root)
     if not (root / BUNDLE_CONFIG).is_file():
@@ -66,11 +74,6 @@ def export_to_bundle(model_path: str | Path, bundle_root: str | Path) -> Path:
 def inference_inputs(datalist: str | Path, dataset_dir: str | Path, section: str = "test") -> list[dict]:
     """Cases to infer: the ``section`` of the datalist (paths relative to ``dataset_dir``) when it exists and
     lists cases, else every image file and DICOM folder directly under ``dataset_dir`` (or its ``images/``)."""
-    from monai.data import load_decathlon_datalist
-
-    from monai_pipeline.data.manifest import case_id_from_path
-    from monai_pipeline.errors import InputError
-    from monai_pipeline.io.reader import is_image_path
 
     if Path(datalist).is_file() and json.loads(Path(datalist).read_text()).get(section):
         entries = load_decathlon_datalist(str(datalist), data_list_key=section, base_dir=str(dataset_dir))
@@ -88,10 +91,8 @@ def evaluate(pred_dir: str | Path, datalist: str | Path, dataset_dir: str | Path
              sections: tuple[str, ...] = ("validation", "test")) -> dict:
     """The library's evaluation of the bundle's predictions (paths in ``datalist`` relative to ``dataset_dir``);
     writes ``metrics.csv`` and ``summary.json`` into ``out`` and logs the mean Dice."""
-    from monai_pipeline.evaluation import evaluate_folder
 
     res = evaluate_folder(pred_dir, datalist, out, sections=sections, base_dir=dataset_dir)
-    from monai_pipeline.evaluation import headline
 
     logger.info("%s", headline(res))
     return res

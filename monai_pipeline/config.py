@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from monai_pipeline.errors import ConfigError, InputError
+from monai_pipeline.io.writer import atomic_write_text
 
 NORMALIZATIONS = ("window", "nnunet")
 CROPS = ("none", "body", "lungs")
@@ -456,6 +457,5 @@ def is_bundle_checkpoint(path: str | Path) -> bool:
 
 def dump_config(cfg: PipelineConfig, path: str | Path) -> Path:
     """Write ``cfg`` as YAML atomically."""
-    from monai_pipeline.io.writer import atomic_write_text
 
     return atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -18,14 +18,19 @@ import logging
 from pathlib import Path
 
 from monai_pipeline.config import PipelineConfig
+from monai_pipeline.data.manifest import load_manifest
 from monai_pipeline.errors import InputError
+from monai_pipeline.evaluation import evaluate_folder
+from monai_pipeline.inference import Predictor, run_batch
+from monai_pipeline.inference.predictor import CV_FILE
+from monai_pipeline.io.writer import atomic_write_text
+from monai_pipeline.training import latest_checkpoint, train
 
 logger = logging.getLogger(__name__)
 
 
 def manifest_folds(manifest: str | Path) -> list[int]:
     """The folds of the manifest's training cases."""
-    from monai_pipeline.data.manifest import load_manifest
 
     training = load_manifest(manifest, "training")
     if not training:
@@ -36,12 +41,6 @@ def manifest_folds(manifest: str | Path) -> list[int]:
 def cross_validate(manifest: str | Path, out: str | Path, cfg: PipelineConfig, folds: list[int] | None = None,
                    epochs: int | None = None, device: str | None = None, progress: bool = True) -> dict:
     """Train, predict and evaluate every fold (see the module docstring); returns the out-of-fold summary."""
-    from monai_pipeline.data.manifest import load_manifest
-    from monai_pipeline.evaluation import evaluate_folder
-    from monai_pipeline.inference import Predictor, run_batch
-    from monai_pipeline.inference.predictor import CV_FILE
-    from monai_pipeline.io.writer import atomic_write_text
-    from monai_pipeline.training import latest_checkpoint, train
 
     out = Path(out)
     available = manifest_folds(manifest)

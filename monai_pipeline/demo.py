@@ -8,6 +8,7 @@ tables, png/), ``report/`` (metrics.csv, summary.json, dice.png). The last line 
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -17,7 +18,14 @@ from pathlib import Path
 import yaml
 
 from monai_pipeline.config import PipelineConfig, load_config
+from monai_pipeline.data.manifest import load_manifest, write_manifest
+from monai_pipeline.data.synth_dataset import synthesize, synthesize_background
 from monai_pipeline.data.synthetic import SynthConfig
+from monai_pipeline.evaluation import evaluate_folder, format_table, headline
+from monai_pipeline.html_report import write_report
+from monai_pipeline.inference import Predictor, cases_from_manifest, run_batch, write_prediction
+from monai_pipeline.io.writer import atomic_write_text
+from monai_pipeline.training import latest_checkpoint, train
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +57,6 @@ def demo_config(quick: bool = False, *overlays: str) -> PipelineConfig:
 def add_real_background(data: Path, real_ct: Path, n_cases: int, seed: int = 2026) -> int:
     """Real-background training cases (:func:`~monai_pipeline.data.synth_dataset.synthesize_background` on
     :data:`REAL_BACKGROUND`) under ``data/realbg``, appended to the training section of ``data/manifest.json``."""
-    import json
-
-    from monai_pipeline.data.manifest import write_manifest
-    from monai_pipeline.data.synth_dataset import synthesize_background
 
     sub = synthesize_background(data / "realbg", [real_ct / REAL_BACKGROUND], n_cases, seed=seed,
                                 diameter_mm=(5.0, 25.0), progress=False)
@@ -70,10 +74,6 @@ def add_real_background(data: Path, real_ct: Path, n_cases: int, seed: int = 202
 def false_positives_on_real_ct(model: Path, real_ct: Path, out: Path) -> dict:
     """Lesions the model reports on real scans without nodules: :data:`REAL_HELD_OUT` (never trained on) and
     :data:`REAL_SEEN` (the real-background cases' anatomy, so not held out). Written to ``out/real_ct.json``."""
-    import json
-
-    from monai_pipeline.inference import Predictor, write_prediction
-    from monai_pipeline.io.writer import atomic_write_text
 
     predictor = Predictor(model, device="cpu")
     counts = {}
@@ -89,10 +89,6 @@ def false_positives_on_real_ct(model: Path, real_ct: Path, out: Path) -> dict:
 
 def run_demo(out: str | Path, n_cases: int | None = None, epochs: int | None = None, quick: bool = False,
              real_ct: Path | None = REAL_CT) -> dict:
-    from monai_pipeline.data.synth_dataset import synthesize
-    from monai_pipeline.evaluation import evaluate_folder, format_table, headline
-    from monai_pipeline.inference import Predictor, cases_from_manifest, run_batch
-    from monai_pipeline.training import latest_checkpoint, train
 
     out = Path(out)
     t0 = time.time()
@@ -118,7 +114,6 @@ def run_demo(out: str | Path, n_cases: int | None = None, epochs: int | None = N
         train(manifest, run, cfg, epochs=epochs, device="cpu", resume=resume)
     preds = out / "predictions"
     print(f"[3/4] sliding-window inference on the held-out test cases -> {preds}")
-    from monai_pipeline.data.manifest import load_manifest
 
     truth = {e["case_id"]: e["label"] for e in load_manifest(manifest, "test")}
     # the demo owns its output folder: predictions are always made afresh by this model
@@ -130,7 +125,6 @@ def run_demo(out: str | Path, n_cases: int | None = None, epochs: int | None = N
     res = evaluate_folder(preds, manifest, out / "report", sections=("test",))
     print(format_table(res))
     print(headline(res))
-    from monai_pipeline.html_report import write_report
 
     html = write_report(out)
     print(f"outputs: masks {preds}/*.nii.gz, previews {preds}/*_preview.png, overlays {preds}/png/, curve "

@@ -17,7 +17,9 @@ import html
 import json
 from pathlib import Path
 
+from monai_pipeline import __version__
 from monai_pipeline.errors import InputError
+from monai_pipeline.io.writer import atomic_write_text
 
 MAX_ROWS = 300
 
@@ -145,7 +147,6 @@ document.body.setAttribute('data-images-loaded',ok+'/'+im.length);});"""
 
 def build_report(folder: str | Path) -> str:
     """The HTML page for ``folder`` and its immediate subfolders (see the module docstring)."""
-    from monai_pipeline import __version__
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -163,6 +164,5 @@ def build_report(folder: str | Path) -> str:
 
 def write_report(folder: str | Path, out: str | Path | None = None) -> Path:
     """Write :func:`build_report` to ``out`` (default ``FOLDER/report.html``) atomically."""
-    from monai_pipeline.io.writer import atomic_write_text
 
     return atomic_write_text(Path(out) if out else Path(folder) / "report.html", build_report(folder))

@@ -15,11 +15,14 @@ import math
 import weakref
 from contextlib import nullcontext
 from functools import lru_cache
+from itertools import combinations
 from pathlib import Path
 
+import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer, SlidingWindowInferer
+from scipy import ndimage
 
 from monai_pipeline.config import PipelineConfig
 from monai_pipeline.networks import inference_form
@@ -28,7 +31,6 @@ from monai_pipeline.networks import inference_form
 def mirrorings(axes: tuple[int, ...]) -> list[tuple[int, ...]]:
     """Every combination of the spatial ``axes`` (0 = x) as tensor dims of ``(B, C, X, Y, Z)``, the identity
     first: 2^len(axes) mirrorings."""
-    from itertools import combinations
 
     dims = [a + 2 for a in sorted(axes)]
     return [c for k in range(len(dims) + 1) for c in combinations(dims, k)]
@@ -123,8 +125,6 @@ def tta_crops(fg: torch.Tensor, threshold: float = TTA_CANDIDATE_PROBABILITY, ed
     plus ``context`` voxels per side (rounded up to ``multiple``, inside the volume). Returns (crop, region)
     pairs: ``crop`` the slices of the box, ``region`` (bool, the crop's shape) the voxels of that region, whose
     probability the mirrored passes decide. Crops may overlap; regions do not."""
-    import numpy as np
-    from scipy import ndimage
 
     cand = (fg > threshold).cpu().numpy()
     if not cand.any():

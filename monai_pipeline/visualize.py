@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from monai_pipeline.io.geometry import sitk_to_xyz_array
 from monai_pipeline.io.writer import atomic_path
@@ -18,7 +19,7 @@ LUNG_WINDOW = (-1350.0, 150.0)  # HU: level -600, width 1500
 
 
 def _plt():
-    import matplotlib
+    import matplotlib  # deferred: 0.4 s of import, needed only when a picture is drawn (matplotlib.use first)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -70,7 +71,6 @@ def _save(fig, path: str | Path) -> Path:
 def save_overlays_png(image: sitk.Image, pred: sitk.Image, truth: sitk.Image | None, path: str | Path,
                       max_lesions: int = 6, window: tuple[float, float] = LUNG_WINDOW) -> Path:
     """One panel per lesion (prediction green, ground truth red), through the lesion's central slice."""
-    from scipy import ndimage
 
     plt = _plt()
     arr, pr = to_lps_array(image), to_lps_array(pred) > 0
@@ -127,7 +127,6 @@ def save_preview_png(image: sitk.Image, mask: sitk.Image, path: str | Path, max_
     """``<case_id>_preview.png``: one row per lesion (largest first; the volume centre when there is none) with
     axial, coronal and sagittal slices through its centre, the mask outlined in green over the CT (lung window)
     and a 20 mm scale bar. Radiological convention (volumes reoriented to LPS first)."""
-    from scipy import ndimage
 
     plt = _plt()
     oriented = sitk.DICOMOrient(image, "LPS")

@@ -17,7 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from monai_pipeline.data.manifest import case_id_from_path
 from monai_pipeline.errors import InputError, PipelineError
+from monai_pipeline.io.geometry import sitk_to_xyz_array
+from monai_pipeline.io.reader import label_values, read_ct, read_label
 
 logger = logging.getLogger(__name__)
 SECTIONS = ("training", "validation", "test")
@@ -88,7 +91,6 @@ def _entries(manifest: Path, sections: tuple[str, ...], report: CheckReport) -> 
             for key in ("image", "label"):
                 if isinstance(e.get(key), str):
                     e[key] = str((manifest.parent / e[key]).resolve())
-            from monai_pipeline.data.manifest import case_id_from_path
 
             e.setdefault("case_id", case_id_from_path(e["image"]))
             out.append((section, e))
@@ -119,8 +121,6 @@ def _split_problems(entries: list[tuple[str, dict]], report: CheckReport) -> Non
 
 def _case(e: dict, n_classes: int, report: CheckReport) -> dict | None:
     """Read one case (image as CT, label as label map); per-case statistics or None after an error."""
-    from monai_pipeline.io.geometry import sitk_to_xyz_array
-    from monai_pipeline.io.reader import label_values, read_ct, read_label
 
     cid = str(e["case_id"])
     try:

@@ -9,11 +9,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from monai_pipeline.data.background import analyse_background, insert_nodules
 from monai_pipeline.data.manifest import relpath, write_manifest
-from monai_pipeline.data.synthetic import SynthCase, SynthConfig, generate_case, nodules_to_json
+from monai_pipeline.data.synthetic import SynthCase, SynthConfig, generate_case, nodules_to_json, reorient_exact
 from monai_pipeline.io.dicom_writer import write_ct_series
-from monai_pipeline.io.geometry import Geometry
+from monai_pipeline.io.geometry import Geometry, sitk_to_xyz_array, xyz_array_to_sitk
+from monai_pipeline.io.reader import read_ct
 from monai_pipeline.io.writer import SYNTHETIC_MARK, atomic_write_text, write_image
+from monai_pipeline.visualize import save_slices_png
 
 logger = logging.getLogger(__name__)
 FORMATS = ("nifti", "dicom", "both")
@@ -21,8 +24,6 @@ FORMATS = ("nifti", "dicom", "both")
 
 def _dicom_safe(case: SynthCase) -> SynthCase:
     """DICOM needs a right-handed grid: flip the slice axis of a left-handed case (same physical content)."""
-    from monai_pipeline.data.synthetic import reorient_exact
-    from monai_pipeline.io.geometry import sitk_to_xyz_array, xyz_array_to_sitk
 
     g = Geometry.from_sitk(case.image)
     d = g.direction_matrix
@@ -76,7 +77,6 @@ def synthesize(out: str | Path, n_cases: int, seed: int = 0, fmt: str = "nifti",
             {"case_id": cid, "orientation": case.orientation, "geometry": Geometry.from_sitk(case.image).to_dict(),
              "nodules": nodules_to_json(case.nodules)}, indent=1))
         if i < pngs:
-            from monai_pipeline.visualize import save_slices_png
 
             save_slices_png(case.image, out / "png" / f"{cid}.png", label=case.label)
         entries.append(entry)
@@ -99,8 +99,6 @@ def synthesize_background(out: str | Path, backgrounds: list[str | Path], n_case
     ``backgrounds`` (cycled; :func:`~monai_pipeline.data.background.insert_nodules`), laid out as
     :func:`synthesize` lays out phantoms; manifest entries have ``source: real-background`` and name their
     background. Every background is read (and checked for lungs) before any case is written."""
-    from monai_pipeline.data.background import analyse_background, insert_nodules
-    from monai_pipeline.io.reader import read_ct
 
     if n_cases < 1:
         raise ValueError(f"cases must be >= 1, got {n_cases}")
@@ -124,7 +122,6 @@ def synthesize_background(out: str | Path, backgrounds: list[str | Path], n_case
             {"case_id": cid, "background": Path(vol.source).name, "geometry": Geometry.from_sitk(case.image).to_dict(),
              "nodules": nodules_to_json(case.nodules)}, indent=1))
         if i < pngs:
-            from monai_pipeline.visualize import save_slices_png
 
             save_slices_png(case.image, out / "png" / f"{cid}.png", label=case.label)
         entries.append({"case_id": cid, "patient_id": f"background:{Path(vol.source).name}",

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from monai_pipeline.io.writer import atomic_path
+
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 LUNA16_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "probability")
 #: radius (mm) of a finding recorded without a diameter (LIDC nodules < 3 mm are marked by one point): half of 3 mm
@@ -157,12 +159,10 @@ def candidates_csv(rows: Sequence[tuple[str, Sequence[float], float]]) -> str:
 
 def plot_froc(curve: dict, cpm_value: float | None, path: Path) -> None:
     """``froc.png``: sensitivity against FPs per scan (log axis) with the CPM's operating points."""
-    import matplotlib
+    import matplotlib  # deferred: 0.4 s of import, needed only when a picture is drawn (matplotlib.use first)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from monai_pipeline.io.writer import atomic_path
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=90)
     # the curve stays flat beyond its last operating point (as the CPM reads it): drawn to the plot's edge

@@ -20,8 +20,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 
-from monai_pipeline.errors import InputError
+from monai_pipeline.arrays import label_components
+from monai_pipeline.data.manifest import load_manifest
+from monai_pipeline.errors import InputError, PipelineError
 from monai_pipeline.evaluation.detection import (
     POINT_FINDING_RADIUS_MM,
     Finding,
@@ -34,10 +37,14 @@ from monai_pipeline.evaluation.detection import (
     plot_froc,
 )
 from monai_pipeline.evaluation.metrics import METRICS, case_metrics
-from monai_pipeline.evaluation.readers import nodule_agreement, reader_files
+from monai_pipeline.evaluation.readers import dice, nodule_agreement, reader_files
 from monai_pipeline.evaluation.stats import summarize
+from monai_pipeline.io.geometry import sitk_to_xyz_array
 from monai_pipeline.io.layout import PredictionLayout
-from monai_pipeline.io.writer import dumps_strict
+from monai_pipeline.io.reader import ReadOptions, label_values, read_ct, read_label
+from monai_pipeline.io.writer import atomic_path, atomic_write_text, dumps_strict
+from monai_pipeline.postprocess import lesion_table
+from monai_pipeline.visualize import save_dice_boxplot, save_overlays_png
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +57,6 @@ IRRELEVANT_FILE = "irrelevant_findings.csv"
 def read_binary_label(path: str | Path):
     """A mask or reference label whose values must be 0 (background) and 1 (nodule): anything else (a
     multi-class map, 255 for foreground, a float probability map) is refused, never thresholded silently."""
-    from monai_pipeline.io.reader import label_values, read_label
 
     vol = read_label(path)
     values = label_values(vol.image)
@@ -68,7 +74,6 @@ def select_cases(manifest: str | Path, sections: Sequence[str] | None, fold: int
                  base_dir: str | Path | None = None) -> list[dict]:
     """Labelled entries of ``sections`` (default: validation and test; none when ``fold`` is given), plus the
     training entries of ``fold`` (one fold or several: the out-of-fold cases of a cross-validation)."""
-    from monai_pipeline.data.manifest import load_manifest
 
     chosen = list(sections) if sections is not None else ([] if fold is not None else list(DEFAULT_SECTIONS))
     entries = [e for s in chosen for e in load_manifest(manifest, s, base_dir) if e.get("label")]
@@ -141,9 +146,6 @@ def reference_lesions(pred: np.ndarray, ref: np.ndarray, geometry) -> tuple[list
     """Per reference nodule: longest axial and equivalent diameter (mm), detected (any predicted voxel on it),
     lesion Dice (against the predicted components that touch it), size bucket; and the nodules as findings
     (centre, radius = longest axial diameter / 2) for the detection score."""
-    from monai_pipeline.arrays import label_components
-    from monai_pipeline.evaluation.readers import dice
-    from monai_pipeline.postprocess import lesion_table
 
     rows, labels = lesion_table(ref, geometry, return_labels=True)
     pred_b = np.asarray(pred) > 0
@@ -188,8 +190,6 @@ def evaluate_folder(pred_dir: str | Path, manifest: str | Path, out: str | Path 
                     include_training: bool = False) -> dict:
     """Evaluate the selected manifest cases that have ``PRED_DIR/<case_id>.nii.gz`` (see the module docstring);
     returns the summary with the per-case ``rows``."""
-    from monai_pipeline.io.geometry import sitk_to_xyz_array
-    from monai_pipeline.io.writer import atomic_write_text
 
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
@@ -238,7 +238,6 @@ def evaluate_folder(pred_dir: str | Path, manifest: str | Path, out: str | Path 
                                                                 "model_vs_readers", "reader_vs_reader"]))
     atomic_write_text(out / "summary.json", dumps_strict(summary))
     if plot:
-        from monai_pipeline.visualize import save_dice_boxplot
 
         _plot_dice(rows, out / "dice.png")
         save_dice_boxplot([r["dice"] for r in rows], out / "dice_box.png")
@@ -277,14 +276,9 @@ def _summary(rows, lesions, scans: list[ScanDetections], agreement, provenance, 
 
 def _plot_worst(rows: list[dict], entries: dict[str, dict], pred_dir: Path, out: Path, n: int = 3) -> None:
     """``worst_<case_id>.png``: prediction against reference through each lesion, for the ``n`` lowest-Dice cases."""
-    import SimpleITK as sitk
-
-    from monai_pipeline.visualize import save_overlays_png
 
     for old in out.glob("worst_*.png"):
         old.unlink()
-    from monai_pipeline.errors import PipelineError
-    from monai_pipeline.io.reader import ReadOptions, read_ct
 
     for r in sorted(rows, key=lambda r: r["dice"])[:n]:
         e = entries[r["case_id"]]
@@ -298,12 +292,10 @@ def _plot_worst(rows: list[dict], entries: dict[str, dict], pred_dir: Path, out:
 
 
 def _plot_dice(rows: list[dict], path: Path) -> None:
-    import matplotlib
+    import matplotlib  # deferred: 0.4 s of import, needed only when a picture is drawn (matplotlib.use first)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from monai_pipeline.io.writer import atomic_path
 
     fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(rows) + 2), 3.2), dpi=90)
     ax.bar(range(len(rows)), [r["dice"] for r in rows], color="tab:green")

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from monai_pipeline.arrays import c_order, label_components
 
@@ -71,7 +72,6 @@ def surface_points_mm(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
 def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """Distances (mm) from each surface voxel of ``pred`` to the nearest surface voxel of ``ref``, and the
     reverse: exact Euclidean nearest neighbours (KD-tree) over the surface voxels' positions in mm."""
-    from scipy.spatial import cKDTree
 
     sp, sr = surface_points_mm(pred, spacing), surface_points_mm(ref, spacing)
     return cKDTree(sr).query(sp, k=1)[0], cKDTree(sp).query(sr, k=1)[0]

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from monai_pipeline.io.writer import dumps_strict, json_safe  # noqa: F401 - re-exported (they lived here before)
 
@@ -27,7 +28,6 @@ def finite(values: Sequence[float | None]) -> np.ndarray:
 def bootstrap_ci(values: np.ndarray, confidence: float = 0.95) -> tuple[float | None, float | None]:
     """Percentile-bootstrap interval of the mean of ``values`` (cases resampled); ``(None, None)`` below two
     values. All values equal gives that value twice."""
-    from scipy import stats
 
     v = np.asarray(values, dtype=np.float64)
     if len(v) < 2:

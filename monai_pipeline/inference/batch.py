@@ -19,14 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
+from monai_pipeline.data.manifest import case_id_from_path, load_manifest
 from monai_pipeline.errors import InputError, PipelineError
 from monai_pipeline.inference.case import CaseOptions, CaseOutcome, predict_and_write, predict_case
 from monai_pipeline.inference.export import Prediction
 from monai_pipeline.inference.predictor import Predictor
 from monai_pipeline.inference.workers import HelperProcesses, resolve_workers
 from monai_pipeline.io.layout import PredictionLayout
-from monai_pipeline.io.writer import atomic_write_text
+from monai_pipeline.io.paths import check_input
+from monai_pipeline.io.writer import atomic_write_text, stale_parts
+from monai_pipeline.postprocess.lesions import LESION_FIELDS
 from monai_pipeline.runtime import freed_memory_kept
 
 logger = logging.getLogger(__name__)
@@ -105,7 +109,6 @@ def _append_csv(path: Path, header: list[str], row: list) -> None:
 
 def _remove_stale_parts(out: Path, case_ids: list[str]) -> None:
     """Temporary files a killed run left for these cases (only ours: shards may share ``out``)."""
-    from monai_pipeline.io.writer import stale_parts
 
     layout = PredictionLayout(out)
     for cid in case_ids:
@@ -126,7 +129,6 @@ def run_batch(predictor: Predictor, cases: list[tuple[str, str]], out: str | Pat
     :func:`~monai_pipeline.inference.workers.resolve_workers`): processes predicting side by side on a CPU, each
     with its share of the threads; the masks are the same as with one.
     """
-    from tqdm import tqdm
 
     out = Path(out)
     ids = [c[0] for c in cases]
@@ -214,7 +216,6 @@ def _predict_here(predictor: Predictor, take: Callable[[], tuple[str, str] | Non
 
 def write_batch_lesions(out: Path, case_ids: list[str], path: Path) -> Path:
     """One table across the batch: every case's lesion rows (done now or earlier) with its ``case_id`` first."""
-    from monai_pipeline.postprocess.lesions import LESION_FIELDS
 
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=["case_id", *LESION_FIELDS], extrasaction="ignore")
@@ -241,8 +242,6 @@ def predict_single(predictor: Predictor, case: tuple[str, str], opts: CaseOption
 def cases_from_inputs(inputs: list[str], strict: bool = True) -> list[tuple[str, str]]:
     """(case_id, path) pairs for input paths. ``strict``: every path must be a readable file or folder now;
     otherwise (a batch) a bad path becomes that case's failure when its turn comes."""
-    from monai_pipeline.data.manifest import case_id_from_path
-    from monai_pipeline.io.paths import check_input
 
     out = []
     for p in inputs:
@@ -254,7 +253,6 @@ def cases_from_inputs(inputs: list[str], strict: bool = True) -> list[tuple[str,
 
 def cases_from_manifest(manifest: str | Path, sections: tuple[str, ...] = ("test",)) -> list[tuple[str, str]]:
     """(case_id, image path) pairs of the given manifest sections."""
-    from monai_pipeline.data.manifest import load_manifest
 
     entries = [e for s in sections for e in load_manifest(manifest, s)]
     if not entries:

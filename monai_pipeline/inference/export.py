@@ -27,13 +27,15 @@ import SimpleITK as sitk
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
+from scipy import ndimage
 
 from monai_pipeline.arrays import label_components
 from monai_pipeline.config import PipelineConfig
+from monai_pipeline.data.manifest import case_id_from_path
 from monai_pipeline.io.formats import MASK_FORMATS, parse_formats
 from monai_pipeline.io.geometry import LPS_TO_RAS, Geometry, sitk_to_xyz_array, xyz_array_to_sitk
 from monai_pipeline.io.layout import PredictionLayout
-from monai_pipeline.io.writer import atomic_write_text, write_image
+from monai_pipeline.io.writer import atomic_write_text, dumps_strict, write_image
 from monai_pipeline.postprocess import lesion_table, postprocess_case, write_lesion_csv
 from monai_pipeline.postprocess.lesions import ScoreFn
 
@@ -106,7 +108,6 @@ def invert_foreground(margin_net: np.ndarray, affine_ras: np.ndarray, geometry: 
     positive = margin_net > 0
     if not positive.any():
         return out.transpose(2, 1, 0)
-    from scipy import ndimage
 
     affine_ras = np.asarray(affine_ras, dtype=np.float64)
     net_to_in = np.linalg.inv(geometry.lps_affine()) @ LPS_TO_RAS @ affine_ras
@@ -190,7 +191,6 @@ def export_prediction(probs: torch.Tensor, affine_ras: np.ndarray, original, cfg
 def case_statistics_json(pred: Prediction, provenance: dict | None = None) -> str:
     """``<case_id>_stats.json``: per lesion its volume (mm3 and ml), equivalent and longest axial diameter (mm),
     mean and max HU, centroid (mm, LPS) and score; the totals; and the model and settings that made them."""
-    from monai_pipeline.io.writer import dumps_strict
 
     lesions = [{"lesion": r["lesion"], "volume_mm3": r["volume_mm3"], "volume_ml": round(r["volume_mm3"] / 1000.0, 4),
                 "equivalent_diameter_mm": r["equivalent_diameter_mm"],
@@ -239,7 +239,6 @@ class ExportPredictiond(MapTransform):
         self.image_key, self.original_key, self.provenance = image_key, original_key, provenance
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
-        from monai_pipeline.data.manifest import case_id_from_path
 
         d = dict(data)
         original = d[self.original_key]

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from monai_pipeline.config import PipelineConfig, config_from_model_dict
+from monai_pipeline.data.manifest import case_id_from_path
 from monai_pipeline.errors import InputError, PipelineError
 from monai_pipeline.inference.export import Prediction, export_prediction
 from monai_pipeline.inferers import ProbabilityInferer
@@ -200,7 +201,6 @@ class Predictor:
                 postprocess: bool = True) -> Prediction:
         """Mask (input grid), lesion table and timings for one input: a path, or the output of :meth:`load`
         (the batch runner loads the next case in the background)."""
-        from monai_pipeline.data.manifest import case_id_from_path
 
         t0 = time.perf_counter()
         data = source if isinstance(source, dict) else self.load(source)

@@ -16,10 +16,12 @@ import multiprocessing
 import os
 import queue
 import threading
+import warnings
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_for
 from typing import Any
 
+import SimpleITK as sitk
 import torch
 
 from monai_pipeline.errors import PipelineError
@@ -70,9 +72,6 @@ def resolve_workers(requested: int | str, n_cases: int, device: torch.device) ->
 def _quiet_settings() -> dict[str, Any]:
     """What this process says and hides -- logging levels (the root's and each named logger's), the warning
     filters and SimpleITK's warning display -- for a spawned helper to repeat (a spawn inherits none of it)."""
-    import warnings
-
-    import SimpleITK as sitk
 
     levels = {name: lg.level for name, lg in logging.root.manager.loggerDict.items()
               if isinstance(lg, logging.Logger) and lg.level != logging.NOTSET}
@@ -81,9 +80,6 @@ def _quiet_settings() -> dict[str, Any]:
 
 
 def _apply_quiet_settings(settings: dict[str, Any]) -> None:
-    import warnings
-
-    import SimpleITK as sitk
 
     logging.basicConfig(level=settings["root"], format="%(levelname)s %(name)s: %(message)s")
     for name, level in settings["levels"].items():

@@ -13,20 +13,19 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pydicom
 
+from monai_pipeline import __version__
 from monai_pipeline.errors import InputError
+from monai_pipeline.io.writer import atomic_path
 
 
 def write_dicom_seg(mask_xyz: np.ndarray, slice_files: Sequence[str], path: str | Path,
                     provenance: dict | None = None) -> Path:
     """Write ``mask_xyz`` (uint8, (x, y, z) on the series' grid, third axis in the order of ``slice_files``) as
     a binary DICOM SEG at ``path``, atomically."""
-    import highdicom as hd
-    import pydicom
+    import highdicom as hd  # an optional extra (monai-pipeline[dicomseg]): imported when a SEG is written
     from pydicom.sr.codedict import codes
-
-    from monai_pipeline import __version__
-    from monai_pipeline.io.writer import atomic_path
 
     mask = np.asarray(mask_xyz) > 0
     if mask.shape[2] != len(slice_files):

@@ -8,15 +8,19 @@ correct RAS ``affine``, ``original_affine`` and ``spatial_shape`` (array axis or
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
 import struct
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
+import pydicom
 import SimpleITK as sitk
 from monai.data import ImageReader
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
@@ -24,6 +28,7 @@ from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 from monai_pipeline.errors import InputError
 from monai_pipeline.io import dicom
 from monai_pipeline.io.geometry import Geometry, sitk_to_xyz_array
+from monai_pipeline.io.paths import check_input
 from monai_pipeline.io.writer import SYNTHETIC_MARK
 
 logger = logging.getLogger(__name__)
@@ -99,7 +104,6 @@ def read_ct(path: str | Path, options: ReadOptions | None = None) -> CTVolume:
 
     Raises :class:`InputError` naming ``path`` for anything that cannot be read as one 3D CT grid.
     """
-    from monai_pipeline.io.paths import check_input
 
     options = options or ReadOptions()
     p = check_input(path)
@@ -192,11 +196,6 @@ def check_nifti_complete(p: Path) -> np.ndarray | None:
     The header (nibabel) gives the expected byte count; for gzip files the trailer's ISIZE must match it
     (mod 2**32), and only if it does not (e.g. a multi-member gzip) is the stream decompressed and counted.
     """
-    import gzip
-    import struct
-    import zlib
-
-    import nibabel as nib
 
     problems = nifti_header_problems(p)
     if problems:
@@ -240,9 +239,6 @@ def check_nifti_complete(p: Path) -> np.ndarray | None:
 def nifti_header_problems(p: Path) -> list[str]:
     """What nibabel's diagnosis finds wrong in the raw header block (nibabel itself would silently repair it
     on load, and SimpleITK may read the file another way: either could be garbage, so we refuse)."""
-    import gzip
-
-    import nibabel as nib
 
     opener = gzip.open if str(p).lower().endswith(".gz") else open
     try:
@@ -305,7 +301,6 @@ def _require_3d(p: Path, image: sitk.Image) -> None:
 
 
 def _read_dicom_file(p: Path, options: ReadOptions) -> CTVolume:
-    import pydicom
 
     try:
         ds = pydicom.dcmread(str(p), defer_size="1 KB")  # header read once; pixel data left on disk

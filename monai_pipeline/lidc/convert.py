@@ -21,13 +21,17 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from tqdm import tqdm
 
+from monai_pipeline.data.manifest import assign_folds, relpath, write_manifest
 from monai_pipeline.errors import InputError, PipelineError
 from monai_pipeline.io import dicom
 from monai_pipeline.io.geometry import Geometry, header_geometry, xyz_array_to_sitk
+from monai_pipeline.io.reader import ReadOptions, read_ct
 from monai_pipeline.io.writer import SYNTHETIC_MARK, atomic_write_text, write_image, write_mask
 from monai_pipeline.lidc.nodules import SliceIndex, build_nodules, median_characteristics
 from monai_pipeline.lidc.xml import CHARACTERISTICS, parse_read, read_series_uid
+from monai_pipeline.postprocess.lesions import longest_axial_diameter
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +164,6 @@ def carry_along_slices(voxels: np.ndarray, shape: tuple[int, int, int], nearest_
 
 
 def _measure(vox: np.ndarray, geometry: Geometry) -> dict:
-    from monai_pipeline.postprocess.lesions import longest_axial_diameter
 
     shape = geometry.size
     idx = np.stack(np.unravel_index(vox, shape), axis=1)
@@ -210,7 +213,6 @@ def _point_findings(read, index: SliceIndex, geometry: Geometry) -> list[dict]:
 
 def convert_case(task: CaseTask) -> dict:
     """Convert one series; returns its record (also written to ``cases/<case_id>.json`` as the done-marker)."""
-    from monai_pipeline.io.reader import ReadOptions, read_ct
 
     out = Path(task.out)
     read = parse_read(task.xml)
@@ -297,9 +299,6 @@ def convert_lidc(root: str | Path, out: str | Path, xml_dir: str | Path | None =
                  min_diameter_mm: float = 3.0, min_readers: int = 1, per_reader: bool = False, workers: int = 1,
                  n_folds: int = 5, progress: bool = True) -> dict:
     """Convert every CT series under ``root`` that has an XML read; returns the summary."""
-    from tqdm import tqdm
-
-    from monai_pipeline.data.manifest import assign_folds, relpath, write_manifest
 
     if not 0 < consensus <= 1:
         raise InputError(None, f"consensus must be > 0 and <= 1, got {consensus}")

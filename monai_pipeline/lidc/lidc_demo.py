@@ -16,7 +16,16 @@ import tarfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from monai_pipeline.config import LABEL_MODES, PipelineConfig
+from monai_pipeline.crossval import cross_validate
+from monai_pipeline.demo import demo_config
+from monai_pipeline.errors import InputError
+from monai_pipeline.io.writer import atomic_path, atomic_write_text, dumps_strict
+from monai_pipeline.lidc.convert import convert_lidc
+from monai_pipeline.lidc.synth import load_metadata, plan_layout, synthesize_lidc
+from monai_pipeline.lidc.xml import parse_read
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +39,6 @@ DEMO_STUDIES, MAX_SLICES, MIN_STEP_MM, MIN_CONTOURED, FOLDS = 20, 48, 1.25, 3, 2
 
 def lidc_demo_config(quick: bool = False) -> PipelineConfig:
     """``default.yaml`` <- ``configs/demo.yaml`` <- ``configs/lidc_demo.yaml``; ``quick`` as for the demo."""
-    from monai_pipeline.demo import demo_config
 
     return demo_config(quick, "lidc_demo.yaml")
 
@@ -48,8 +56,6 @@ def unpack_archive(archive: Path, out: Path) -> Path:
 
 def select_reads(xml_root: Path, n: int, metadata: dict) -> list[Path]:
     """The first ``n`` CT reads under ``xml_root`` (sorted by path, one per series) meeting the demo's rule."""
-    from monai_pipeline.lidc.synth import plan_layout
-    from monai_pipeline.lidc.xml import parse_read
 
     chosen: list[Path] = []
     series: set[str] = set()
@@ -84,13 +90,10 @@ def _mode_row(mode: str, result: dict) -> dict:
 def plot_modes(rows: list[dict], path: Path) -> Path:
     """Bar chart: out-of-fold Dice of each label mode (case mean, per nodule vs consensus and vs each reader)
     beside the readers' own agreement."""
-    import matplotlib
+    import matplotlib  # deferred: 0.4 s of import, needed only when a picture is drawn (matplotlib.use first)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
-
-    from monai_pipeline.io.writer import atomic_path
 
     fig, ax = plt.subplots(figsize=(7, 3.6))
     keys = [("dice_mean", "case Dice vs consensus"), ("nodule_dice_vs_consensus", "nodule Dice vs consensus"),
@@ -115,11 +118,6 @@ def plot_modes(rows: list[dict], path: Path) -> Path:
 def run_lidc_demo(out: str | Path, n_studies: int | None = None, quick: bool = False,
                   shared: Path = SHARED_LIDC, modes: tuple[str, ...] = LABEL_MODES) -> dict:
     """The whole LIDC path (module docstring); returns ``lidc_demo.json``'s content."""
-    from monai_pipeline.crossval import cross_validate
-    from monai_pipeline.errors import InputError
-    from monai_pipeline.io.writer import atomic_write_text, dumps_strict
-    from monai_pipeline.lidc.convert import convert_lidc
-    from monai_pipeline.lidc.synth import load_metadata, synthesize_lidc
 
     t0 = time.time()
     out = Path(out)

@@ -40,10 +40,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from pydicom.uid import generate_uid
 from scipy import ndimage
+from tqdm import tqdm
 
+from monai_pipeline.data.synthetic import add_scanner_noise, chest_anatomy
 from monai_pipeline.errors import InputError
-from monai_pipeline.io.geometry import Geometry
+from monai_pipeline.io.dicom_writer import write_ct_series
+from monai_pipeline.io.geometry import Geometry, xyz_array_to_sitk
+from monai_pipeline.io.writer import atomic_write_text
 from monai_pipeline.lidc.nodules import SliceIndex, build_nodules, median_characteristics
 from monai_pipeline.lidc.xml import LidcRead, parse_read
 
@@ -101,7 +106,6 @@ def load_metadata(path: str | Path | None) -> dict[str, dict]:
 
 def _uid(*parts: str) -> str:
     """A deterministic DICOM UID (pydicom's hashing of ``parts``)."""
-    from pydicom.uid import generate_uid
 
     return generate_uid(entropy_srcs=[str(p) for p in parts])
 
@@ -203,7 +207,6 @@ def _ball(shape: tuple[int, int, int], spacing, centre_vox, radius_mm: float) ->
 
 def render_study(read: LidcRead, layout: StudyLayout, seed: int) -> tuple[np.ndarray, dict]:
     """HU volume (x, y, k) of the study and what was drawn (nodules, their kinds, lung pockets)."""
-    from monai_pipeline.data.synthetic import add_scanner_noise, chest_anatomy
 
     geom = layout.geometry
     shape, spacing = geom.size, geom.spacing
@@ -292,11 +295,6 @@ def synthesize_lidc(xml: list[str | Path], out: str | Path, metadata: str | Path
     """Write one LIDC-shaped study per CT read under ``out/LIDC-IDRI`` (see the module docstring); returns the
     summary, also written to ``out/synth_lidc.json``. Every read is parsed and laid out before anything is
     written; a study already complete (its ``.done`` record) is kept. Reads of one series are written once."""
-    from tqdm import tqdm
-
-    from monai_pipeline.io.dicom_writer import write_ct_series
-    from monai_pipeline.io.geometry import xyz_array_to_sitk
-    from monai_pipeline.io.writer import atomic_write_text
 
     files = xml_files(list(xml))
     meta = load_metadata(metadata)

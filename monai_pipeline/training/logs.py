@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from ignite.engine import Events
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.handlers import TensorBoardStatsHandler, from_engine
 
 from monai_pipeline.io.writer import atomic_path, atomic_write_text
 
@@ -144,7 +145,6 @@ def tensorboard_handlers(log_dir: str | Path, tag_name: str = "train_loss") -> l
     except ImportError:
         logger.info("tensorboard is not installed: no TensorBoard logs")
         return []
-    from monai.handlers import TensorBoardStatsHandler, from_engine
 
     return [TensorBoardStatsHandler(log_dir=str(log_dir), tag_name=tag_name,
                                     output_transform=from_engine(["loss"], first=True))]

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Mapping
 
 import numpy as np
 import torch
 from monai.config import NdarrayOrTensor
+from monai.data import MetaTensor
+from monai.transforms import Spacing as MonaiSpacing
 from monai.transforms import Transform
 from monai.utils import convert_to_tensor
+
+from monai_pipeline.arrays import bounding_box
+from monai_pipeline.errors import InputError
+from monai_pipeline.io.geometry import spacing_from_affine
+from monai_pipeline.lungs import LUNG_RIM_MM, CoarseMask, lung_air
 
 
 class HUThreshold:
@@ -25,7 +33,6 @@ class HUThreshold:
 
     def bounding_box(self, img: NdarrayOrTensor) -> tuple[slice, ...] | None:
         """Spatial box (x, y, z slices) of the selected voxels of a ``(C, X, Y, Z)`` image; None when empty."""
-        from monai_pipeline.arrays import bounding_box
 
         sel = self(img)
         sel = sel.detach().cpu().numpy() if isinstance(sel, torch.Tensor) else np.asarray(sel)
@@ -52,8 +59,6 @@ class LungSelect:
 
     def coarse(self, img: NdarrayOrTensor):
         """The selection as a :class:`~monai_pipeline.lungs.CoarseMask` of the spatial shape."""
-        from monai_pipeline.io.geometry import spacing_from_affine
-        from monai_pipeline.lungs import CoarseMask, lung_air
 
         arr = np.asarray(img.detach().cpu() if isinstance(img, torch.Tensor) else img)[0]
         spacing = spacing_from_affine(np.asarray(img.affine)) if hasattr(img, "affine") else (1.0, 1.0, 1.0)
@@ -68,10 +73,6 @@ class LungSelect:
         """Spatial box (x, y, z slices) of the selection, widened by the lung rim
         (:data:`~monai_pipeline.lungs.LUNG_RIM_MM`: what the lung filter counts as lung beyond the air); None when
         nothing is selected."""
-        import math
-
-        from monai_pipeline.io.geometry import spacing_from_affine
-        from monai_pipeline.lungs import LUNG_RIM_MM
 
         box = self.coarse(img).bounding_box()
         if box is None:
@@ -131,7 +132,6 @@ def foreground_intensity_stats(images: list[np.ndarray], labels: list[np.ndarray
 
 def check_same_geometry(data: Mapping[Hashable, object], keys: tuple[str, ...]) -> None:
     """Raise ``InputError`` naming the label file when image and label grids differ (shape or affine)."""
-    from monai_pipeline.errors import InputError
 
     ref = data[keys[0]]
     for k in keys[1:]:
@@ -168,7 +168,6 @@ class ResampleToSpacing(Transform):
     """
 
     def __init__(self, pixdim, mode: str = "bilinear"):
-        from monai.transforms import Spacing as MonaiSpacing
 
         if mode not in ("bilinear", "nearest"):
             raise ValueError(f"mode must be bilinear or nearest, got {mode!r}")
@@ -178,7 +177,6 @@ class ResampleToSpacing(Transform):
 
     def __call__(self, img):
         """``img`` resampled to ``pixdim`` mm voxels (a MetaTensor with the output grid's affine)."""
-        from monai.data import MetaTensor
 
         if self.mode == "nearest" or not isinstance(img, MetaTensor):
             return self.monai(img)

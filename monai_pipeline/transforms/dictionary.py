@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Mapping
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, SpatialCropd
 from monai.utils import ensure_tuple_rep
 
+from monai_pipeline.arrays import bounding_box, label_components
+from monai_pipeline.errors import InputError
+from monai_pipeline.io.geometry import sitk_to_xyz_array, spacing_from_affine
+from monai_pipeline.io.reader import ReadOptions, read_ct, volume_meta
+from monai_pipeline.lungs import lung_region
 from monai_pipeline.transforms.array import CTNormalize, ResampleToSpacing, check_same_geometry
 
 
@@ -81,12 +88,6 @@ class LesionComponentsd(MapTransform):
         self.image_key, self.hard_negative_hu = image_key, float(hard_negative_hu)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
-        import numpy as np
-        import torch
-
-        from monai_pipeline.arrays import label_components
-        from monai_pipeline.io.geometry import spacing_from_affine
-        from monai_pipeline.lungs import lung_region
 
         def _np(x):
             return np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x)
@@ -121,13 +122,6 @@ class CropForegroundMMd(MapTransform):
         self.source_key, self.select_fn, self.margin_mm = source_key, select_fn, float(margin_mm)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
-        import math
-
-        from monai.transforms import SpatialCropd
-
-        from monai_pipeline.arrays import bounding_box
-        from monai_pipeline.errors import InputError
-        from monai_pipeline.io.geometry import spacing_from_affine
 
         source = data[self.source_key]
         spacing = spacing_from_affine(source.affine)
@@ -159,17 +153,11 @@ class LoadCTd(MapTransform):
     def __init__(self, keys: KeysCollection, original_key: str = "original", read_options=None,
                  allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
-        from monai_pipeline.io.reader import ReadOptions
 
         self.original_key = original_key
         self.read_options = read_options or ReadOptions()
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
-        import torch
-        from monai.data import MetaTensor
-
-        from monai_pipeline.io.geometry import sitk_to_xyz_array
-        from monai_pipeline.io.reader import read_ct, volume_meta
 
         d = dict(data)
         for key in self.key_iterator(d):
