@@ -204,8 +204,8 @@ class ProbabilityInferer(Inferer):
         """Sum over ``flips`` of the softmax of the mirrored input's sliding-window output, per item of the batch
         ``x`` ``(B, 1, X, Y, Z)``. A small input (a TTA crop: at most :data:`STACK_WINDOWS` windows' voxels for
         all items and mirrorings together) runs all its mirrorings as one batch of one sliding window, each of
-        whose network calls holds as many of them as one configured call's voxels (:meth:`_window_for`): 1.2 s
-        -> 0.9 s for the benchmark volume's 39 crops, same probabilities."""
+        whose network calls holds as many of them as one configured call's voxels (:meth:`_window_for`): fewer,
+        fuller network calls, the same probabilities (docs/performance.md)."""
         window = self._window_for(tuple(x.shape[2:]))
         if len(flips) > 1 and x[:, 0].numel() * len(flips) <= STACK_WINDOWS * math.prod(self.roi):
             b = x.shape[0]

@@ -37,9 +37,8 @@ class SubPixelConvTranspose3d(torch.nn.ConvTranspose3d):
     at inputs ``m`` and ``m + 1``. So a kernel-2 convolution over the input (padded by one voxel at the far end of
     every axis) with ``8 * out_channels`` outputs -- one group per (x, y, z) parity, unused taps zero -- holds every
     output voxel, which the shuffle moves to ``(2m + a, 2n + b, 2k + c)``. oneDNN runs the transposed form slowly
-    when it has few output channels: MONAI UNet's last up-sampling (32 -> 2 channels at half resolution) takes
-    13.5 ms per call of two 96 x 96 x 64 windows on this project's CPU in bf16, this form 5.4 ms
-    (``docs/performance.md``).
+    when it has few output channels, such as MONAI UNet's last up-sampling (32 -> 2 channels at half
+    resolution); this form is faster there (``docs/performance.md`` has the measurement).
 
     It *is* the transposed convolution it replaces (:meth:`from_module`): same parameters (the very tensors), same
     ``state_dict``; the convolution kernel is rebuilt from ``weight`` on every call, so training, loading weights

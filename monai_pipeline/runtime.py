@@ -2,9 +2,8 @@
 
 Inference allocates and frees arrays of hundreds of MB per case (the CT, its float copy, probabilities, masks).
 glibc's ``malloc`` serves allocations above 32 MB with ``mmap`` and hands them back to the kernel on ``free``, so
-every case pays for the kernel zeroing those pages again: about 0.67 million page faults and 2 s of kernel time
-for one 512 x 512 x 300 volume on this project's machine, and 1.9 million faults for a batch of twenty
-512 x 512 x 120 volumes. :func:`keep_freed_memory` asks ``malloc`` to keep freed memory for reuse instead
+every case pays for the kernel zeroing those pages again (hundreds of thousands of page faults per large
+volume). :func:`keep_freed_memory` asks ``malloc`` to keep freed memory for reuse instead
 (``docs/performance.md`` has the measurements). It changes no result, only where memory comes from.
 """
 
@@ -61,8 +60,8 @@ def end_process(code: int) -> NoReturn:
     """End this process now with exit status ``code``, without the interpreter's teardown.
 
     With torch and MONAI loaded, Python's finalization (clearing thousands of modules, running the libraries'
-    static destructors) takes about 1.1 s on this project's machine (0.4 s for torch alone) and produces
-    nothing. Only for a process whose outputs are all written, closed and renamed -- ``monai-pipeline infer``
+    static destructors) takes about a second (docs/performance.md) and produces nothing. Only for a process
+    whose outputs are all written, closed and renamed -- ``monai-pipeline infer``
     and its helper processes: logging handlers and the standard streams are flushed here first. ``atexit``
     functions do not run."""
     logging.shutdown()

@@ -160,8 +160,8 @@ def _linear_along(x: torch.Tensor, dim: int, positions: torch.Tensor) -> torch.T
 class ResampleToSpacing(Transform):
     """MONAI's ``Spacing`` (same output grid: shape, affine and the voxels it samples), with linear interpolation
     done as three 1D passes instead of ``grid_sample`` -- possible because changing the voxel size of a grid
-    keeps its directions, so each output axis samples one input axis (0.77 s -> 0.4 s on the benchmark's lung
-    crop; tested against MONAI's result). ``mode="nearest"`` (labels) is MONAI's own ``Spacing``.
+    keeps its directions, so each output axis samples one input axis (about twice as fast: docs/performance.md;
+    tested against MONAI's result). ``mode="nearest"`` (labels) is MONAI's own ``Spacing``.
 
     Input ``(C, X, Y, Z)`` MetaTensor; ``pixdim`` the target voxel size in mm (x, y, z); output float32 for
     ``bilinear``.
@@ -188,8 +188,8 @@ class ResampleToSpacing(Transform):
         if not np.allclose(t[:3, :3], np.diag(np.diag(t[:3, :3])), atol=1e-6):
             return self.monai(img)  # not a pure change of voxel size (never seen): MONAI's resampling
         x = img.as_tensor().to(torch.float32)
-        # the axis with the largest memory stride first: its gathers move whole contiguous blocks (0.63 s -> 0.38 s
-        # for the benchmark's crop, read in x-fastest order)
+        # the axis with the largest memory stride first: its gathers move whole contiguous blocks (faster for
+        # volumes read in x-fastest order: docs/performance.md)
         for axis in sorted(range(3), key=lambda a: -x.stride(a + 1)):
             pos = torch.arange(out_shape[axis], dtype=torch.float64) * t[axis, axis] + t[axis, 3]
             x = _linear_along(x, axis + 1, pos)
