@@ -21,7 +21,7 @@ from monai_pipeline.config import PipelineConfig
 from monai_pipeline.data.manifest import load_manifest
 from monai_pipeline.errors import InputError
 from monai_pipeline.evaluation import evaluate_folder
-from monai_pipeline.inference import Predictor, run_batch
+from monai_pipeline.inference import Case, Predictor, run_batch
 from monai_pipeline.inference.predictor import CV_FILE
 from monai_pipeline.io.writer import atomic_write_text
 from monai_pipeline.training import latest_checkpoint, train
@@ -60,7 +60,7 @@ def cross_validate(manifest: str | Path, out: str | Path, cfg: PipelineConfig, f
             logger.info("fold %d: %s training", k, "resuming" if resume else "starting")
             train(manifest, run, cfg, fold=k, epochs=epochs, device=device, resume=resume, progress=progress)
         models[str(k)] = str(model.relative_to(out))
-        cases = [(e["case_id"], e["image"]) for e in training if int(e.get("fold", 0)) == k]
+        cases = [Case(e["case_id"], e["image"]) for e in training if int(e.get("fold", 0)) == k]
         summary = run_batch(Predictor(model, device=device), cases, out / "predictions", progress=progress)
         if summary.failed:
             raise InputError(out / "predictions", f"fold {k}: {summary.failed} case(s) failed (see failures.csv)")

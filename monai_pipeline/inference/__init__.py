@@ -12,7 +12,7 @@ from monai_pipeline.inference.batch import (
     run_batch,
     shard_cases,
 )
-from monai_pipeline.inference.case import CaseOptions
+from monai_pipeline.inference.case import Case, CaseOptions
 from monai_pipeline.inference.export import (
     ExportPredictiond,
     Prediction,
@@ -22,7 +22,7 @@ from monai_pipeline.inference.export import (
 )
 from monai_pipeline.inference.predictor import Predictor, file_sha256, prediction_provenance
 
-__all__ = ["BatchSummary", "CaseOptions", "ExportPredictiond", "Prediction", "Predictor", "cases_from_inputs",
+__all__ = ["BatchSummary", "Case", "CaseOptions", "ExportPredictiond", "Prediction", "Predictor", "cases_from_inputs",
            "cases_from_manifest",
            "export_prediction", "file_sha256", "prediction_provenance", "resample_to_grid",
            "run_batch", "shard_cases", "write_prediction"]

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from monai_pipeline.data.manifest import case_id_from_path, load_manifest
 from monai_pipeline.errors import InputError, PipelineError
-from monai_pipeline.inference.case import CaseOptions, CaseOutcome, predict_and_write, predict_case
+from monai_pipeline.inference.case import Case, CaseOptions, CaseOutcome, predict_and_write, predict_case
 from monai_pipeline.inference.export import Prediction
 from monai_pipeline.inference.predictor import Predictor
 from monai_pipeline.inference.workers import HelperProcesses, resolve_workers
@@ -71,7 +71,7 @@ def check_existing_outputs(out: Path, case_ids: list[str], provenance: dict, ove
                              hint="use --overwrite to replace it, or another --out")
 
 
-def shard_cases(cases: list[tuple[str, str]], shard: tuple[int, int] | None) -> list[tuple[str, str]]:
+def shard_cases(cases: list[Case], shard: tuple[int, int] | None) -> list[Case]:
     """Deterministic I-th of N slices (round-robin over the sorted case ids)."""
     if shard is None:
         world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -117,7 +117,7 @@ def _remove_stale_parts(out: Path, case_ids: list[str]) -> None:
                 p.unlink(missing_ok=True)
 
 
-def run_batch(predictor: Predictor, cases: list[tuple[str, str]], out: str | Path, shard: tuple[int, int] | None = None,
+def run_batch(predictor: Predictor, cases: list[Case], out: str | Path, shard: tuple[int, int] | None = None,
               save_prob: bool = False, progress: bool = True, overlays: dict[str, str] | None = None,
               postprocess: bool = True, overwrite: bool = False, fmt: str = "nifti",
               preview: bool = False, workers: int | str = 1) -> BatchSummary:
@@ -131,24 +131,25 @@ def run_batch(predictor: Predictor, cases: list[tuple[str, str]], out: str | Pat
     """
 
     out = Path(out)
-    ids = [c[0] for c in cases]
+    cases = [Case(*c) for c in cases]  # (case_id, path) pairs are accepted too
+    ids = [c.case_id for c in cases]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
         raise PipelineError(f"case ids must be unique, got duplicates: {', '.join(dup[:5])}")
     mine = shard_cases(cases, shard)
     provenance = predictor.provenance(save_prob, postprocess, fmt)
-    check_existing_outputs(out, [c[0] for c in mine], provenance, overwrite)
+    check_existing_outputs(out, [c.case_id for c in mine], provenance, overwrite)
     summary = BatchSummary()
     layout = PredictionLayout(out)
     todo = []
-    for cid, path in mine:
-        if not overwrite and layout.is_complete(cid):
+    for case in mine:
+        if not overwrite and layout.is_complete(case.case_id):
             summary.skipped += 1
         else:
-            todo.append((cid, path))
+            todo.append(case)
     n_workers = resolve_workers(workers, len(todo), predictor.device)
     out.mkdir(parents=True, exist_ok=True)
-    _remove_stale_parts(out, [c[0] for c in mine])
+    _remove_stale_parts(out, [c.case_id for c in mine])
     torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
     tag = f".{shard[0]}of{shard[1]}" if shard else (f".rank{os.environ['RANK']}" if torchrun else "")
     fail_csv, time_csv = layout.batch_file("failures", tag), layout.batch_file("timings", tag)
@@ -188,7 +189,7 @@ def run_batch(predictor: Predictor, cases: list[tuple[str, str]], out: str | Pat
         finally:
             torch.set_num_threads(threads)
     bar.close()
-    write_batch_lesions(out, [c[0] for c in mine], layout.batch_file("lesions", tag))
+    write_batch_lesions(out, [c.case_id for c in mine], layout.batch_file("lesions", tag))
     atomic_write_text(layout.batch_file("summary", tag), json.dumps(
         {"done": summary.done, "skipped": summary.skipped, "failed": summary.failed, "total": len(mine),
          "processes": n_workers, "threads_per_process": per_worker, "provenance": provenance},
@@ -196,18 +197,18 @@ def run_batch(predictor: Predictor, cases: list[tuple[str, str]], out: str | Pat
     return summary
 
 
-def _predict_here(predictor: Predictor, take: Callable[[], tuple[str, str] | None], opts: CaseOptions,
+def _predict_here(predictor: Predictor, take: Callable[[], Case | None], opts: CaseOptions,
                   record: Callable[[CaseOutcome], None], between: Callable[[], object] = lambda: None) -> None:
     """Predict cases in this process until ``take`` returns None, reading the next case in the background while
     the current one runs; ``between`` runs after each case."""
     pool = ThreadPoolExecutor(max_workers=1)
     try:
         case = take()
-        future = pool.submit(predictor.load, case[1]) if case else None
+        future = pool.submit(predictor.load, case.path) if case else None
         while case is not None:
             following = take()
-            next_future = pool.submit(predictor.load, following[1]) if following else None  # background read
-            record(predict_case(predictor, case[0], case[1], opts, load=future.result))
+            next_future = pool.submit(predictor.load, following.path) if following else None  # background read
+            record(predict_case(predictor, case.case_id, case.path, opts, load=future.result))
             between()
             case, future = following, next_future
     finally:
@@ -230,16 +231,15 @@ def write_batch_lesions(out: Path, case_ids: list[str], path: Path) -> Path:
     return atomic_write_text(path, buf.getvalue())
 
 
-def predict_single(predictor: Predictor, case: tuple[str, str], opts: CaseOptions,
+def predict_single(predictor: Predictor, case: Case, opts: CaseOptions,
                    overwrite: bool = False) -> tuple[Prediction, list[Path]]:
     """One input, all or nothing: outputs of another model or other settings in ``opts.out`` are refused unless
     ``overwrite``, and a bad input raises (nothing is written). Returns the prediction and its files."""
-    case_id, path = case
-    check_existing_outputs(opts.out, [case_id], opts.provenance, overwrite)
-    return predict_and_write(predictor, case_id, path, opts)
+    check_existing_outputs(opts.out, [case.case_id], opts.provenance, overwrite)
+    return predict_and_write(predictor, case.case_id, case.path, opts)
 
 
-def cases_from_inputs(inputs: list[str], strict: bool = True) -> list[tuple[str, str]]:
+def cases_from_inputs(inputs: list[str], strict: bool = True) -> list[Case]:
     """(case_id, path) pairs for input paths. ``strict``: every path must be a readable file or folder now;
     otherwise (a batch) a bad path becomes that case's failure when its turn comes."""
 
@@ -247,14 +247,14 @@ def cases_from_inputs(inputs: list[str], strict: bool = True) -> list[tuple[str,
     for p in inputs:
         if strict:
             check_input(p)
-        out.append((case_id_from_path(p), str(p)))
+        out.append(Case(case_id_from_path(p), str(p)))
     return out
 
 
-def cases_from_manifest(manifest: str | Path, sections: tuple[str, ...] = ("test",)) -> list[tuple[str, str]]:
+def cases_from_manifest(manifest: str | Path, sections: tuple[str, ...] = ("test",)) -> list[Case]:
     """(case_id, image path) pairs of the given manifest sections."""
 
     entries = [e for s in sections for e in load_manifest(manifest, s)]
     if not entries:
         raise InputError(manifest, f"has no cases in {', '.join(sections)}")
-    return [(e["case_id"], e["image"]) for e in entries]
+    return [Case(e["case_id"], e["image"]) for e in entries]

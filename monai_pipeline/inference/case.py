@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import SimpleITK as sitk
 import torch
@@ -27,6 +27,13 @@ logger = logging.getLogger(__name__)
 
 #: errors that fail one case and let the batch go on (anything else is a bug and stops the run)
 CASE_ERRORS: tuple[type[BaseException], ...] = (PipelineError, RuntimeError, MemoryError, OSError, ValueError)
+
+
+class Case(NamedTuple):
+    """One input of a batch: the case id its outputs are named by, and the file or DICOM folder to read."""
+
+    case_id: str
+    path: str
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import SimpleITK as sitk
 import torch
 
 from monai_pipeline.errors import PipelineError
-from monai_pipeline.inference.case import CaseOptions, CaseOutcome, predict_case
+from monai_pipeline.inference.case import Case, CaseOptions, CaseOutcome, predict_case
 from monai_pipeline.inference.predictor import Predictor
 from monai_pipeline.runtime import end_process, keep_freed_memory
 
@@ -107,8 +107,7 @@ def _helper_main(conn: Connection, arguments: dict[str, Any], model_sha256: str,
     try:
         conn.send(("ready", None))
         while (task := conn.recv()) is not None:
-            case_id, path = task
-            conn.send(("done", predict_case(predictor, case_id, path, opts)))
+            conn.send(("done", predict_case(predictor, task.case_id, task.path, opts)))
     except (KeyboardInterrupt, EOFError, BrokenPipeError):
         return  # interrupted, or the parent is gone
     except Exception as err:  # noqa: BLE001 - a bug: the parent stops the batch with this text
@@ -136,11 +135,11 @@ class HelperProcesses:
     others take its share. Use as a context manager; :meth:`outcomes` returns the helpers' finished cases.
     """
 
-    def __init__(self, n: int, predictor: Predictor, cases: list[tuple[str, str]], opts: CaseOptions,
+    def __init__(self, n: int, predictor: Predictor, cases: list[Case], opts: CaseOptions,
                  threads: int, keep_memory: bool):
         self.cases: queue.Queue = queue.Queue()
         for case in cases:
-            self.cases.put(case)
+            self.cases.put(Case(*case))
         self.done: queue.Queue = queue.Queue()
         ctx = multiprocessing.get_context("spawn")
         quiet = _quiet_settings()
@@ -177,7 +176,7 @@ class HelperProcesses:
         """Process ids of the helpers (None before they start)."""
         return [proc.pid for proc, _, _ in self.links]
 
-    def take(self) -> tuple[str, str] | None:
+    def take(self) -> Case | None:
         """The next case nobody has taken yet, or None."""
         try:
             return self.cases.get_nowait()
@@ -204,7 +203,7 @@ class HelperProcesses:
         """Runs in a thread: answer each helper's message with its next case (None when there are none left)
         until every helper has gone; a pipe closing under a case fails that case."""
         procs = {conn: proc for proc, conn, _ in self.links}
-        current: dict[Connection, tuple[str, str] | None] = dict.fromkeys(procs)
+        current: dict[Connection, Case | None] = dict.fromkeys(procs)
         while current:
             for conn in wait_for(list(current)):
                 try:
@@ -230,10 +229,10 @@ class HelperProcesses:
                     current[conn] = None
         self.done.put(_FINISHED)
 
-    def _gone(self, proc: multiprocessing.process.BaseProcess, case: tuple[str, str] | None) -> None:
+    def _gone(self, proc: multiprocessing.process.BaseProcess, case: Case | None) -> None:
         proc.join()
         if case is None or self.closing:
             return
         reason = f"its helper process died (exit code {proc.exitcode}: killed, or out of memory?)"
-        logger.error("%s: failed: %s", case[0], reason)
-        self.done.put(CaseOutcome(case[0], case[1], reason=reason))
+        logger.error("%s: failed: %s", case.case_id, reason)
+        self.done.put(CaseOutcome(case.case_id, case.path, reason=reason))
