@@ -118,7 +118,7 @@ def project(model: Path, image: Path, out: Path, device: str = "cpu", stitch_dev
 
     keep_freed_memory()
     t0 = time.perf_counter()
-    p = Predictor(model, device=device, stitch_device=stitch_device, tta=tta)
+    p = Predictor(model, device=device, stitch_device=stitch_device, inference={"tta": tta})
     counter = VoxelCounter(p.network)
     p.network = counter
     data = p.load(image)
@@ -141,7 +141,7 @@ def sweep(model: Path, image: Path) -> None:
 
     from monai_pipeline.inference import Predictor
 
-    p = Predictor(model, device="cpu", bf16=False)
+    p = Predictor(model, device="cpu", inference={"bf16": False})
     x = p.load(image)["image"][None].as_tensor()
     print(f"\nsweep on the cropped volume {tuple(x.shape[2:])} (network only, seconds):")
     print(f"{'roi':>12} {'overlap':>7} {'sw_batch':>8} {'precision':>9} {'layout':>13} {'s':>7}")

@@ -51,7 +51,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=Path("demo_output/run/model.pt"))
     a = ap.parse_args()
     torch.set_grad_enabled(False)
-    p = Predictor(a.model, device="cpu", tta=False)
+    p = Predictor(a.model, device="cpu", inference={"tta": False})
     inf = p.cfg.inference
     flips = mirrorings(tuple(inf.tta_axes))
 

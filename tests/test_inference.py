@@ -77,7 +77,7 @@ def test_mask_overlays_spheres_in_mm(tmp_path):
 def test_tta_and_probability_map(tmp_path):
     _phantom(tmp_path / "phantom.nii.gz")
     model = tiny_model_file(tmp_path / "model.pt")
-    pred = Predictor(model, device="cpu", tta=True)
+    pred = Predictor(model, device="cpu", inference={"tta": True})
     pred.network = Oracle()
     p = pred.predict(pred.load(tmp_path / "phantom.nii.gz"), "phantom", save_prob=True)
     prob = sitk.GetArrayFromImage(p.prob)

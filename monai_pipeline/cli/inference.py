@@ -94,9 +94,10 @@ def run_infer(a: argparse.Namespace) -> int:
     single = bool(a.input) and len(a.input) == 1 and a.shard is None
     cases = cases_from_inputs(a.input, strict=single) if a.input else cases_from_manifest(a.manifest, a.sections)
     check_format_inputs(a.format, [path for _, path in cases])
-    predictor = Predictor(a.model, device=device_or_none(a.device), overlap=a.overlap, sw_batch_size=a.sw_batch_size,
-                          tta=a.tta, bf16=False if a.no_bf16 else None, resample=a.resample, tta_axes=a.tta_axes,
-                          tta_scope=a.tta_scope, stitch_device=a.stitch_device, read_options=read_options(a))
+    overrides = {"overlap": a.overlap, "sw_batch_size": a.sw_batch_size, "tta": a.tta, "resample": a.resample,
+                 "bf16": False if a.no_bf16 else None, "tta_axes": a.tta_axes, "tta_scope": a.tta_scope}
+    predictor = Predictor(a.model, device=device_or_none(a.device), inference=overrides,
+                          read_options=read_options(a), stitch_device=a.stitch_device)
     opts = CaseOptions(a.out, predictor.provenance(a.save_prob, a.postprocess, a.format), a.save_prob, a.postprocess,
                        a.format, a.preview)
     if single:  # one input is all-or-nothing: a bad input exits 2 and writes nothing

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -106,24 +107,22 @@ class Predictor:
         model_path: a ``model.pt`` written by ``monai-pipeline train`` (or a bundle's ``models/model.pt``), or a
             ``monai-pipeline cv`` folder (its ``cv.json``): then the fold models' probabilities are averaged.
         device: where the network runs ("cpu", "cuda", "cuda:1"; default: cuda when available).
-        overlap, sw_batch_size, tta, tta_axes, tta_scope, bf16, resample: override the model's ``inference``
-            configuration.
+        inference: overrides of the model's ``inference`` section (``{"overlap": 0.5, "tta": True}``; keys as in
+            ``default.yaml``, None values ignored).
+        postprocess: overrides of the model's ``postprocess`` section (``{"steps": {...}}``).
+        read_options: how awkward inputs are read (series choice, non-uniform spacing, gantry tilt).
         stitch_device: where the full-volume output is accumulated; "cpu" lets a GPU infer volumes whose
             probabilities would not fit in its memory.
-        postprocess: overrides of the model's ``postprocess`` configuration (a dict of its keys).
-        read_options: how awkward inputs are read (series choice, non-uniform spacing, gantry tilt).
     """
 
-    def __init__(self, model_path: str | Path, device: str | None = None, overlap: float | None = None,
-                 sw_batch_size: int | None = None, tta: bool | None = None, bf16: bool | str | None = None,
-                 resample: str | None = None, tta_axes: list[int] | None = None,
-                 tta_scope: str | None = None, stitch_device: str | None = None, postprocess: dict | None = None,
-                 read_options: ReadOptions | None = None):
+    def __init__(self, model_path: str | Path, device: str | None = None, inference: Mapping[str, Any] | None = None,
+                 postprocess: Mapping[str, Any] | None = None, read_options: ReadOptions | None = None,
+                 stitch_device: str | None = None):
+        overrides = {k: v for k, v in (inference or {}).items() if v is not None}
         #: the arguments that make this predictor (helper processes of a batch build theirs from them)
         self.arguments: dict[str, Any] = {
-            "model_path": str(model_path), "device": device, "overlap": overlap, "sw_batch_size": sw_batch_size,
-            "tta": tta, "bf16": bf16, "resample": resample, "tta_axes": tta_axes, "tta_scope": tta_scope,
-            "stitch_device": stitch_device, "postprocess": postprocess, "read_options": read_options}
+            "model_path": str(model_path), "device": device, "inference": overrides,
+            "postprocess": dict(postprocess or {}), "read_options": read_options, "stitch_device": stitch_device}
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model_path = Path(model_path)
         files = ensemble_members(self.model_path)
@@ -133,11 +132,8 @@ class Predictor:
         stored = [blob["config"] for _, blob in loaded]
         if any(c != stored[0] for c in stored[1:]):
             raise InputError(self.model_path, "the fold models were trained with different configurations")
-        overrides = {k: v for k, v in (("overlap", overlap), ("sw_batch_size", sw_batch_size), ("tta", tta),
-                                       ("bf16", bf16), ("resample", resample),
-                                       ("tta_axes", tta_axes), ("tta_scope", tta_scope)) if v is not None}
         self.cfg: PipelineConfig = config_from_model_dict(self.blob["config"]).merged(
-            {"inference": overrides, "postprocess": postprocess or {}})
+            {"inference": overrides, "postprocess": dict(postprocess or {})})
         check_steps(self.cfg.postprocess)
         self.read_options = read_options or ReadOptions()
         self.transform = prediction_transforms(self.cfg, self.read_options)
