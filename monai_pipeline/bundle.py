@@ -24,9 +24,9 @@ from monai_pipeline.config import (
     config_from_model_dict,
     dump_config,
 )
-from monai_pipeline.data.manifest import case_id_from_path
 from monai_pipeline.errors import InputError
 from monai_pipeline.evaluation import evaluate_folder, headline
+from monai_pipeline.io.paths import case_id_from_path
 from monai_pipeline.io.reader import is_image_path
 from monai_pipeline.io.writer import atomic_path, atomic_write_text
 from monai_pipeline.model_file import describe_training_data, load_model_file

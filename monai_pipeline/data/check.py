@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from monai_pipeline.data.manifest import case_id_from_path
 from monai_pipeline.errors import InputError, PipelineError
 from monai_pipeline.io.geometry import sitk_to_xyz_array
+from monai_pipeline.io.paths import case_id_from_path
 from monai_pipeline.io.reader import label_values, read_ct, read_label
 
 logger = logging.getLogger(__name__)

@@ -14,19 +14,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from monai_pipeline.errors import InputError
+from monai_pipeline.io.paths import case_id_from_path
 from monai_pipeline.io.reader import is_image_path
 from monai_pipeline.io.writer import atomic_write_text
 
 SECTIONS = ("training", "validation", "test")
-
-
-def case_id_from_path(path: str | Path) -> str:
-    """``/a/b/LIDC-0001.nii.gz`` -> ``LIDC-0001``; a DICOM folder gives its folder name."""
-    name = Path(path).name
-    for suf in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm"):
-        if name.lower().endswith(suf):
-            return name[: -len(suf)]
-    return name
 
 
 def assign_folds(patient_ids: Iterable[str], n_folds: int, seed: int = 0) -> dict[str, int]:

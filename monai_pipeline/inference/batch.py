@@ -21,14 +21,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from monai_pipeline.data.manifest import case_id_from_path, load_manifest
+from monai_pipeline.data.manifest import load_manifest
 from monai_pipeline.errors import InputError, PipelineError
 from monai_pipeline.inference.case import Case, CaseOptions, CaseOutcome, predict_and_write, predict_case
 from monai_pipeline.inference.export import Prediction
 from monai_pipeline.inference.predictor import Predictor
 from monai_pipeline.inference.workers import HelperProcesses, resolve_workers
 from monai_pipeline.io.layout import PredictionLayout
-from monai_pipeline.io.paths import check_input
+from monai_pipeline.io.paths import case_id_from_path, check_input
 from monai_pipeline.io.writer import atomic_write_text, stale_parts
 from monai_pipeline.postprocess.lesions import LESION_FIELDS
 from monai_pipeline.runtime import freed_memory_kept

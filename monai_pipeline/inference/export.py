@@ -31,10 +31,10 @@ from scipy import ndimage
 
 from monai_pipeline.arrays import label_components
 from monai_pipeline.config import PipelineConfig
-from monai_pipeline.data.manifest import case_id_from_path
 from monai_pipeline.io.formats import MASK_FORMATS, parse_formats
 from monai_pipeline.io.geometry import LPS_TO_RAS, Geometry, sitk_to_xyz_array, xyz_array_to_sitk
 from monai_pipeline.io.layout import PredictionLayout
+from monai_pipeline.io.paths import case_id_from_path
 from monai_pipeline.io.writer import atomic_write_text, dumps_strict, write_image
 from monai_pipeline.postprocess import lesion_table, postprocess_case, write_lesion_csv
 from monai_pipeline.postprocess.lesions import ScoreFn

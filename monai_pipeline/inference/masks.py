@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from monai_pipeline.config import PipelineConfig, load_config
-from monai_pipeline.data.manifest import case_id_from_path
 from monai_pipeline.errors import InputError
 from monai_pipeline.inference.export import Prediction, write_prediction
 from monai_pipeline.io.geometry import sitk_to_xyz_array
+from monai_pipeline.io.paths import case_id_from_path
 from monai_pipeline.io.reader import read_ct, read_label
 from monai_pipeline.model_file import model_config
 from monai_pipeline.postprocess import lesion_table, postprocess_case

@@ -19,10 +19,10 @@ from typing import Any
 import torch
 
 from monai_pipeline.config import PipelineConfig, config_from_model_dict
-from monai_pipeline.data.manifest import case_id_from_path
 from monai_pipeline.errors import InputError, PipelineError
 from monai_pipeline.inference.export import Prediction, export_prediction
 from monai_pipeline.inferers import ProbabilityInferer
+from monai_pipeline.io.paths import case_id_from_path
 from monai_pipeline.io.reader import ReadOptions
 from monai_pipeline.model_file import describe_training_data, load_model_file, synthetic_only, versions
 from monai_pipeline.postprocess.steps import check_steps

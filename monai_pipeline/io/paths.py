@@ -82,3 +82,12 @@ def check_output_file(path: str | Path, suffixes: Sequence[str] = WRITABLE_IMAGE
         raise InputError(p, "is a folder; an output file name is expected")
     check_output_folder(p.parent)
     return p
+
+
+def case_id_from_path(path: str | Path) -> str:
+    """``/a/b/LIDC-0001.nii.gz`` -> ``LIDC-0001``; a DICOM folder gives its folder name."""
+    name = Path(path).name
+    for suf in (*WRITABLE_IMAGE_SUFFIXES, ".dcm"):
+        if name.lower().endswith(suf):
+            return name[: -len(suf)]
+    return name
