@@ -16,10 +16,25 @@ from monai_pipeline import __version__
 from monai_pipeline.cli import data, demo, evaluation, inference, lidc, training
 from monai_pipeline.cli.args import Verb, check_declared_paths
 
-EXIT_INPUT, EXIT_PARTIAL = 2, 1
+#: exit codes: a bad input or configuration (one line, nothing written); a batch with failed cases (the others
+#: done); an internal error, a bug to report (sysexits' EX_SOFTWARE); 75 (preempted) and 130 (interrupted)
+EXIT_INPUT, EXIT_PARTIAL, EXIT_INTERNAL = 2, 1, 70
+#: libraries whose INFO lines would crowd the project's own; shown with -v
+NOISY = ("monai", "ignite", "PIL", "matplotlib", "highdicom", "pydicom", "urllib3", "fsspec")
 #: every verb, in the order ``--help`` lists them
 VERBS: dict[str, Verb] = {v.name: v for group in (data, training, inference, evaluation, demo, lidc)
                           for v in group.VERBS}
+
+
+class DefaultsShown(argparse.HelpFormatter):
+    """Help lines end with the option's default, unless the text already says it or there is none to say."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        shown = ",".join(map(str, action.default)) if isinstance(action.default, tuple | list) else action.default
+        return f"{text} (default: {shown})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,12 +42,40 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="monai-pipeline",
                                 description="MONAI-based CT segmentation: DICOM/NIfTI in, geometry-exact masks out.")
     p.add_argument("--version", action="version", version=f"monai-pipeline {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    p.add_argument("--debug", action="store_true", help="show the full traceback of an error (and library warnings)")
+    _add_global_options(p, argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, verb in VERBS.items():
-        verb.add_arguments(sub.add_parser(name, help=verb.help, description=verb.help))
+        sp = sub.add_parser(name, help=verb.help, description=verb.help,
+                            formatter_class=DefaultsShown)
+        verb.add_arguments(sp)
+        _add_global_options(sp, argparse.SUPPRESS)  # accepted after the verb too
+    p.set_defaults(verbose=False, quiet=False, debug=False)
     return p
+
+
+def _add_global_options(p: argparse.ArgumentParser, default) -> None:
+    g = p.add_argument_group("output")
+    g.add_argument("-v", "--verbose", action="store_true", default=default,
+                   help="debug logging, and the libraries' INFO lines")
+    g.add_argument("-q", "--quiet", action="store_true", default=default, help="warnings and errors only")
+    g.add_argument("--debug", action="store_true", default=default,
+                   help="show the full traceback of an error (and library warnings)")
+
+
+def check_device(device: str | None) -> None:
+    """``--device cuda`` on a machine without a CUDA GPU (or a CPU build of torch): one line, before any work."""
+    if device is None or not device.startswith("cuda"):
+        return
+    import torch  # deferred with the library (see cli.args)
+
+    from monai_pipeline.errors import InputError
+
+    if not torch.cuda.is_available():
+        build = "a CPU build of torch" if torch.version.cuda is None else f"torch {torch.__version__}, no GPU visible"
+        raise InputError(None, f"--device {device}: no CUDA GPU is available ({build})",
+                         hint="use --device cpu, or install a CUDA build of torch on a machine with a GPU")
+    if ":" in device and int(device.split(":")[1]) >= torch.cuda.device_count():
+        raise InputError(None, f"--device {device}: only {torch.cuda.device_count()} GPU(s) visible")
 
 
 def describe(err: BaseException) -> str:
@@ -73,15 +116,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Check the declared paths, run the verb, and map its errors to one line and an exit status."""
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("monai", "ignite", "PIL", "matplotlib"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%Y-%m-%d %H:%M:%S")
+    logging.getLogger().setLevel(level)  # also when logging was configured before (the Python API, tests)
+    for noisy in NOISY:
+        logging.getLogger(noisy).setLevel(logging.NOTSET if args.verbose else logging.WARNING)
     _quiet_libraries(args.debug)
     from monai_pipeline.errors import EXIT_PREEMPTED, PipelineError, Preempted
 
     try:
         check_declared_paths(args)
+        check_device(getattr(args, "device", None))
         return VERBS[args.command].run(args)
     except Preempted as err:
         print(f"monai-pipeline: preempted: {err}", file=sys.stderr)
@@ -103,4 +149,4 @@ def run(args: argparse.Namespace) -> int:
         if args.debug:
             raise
         print(f"monai-pipeline: internal error: {describe(err)} (run with --debug for the traceback)", file=sys.stderr)
-        return EXIT_PARTIAL
+        return EXIT_INTERNAL

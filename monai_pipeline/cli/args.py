@@ -153,11 +153,22 @@ def device_or_none(text: str) -> str | None:
     return None if text == "auto" else text
 
 
+def add_device(p: argparse.ArgumentParser) -> None:
+    """``--device``: checked before any work (``cuda`` without a CUDA GPU is one line and exit 2)."""
+    p.add_argument("--device", type=device, default="auto",
+                   help="cpu, cuda, cuda:N or auto (default: cuda when a GPU is available, else cpu)")
+
+
+def add_no_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+
+
 def add_read_options(p: argparse.ArgumentParser) -> None:
     """How awkward DICOM inputs are read."""
     g = p.add_argument_group("reading DICOM")
     g.add_argument("--series-uid", help="SeriesInstanceUID to read from a folder holding several series")
-    g.add_argument("--force", action="store_true", help="read series whose modality is not CT")
+    g.add_argument("--allow-non-ct", action="store_true", help="read series whose modality is not CT")
+    g.add_argument("--force", action="store_true", dest="allow_non_ct", help=argparse.SUPPRESS)  # the 0.1 spelling
     g.add_argument("--resample-nonuniform", action="store_true",
                    help="interpolate series with non-uniform spacing / missing slices instead of refusing them")
     g.add_argument("--allow-gantry-tilt", action="store_true", help="read tilted series anyway (approximate grid)")
@@ -167,6 +178,6 @@ def read_options(a: argparse.Namespace) -> ReadOptions:
     """The :class:`ReadOptions` of :func:`add_read_options`' arguments."""
     from monai_pipeline.io.reader import ReadOptions
 
-    return ReadOptions(series_uid=a.series_uid, allow_non_ct=a.force,
+    return ReadOptions(series_uid=a.series_uid, allow_non_ct=a.allow_non_ct,
                        nonuniform="resample" if a.resample_nonuniform else "error",
                        allow_gantry_tilt=a.allow_gantry_tilt)

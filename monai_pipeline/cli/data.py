@@ -16,13 +16,14 @@ from monai_pipeline.cli.args import (
 
 
 def add_synth(p: argparse.ArgumentParser) -> None:
-    path_argument(p, "--out", check="out-dir", required=True)
+    path_argument(p, "--out", check="out-dir", required=True, help="output folder (images, labels, manifest.json)")
     p.add_argument("--cases", type=positive_int, help="number of cases (phantoms or --background)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--format", choices=("nifti", "dicom", "both"), default="nifti")
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same cases")
+    p.add_argument("--format", choices=("nifti", "dicom", "both"), default="nifti",
+                   help="write NIfTI volumes, DICOM series, or both")
     p.add_argument("--matrix", type=positive_int, default=512, help="in-plane size in voxels (default 512)")
     p.add_argument("--extent-mm", type=float, default=300.0, help="cranio-caudal coverage in mm (default 300)")
-    p.add_argument("--min-diameter-mm", type=float, default=3.0)
+    p.add_argument("--min-diameter-mm", type=float, default=3.0, help="smallest nodule diameter in mm")
     p.add_argument("--pngs", type=int, default=2, help="PNG previews for the first N cases (default 2)")
     path_argument(p, "--background", check="input", nargs="+",
                   help="real chest CT(s) (files or DICOM folders): insert synthetic nodules into their lungs "
@@ -62,13 +63,13 @@ def run_synth(a: argparse.Namespace) -> int:
 
 
 def add_manifest(p: argparse.ArgumentParser) -> None:
-    path_argument(p, "--images", check="input", required=True)
-    path_argument(p, "--labels", check="input")
-    path_argument(p, "--out", check="out-file", suffixes=(".json",), required=True)
-    p.add_argument("--folds", type=positive_int, default=5)
-    p.add_argument("--test-fraction", type=float, default=0.0)
+    path_argument(p, "--images", check="input", required=True, help="folder of CT volumes (or DICOM series folders)")
+    path_argument(p, "--labels", check="input", help="folder of label volumes named as the images (optional)")
+    path_argument(p, "--out", check="out-file", suffixes=(".json",), required=True, help="manifest file to write")
+    p.add_argument("--folds", type=positive_int, default=5, help="cross-validation folds (by patient)")
+    p.add_argument("--test-fraction", type=float, default=0.0, help="fraction of patients held out as test")
     p.add_argument("--patient-sep", help="case ids are <patient><SEP><suffix>; split on SEP for the patient id")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the fold assignment")
 
 
 def run_manifest(a: argparse.Namespace) -> int:
@@ -79,8 +80,8 @@ def run_manifest(a: argparse.Namespace) -> int:
 
 
 def add_convert(p: argparse.ArgumentParser) -> None:
-    path_argument(p, "--input", check="input", required=True)
-    path_argument(p, "--out", check="out-file", required=True)
+    path_argument(p, "--input", check="input", required=True, help="a CT: DICOM folder or file, NIfTI, NRRD, MHA")
+    path_argument(p, "--out", check="out-file", required=True, help="image file to write (.nii.gz, .nrrd, .mha)")
     add_read_options(p)
 
 
@@ -95,8 +96,8 @@ def run_convert(a: argparse.Namespace) -> int:
 
 
 def add_check(p: argparse.ArgumentParser) -> None:
-    path_argument(p, "--manifest", check="input", required=True)
-    p.add_argument("--sections", type=sections, default=None, help="default: all")
+    path_argument(p, "--manifest", check="input", required=True, help="the manifest (datalist) to check")
+    p.add_argument("--sections", type=sections, default=None, help="manifest sections, comma separated (default: all)")
     p.add_argument("--classes", type=positive_int, default=2, help="label values allowed: 0..classes-1 (default 2)")
     path_argument(p, "--out", check="out-file", suffixes=(".json",), help="also write the report as JSON to this file")
 

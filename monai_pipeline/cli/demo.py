@@ -10,7 +10,7 @@ from monai_pipeline.cli.args import Verb, path_argument, positive_int
 
 
 def add_export_bundle(p: argparse.ArgumentParser) -> None:
-    path_argument(p, "--model", check="input", required=True)
+    path_argument(p, "--model", check="input", required=True, help="model.pt written by train")
     path_argument(p, "--bundle", check="input", required=True, help="bundle root (holds configs/pipeline.yaml)")
 
 
@@ -22,9 +22,9 @@ def run_export_bundle(a: argparse.Namespace) -> int:
 
 
 def add_demo(p: argparse.ArgumentParser) -> None:
-    path_argument(p, "--out", check="out-dir", default=Path("demo_output"))
-    p.add_argument("--cases", type=positive_int, default=None)
-    p.add_argument("--epochs", type=positive_int, default=None)
+    path_argument(p, "--out", check="out-dir", default=Path("demo_output"), help="output folder")
+    p.add_argument("--cases", type=positive_int, default=None, help="synthetic cases (default: the demo's)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="training epochs (default: the demo's)")
     p.add_argument("--quick", action="store_true",
                    help="a tiny run for smoke tests (minutes less, Dice not meaningful)")
 

@@ -8,8 +8,8 @@ from monai_pipeline.cli.args import Verb, fraction, path_argument, sections
 
 
 def add_evaluate(p: argparse.ArgumentParser) -> None:
-    path_argument(p, "--pred", check="input", required=True)
-    path_argument(p, "--manifest", check="input", required=True)
+    path_argument(p, "--pred", check="input", required=True, help="prediction folder written by infer or cv")
+    path_argument(p, "--manifest", check="input", required=True, help="the manifest holding the reference labels")
     path_argument(p, "--out", check="out-dir", help="report folder (default: --pred)")
     p.add_argument("--sections", type=sections, default=None,
                    help="manifest sections to score, comma separated (default: validation,test; with --fold: none)")
@@ -17,13 +17,16 @@ def add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--include-training", action="store_true",
                    help="score cases the predicting model was trained on (default: refuse, exit 2)")
     p.add_argument("--min-overlap", type=fraction, default=0.0, help="fraction of a lesion to cover to detect it")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="score the selected cases that have a prediction (default: refuse, naming those without)")
 
 
 def run_evaluate(a: argparse.Namespace) -> int:
     from monai_pipeline.evaluation import evaluate_folder, format_table, headline
 
     res = evaluate_folder(a.pred, a.manifest, a.out, sections=a.sections, fold=a.fold,
-                          include_training=a.include_training, min_overlap=a.min_overlap)
+                          include_training=a.include_training, min_overlap=a.min_overlap,
+                          allow_missing=a.allow_missing)
     print(format_table(res))
     print(headline(res))
     return 0

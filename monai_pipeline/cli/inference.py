@@ -9,6 +9,8 @@ import sys
 
 from monai_pipeline.cli.args import (
     Verb,
+    add_device,
+    add_no_progress,
     add_read_options,
     device,
     device_or_none,
@@ -41,14 +43,14 @@ def add_infer(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     path_argument(src, "--input", check="single-input", type=str, nargs="+",
                   help="NIfTI/NRRD/MHA files or DICOM series folders (several: a batch)")
-    path_argument(src, "--manifest", check="input")
+    path_argument(src, "--manifest", check="input", help="predict the cases of a manifest's --sections")
     p.add_argument("--sections", type=sections, default=("test",),
                    help="manifest sections, comma separated (default: test)")
-    path_argument(p, "--out", check="out-dir", required=True)
-    p.add_argument("--device", type=device, default="auto")
+    path_argument(p, "--out", check="out-dir", required=True, help="output folder (masks, tables, done-markers)")
+    add_device(p)
     p.add_argument("--stitch-device", type=device, help="where full-volume outputs are accumulated (e.g. cpu)")
-    p.add_argument("--overlap", type=overlap)
-    p.add_argument("--sw-batch-size", type=positive_int)
+    p.add_argument("--overlap", type=overlap, help="sliding-window overlap, 0 <= x < 1 (default: the model's)")
+    p.add_argument("--sw-batch-size", type=positive_int, help="windows per network call (default: the model's)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="mirroring test-time augmentation, 8 flips (default: the model's configuration)")
     p.add_argument("--no-bf16", action="store_true", help="disable bf16 autocast on CPU")
@@ -73,7 +75,7 @@ def add_infer(p: argparse.ArgumentParser) -> None:
                    help="processes predicting a batch side by side on a CPU, each with its share of the threads "
                         "(default auto: one per CPU thread, at most one per case and per 3 GiB of free memory; "
                         "1 on a GPU or under torchrun)")
-    p.add_argument("--no-progress", action="store_true")
+    add_no_progress(p)
     add_read_options(p)
 
 
@@ -119,7 +121,7 @@ def _flag(name: str) -> str:
 
 def add_postprocess(p: argparse.ArgumentParser) -> None:
     path_argument(p, "--input", check="input", nargs="+", required=True, help="mask files")
-    path_argument(p, "--out", check="out-dir", required=True)
+    path_argument(p, "--out", check="out-dir", required=True, help="output folder (masks and lesion tables)")
     path_argument(p, "--image", check="input", nargs="*",
                   help="the CT of each mask (same order): needed by the lung filter, gives the lesions' HU")
     settings = p.add_mutually_exclusive_group()

@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import argparse
 
-from monai_pipeline.cli.args import Verb, path_argument, positive_int
+from monai_pipeline.cli.args import Verb, add_no_progress, path_argument, positive_int
 
 EXIT_PARTIAL = 1
 
 
 def add_lidc_convert(p: argparse.ArgumentParser) -> None:
-    path_argument(p, "--input", check="input", required=True)
-    path_argument(p, "--out", check="out-dir", required=True)
+    path_argument(p, "--input", check="input", required=True, help="LIDC-IDRI root in the TCIA layout (DICOM series)")
+    path_argument(p, "--out", check="out-dir", required=True, help="output folder (images, labels, manifest.json)")
     path_argument(p, "--xml", check="input",
                   help="folder of XML files to match by SeriesInstanceUID (default: beside the CT)")
-    p.add_argument("--consensus", type=float, default=0.5)
-    p.add_argument("--min-diameter-mm", type=float, default=3.0)
-    p.add_argument("--min-readers", type=positive_int, default=1)
-    p.add_argument("--per-reader", action="store_true")
-    p.add_argument("--workers", type=positive_int, default=1)
-    p.add_argument("--folds", type=positive_int, default=5)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--consensus", type=float, default=0.5,
+                   help="fraction of a nodule's readers that must mark a voxel for the consensus label")
+    p.add_argument("--min-diameter-mm", type=float, default=3.0, help="smallest nodule kept (mm; LIDC marks >= 3 mm)")
+    p.add_argument("--min-readers", type=positive_int, default=1, help="readers that must have marked a nodule")
+    p.add_argument("--per-reader", action="store_true",
+                   help="also write each reader's mask and the reader-count map (training.label_mode soft/any-reader)")
+    p.add_argument("--workers", type=positive_int, default=1, help="series converted side by side")
+    p.add_argument("--folds", type=positive_int, default=5, help="cross-validation folds (by patient)")
+    add_no_progress(p)
 
 
 def run_lidc_convert(a: argparse.Namespace) -> int:
@@ -35,7 +37,7 @@ def run_lidc_convert(a: argparse.Namespace) -> int:
 
 
 def add_lidc_demo(p: argparse.ArgumentParser) -> None:
-    path_argument(p, "--out", check="out-dir", required=True)
+    path_argument(p, "--out", check="out-dir", required=True, help="output folder")
     p.add_argument("--studies", type=positive_int, default=None, help="number of reads (default 20)")
     p.add_argument("--quick", action="store_true", help="a tiny run for smoke tests (Dice not meaningful)")
 

@@ -5,21 +5,30 @@ from __future__ import annotations
 import argparse
 import os
 
-from monai_pipeline.cli.args import Verb, device, device_or_none, folds, path_argument, positive_int
+from monai_pipeline.cli.args import (
+    Verb,
+    add_device,
+    add_no_progress,
+    device_or_none,
+    folds,
+    path_argument,
+    positive_int,
+)
 
 
 def _common(p: argparse.ArgumentParser, out_help: str) -> None:
-    path_argument(p, "--manifest", check="input", required=True)
+    path_argument(p, "--manifest", check="input", required=True, help="the manifest (datalist) to train on")
     path_argument(p, "--out", check="out-dir", required=True, help=out_help)
     path_argument(p, "--config", check="input", help="YAML/JSON merged over the default configuration")
-    p.add_argument("--epochs", type=positive_int)
-    p.add_argument("--device", type=device, default="auto")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--epochs", type=positive_int, help="epochs (default: training.epochs of the configuration)")
+    add_device(p)
+    add_no_progress(p)
 
 
 def add_train(p: argparse.ArgumentParser) -> None:
     _common(p, "run folder")
-    p.add_argument("--fold", type=int)
+    p.add_argument("--fold", type=int, help="train on every fold but this one and validate on it (default: the "
+                   "manifest's training and validation sections)")
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
 
 

@@ -187,7 +187,7 @@ def by_size(lesions: list[dict]) -> dict:
 def evaluate_folder(pred_dir: str | Path, manifest: str | Path, out: str | Path | None = None,
                     sections: Sequence[str] | None = None, min_overlap: float = 0.0, plot: bool = True,
                     base_dir: str | Path | None = None, fold: int | Sequence[int] | None = None,
-                    include_training: bool = False) -> dict:
+                    include_training: bool = False, allow_missing: bool = True) -> dict:
     """Evaluate the selected manifest cases that have ``PRED_DIR/<case_id>.nii.gz`` (see the module docstring);
     returns the summary with the per-case ``rows``."""
 
@@ -202,6 +202,10 @@ def evaluate_folder(pred_dir: str | Path, manifest: str | Path, out: str | Path 
     if not present:
         raise InputError(pred_dir, f"holds no prediction for any selected labelled case of {manifest}")
     provenance = check_held_out(pred_dir, [e["case_id"] for e in present], include_training)
+    if missing and not allow_missing:
+        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        raise InputError(pred_dir, f"{len(missing)} selected case(s) have no prediction: {shown}",
+                         hint="predict them, choose --sections/--fold, or pass --allow-missing to score the others")
     if missing:
         logger.warning("%d selected case(s) have no prediction in %s: %s", len(missing), pred_dir, ", ".join(missing))
     data_root = Path(base_dir) if base_dir is not None else Path(manifest).parent
