@@ -197,6 +197,7 @@ class InferenceConfig:
     tta_axes: tuple[int, ...]  # network-grid axes (0 = x, 1 = y, 2 = z) mirrored by TTA: 2^len passes
     tta_scope: str  # candidates: mirrored passes only around the plain pass's candidates | volume: everywhere
     bf16: bool | str
+    amp: bool  # fp16 autocast on CUDA
     resample: str  # linear: foreground probability resampled (around candidates), then decided | nearest: label
     channels_last: bool  # run the network in channels-last 3D memory format
     subpixel_upsampling: bool | str  # few-output-channel transposed convolutions as convolution + shuffle (auto: CPU)

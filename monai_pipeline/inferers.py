@@ -53,9 +53,9 @@ def use_cpu_bf16(setting: bool | str, device: torch.device) -> bool:
     return setting is True or (setting == "auto" and cpu_has_bf16())
 
 
-def autocast_context(device: torch.device, bf16: bool | str):
-    """fp16 autocast on CUDA, bf16 on capable CPUs (per ``bf16``), otherwise nothing."""
-    if device.type == "cuda":
+def autocast_context(device: torch.device, bf16: bool | str, amp: bool = True):
+    """fp16 autocast on CUDA (unless ``amp`` is false), bf16 on capable CPUs (per ``bf16``), otherwise nothing."""
+    if device.type == "cuda" and amp:
         return torch.autocast("cuda", dtype=torch.float16)
     if use_cpu_bf16(bf16, device):
         return torch.autocast("cpu", dtype=torch.bfloat16)
@@ -173,6 +173,7 @@ class ProbabilityInferer(Inferer):
         self.scope = cfg.inference.tta_scope
         self.roi = tuple(cfg.inference.roi_size)
         self.bf16 = cfg.inference.bf16
+        self.amp = cfg.inference.amp
         self.last_tta_fraction = 0.0  # voxels the mirrored passes covered in the last call / the volume's
         self._prepared: weakref.WeakSet = weakref.WeakSet()  # networks already in their inference form
 
@@ -228,7 +229,7 @@ class ProbabilityInferer(Inferer):
         x = x.to(self.device)
         network = self.prepare(network)
         n = len(self.flips)
-        with autocast_context(self.device, self.bf16):
+        with autocast_context(self.device, self.bf16, self.amp):
             if n == 1 or self.scope == "volume":
                 self.last_tta_fraction = 1.0 if n > 1 else 0.0
                 return self._mirrored_sum(x, network, self.flips) / n

@@ -34,8 +34,9 @@ class Verb:
 #: where the declared path checks of a parser are kept (its defaults, so they reach the namespace)
 PATH_CHECKS = "_path_checks"
 #: kinds of path check: an existing file or folder; the one input of a verb whose several inputs are a batch
-#: (checked only when there is one); a folder that can be written; a file that can be written (``suffixes``)
-PATH_KINDS = ("input", "single-input", "out-dir", "out-file")
+#: (checked only when there is one); a folder that can be written; a file that can be written (``suffixes``);
+#: a file when its name ends with one of ``suffixes``, else a folder
+PATH_KINDS = ("input", "single-input", "out-dir", "out-file", "out-dir-or-file")
 
 
 def path_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup, *flags: str, check: str,
@@ -64,7 +65,9 @@ def check_declared_paths(a: argparse.Namespace) -> None:
                 check_input(v)
     for dest, kind, suffixes in checks:
         value = getattr(a, dest, None)
-        if value is not None and kind == "out-dir":
+        if value is not None and kind == "out-dir-or-file" and str(value).lower().endswith(tuple(suffixes or ())):
+            check_output_file(value, suffixes)
+        elif value is not None and kind in ("out-dir", "out-dir-or-file"):
             check_output_folder(value)
         elif value is not None and kind == "out-file":
             check_output_file(value, *(() if suffixes is None else (suffixes,)))

@@ -37,6 +37,24 @@ def _format(text: str) -> str:
     return text
 
 
+def _add_network_options(p: argparse.ArgumentParser) -> None:
+    """How the network runs: overrides of the model's ``inference`` section."""
+    p.add_argument("--overlap", type=overlap, help="sliding-window overlap, 0 <= x < 1 (default: the model's)")
+    p.add_argument("--sw-batch-size", type=positive_int, help="windows per network call (default: the model's)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="mirroring test-time augmentation, 8 flips (default: the model's configuration)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast on the CPU (default: the model's, auto = where the CPU has native bf16)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="fp16 autocast on a CUDA GPU (default: the model's, on)")
+    p.add_argument("--tta-scope", choices=("candidates", "volume"),
+                   help="mirror only around the plain pass's candidates, or the whole volume (default: the model's)")
+    p.add_argument("--tta-axes", type=int_list, help="axes mirrored by TTA, e.g. 0 or 0,1 (default: the model's)")
+    p.add_argument("--resample", choices=("linear", "nearest"),
+                   help="back onto the input grid: resample the probability (linear) or the label (nearest); "
+                        "default: the model's configuration")
+
+
 def add_infer(p: argparse.ArgumentParser) -> None:
     path_argument(p, "--model", check="input", required=True,
                   help="model.pt, a bundle's models/model.pt, or a cv folder")
@@ -46,20 +64,11 @@ def add_infer(p: argparse.ArgumentParser) -> None:
     path_argument(src, "--manifest", check="input", help="predict the cases of a manifest's --sections")
     p.add_argument("--sections", type=sections, default=("test",),
                    help="manifest sections, comma separated (default: test)")
-    path_argument(p, "--out", check="out-dir", required=True, help="output folder (masks, tables, done-markers)")
+    path_argument(p, "--out", check="out-dir-or-file", suffixes=(".nii.gz", ".nii"), required=True,
+                  help="output folder (masks, tables, done-markers); for one input also a mask file name (.nii.gz)")
     add_device(p)
     p.add_argument("--stitch-device", type=device, help="where full-volume outputs are accumulated (e.g. cpu)")
-    p.add_argument("--overlap", type=overlap, help="sliding-window overlap, 0 <= x < 1 (default: the model's)")
-    p.add_argument("--sw-batch-size", type=positive_int, help="windows per network call (default: the model's)")
-    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                   help="mirroring test-time augmentation, 8 flips (default: the model's configuration)")
-    p.add_argument("--no-bf16", action="store_true", help="disable bf16 autocast on CPU")
-    p.add_argument("--tta-scope", choices=("candidates", "volume"),
-                   help="mirror only around the plain pass's candidates, or the whole volume (default: the model's)")
-    p.add_argument("--tta-axes", type=int_list, help="axes mirrored by TTA, e.g. 0 or 0,1 (default: the model's)")
-    p.add_argument("--resample", choices=("linear", "nearest"),
-                   help="back onto the input grid: resample the probability (linear) or the label (nearest); "
-                        "default: the model's configuration")
+    _add_network_options(p)
     p.add_argument("--save-prob", action="store_true", help="also write <case>_prob.nii.gz (foreground probability)")
     p.add_argument("--postprocess", action=argparse.BooleanOptionalAction, default=True,
                    help="apply the model's post-processing (default); --no-postprocess writes the raw decision")
@@ -90,23 +99,24 @@ def run_infer(a: argparse.Namespace) -> int:
         cases_from_manifest,
         run_batch,
     )
-    from monai_pipeline.inference.batch import predict_single
+    from monai_pipeline.inference.batch import predict_single, single_output
     from monai_pipeline.io.formats import check_format_inputs
 
-    single = bool(a.input) and len(a.input) == 1 and a.shard is None
-    cases = cases_from_inputs(a.input, strict=single) if a.input else cases_from_manifest(a.manifest, a.sections)
+    cases = cases_from_inputs(a.input, strict=len(a.input) == 1) if a.input else cases_from_manifest(a.manifest,
+                                                                                                   a.sections)
+    out, cases = single_output(a.out, cases)
     check_format_inputs(a.format, [path for _, path in cases])
     overrides = {"overlap": a.overlap, "sw_batch_size": a.sw_batch_size, "tta": a.tta, "resample": a.resample,
-                 "bf16": False if a.no_bf16 else None, "tta_axes": a.tta_axes, "tta_scope": a.tta_scope}
+                 "bf16": a.bf16, "amp": a.amp, "tta_axes": a.tta_axes, "tta_scope": a.tta_scope}
     predictor = Predictor(a.model, device=device_or_none(a.device), inference=overrides,
                           read_options=read_options(a), stitch_device=a.stitch_device)
-    opts = CaseOptions(a.out, predictor.provenance(a.save_prob, a.postprocess, a.format), a.save_prob, a.postprocess,
+    opts = CaseOptions(out, predictor.provenance(a.save_prob, a.postprocess, a.format), a.save_prob, a.postprocess,
                        a.format, a.preview)
-    if single:  # one input is all-or-nothing: a bad input exits 2 and writes nothing
+    if a.input and len(cases) == 1 and a.shard is None:  # one input is all-or-nothing: exit 2, nothing written
         pred, written = predict_single(predictor, cases[0], opts, a.overwrite)
         print(f"{written[0]}: {len(pred.lesions)} lesion(s)")
         return 0
-    summary = run_batch(predictor, cases, a.out, shard=a.shard, save_prob=a.save_prob, progress=not a.no_progress,
+    summary = run_batch(predictor, cases, out, shard=a.shard, save_prob=a.save_prob, progress=not a.no_progress,
                         postprocess=a.postprocess, overwrite=a.overwrite, fmt=a.format, preview=a.preview,
                         workers=a.workers)
     print(f"done {summary.done}, skipped {summary.skipped}, failed {summary.failed}")

@@ -28,7 +28,7 @@ from monai_pipeline.inference.export import Prediction
 from monai_pipeline.inference.predictor import Predictor
 from monai_pipeline.inference.workers import HelperProcesses, resolve_workers
 from monai_pipeline.io.layout import PredictionLayout
-from monai_pipeline.io.paths import case_id_from_path, check_input
+from monai_pipeline.io.paths import WRITABLE_IMAGE_SUFFIXES, case_id_from_path, check_input
 from monai_pipeline.io.writer import atomic_write_text, stale_parts
 from monai_pipeline.postprocess.lesions import LESION_FIELDS
 from monai_pipeline.runtime import freed_memory_kept
@@ -239,16 +239,37 @@ def predict_single(predictor: Predictor, case: Case, opts: CaseOptions,
     return predict_and_write(predictor, case.case_id, case.path, opts)
 
 
-def cases_from_inputs(inputs: list[str], strict: bool = True) -> list[Case]:
-    """(case_id, path) pairs for input paths. ``strict``: every path must be a readable file or folder now;
-    otherwise (a batch) a bad path becomes that case's failure when its turn comes."""
+def image_files_of(folder: Path) -> list[Path] | None:
+    """The volumes of a folder that holds only image files (NIfTI, NRRD, MHA: a batch), sorted; None for any other
+    folder (a DICOM series, or something to refuse when it is read). Hidden files are ignored."""
+    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    images = [p for p in files if p.name.lower().endswith(WRITABLE_IMAGE_SUFFIXES)]
+    return sorted(images) if images and len(images) == len(files) else None
 
+
+def cases_from_inputs(inputs: list[str], strict: bool = True) -> list[Case]:
+    """(case_id, path) pairs for input paths: a file or a DICOM series folder is one case, a folder holding only
+    NIfTI/NRRD/MHA volumes one case per volume. ``strict``: every path must be a readable file or folder now;
+    otherwise (a batch) a bad path becomes that case's failure when its turn comes."""
     out = []
     for p in inputs:
         if strict:
             check_input(p)
-        out.append(Case(case_id_from_path(p), str(p)))
+        volumes = image_files_of(Path(p)) if Path(p).is_dir() else None
+        out += [Case(case_id_from_path(v), str(v)) for v in volumes or [Path(p)]]
     return out
+
+
+def single_output(out: Path, cases: list[Case]) -> tuple[Path, list[Case]]:
+    """``--out FILE.nii.gz`` for one input: the prediction folder is the file's folder and the case is named by
+    the file, so the mask lands at ``FILE.nii.gz`` (its table beside it as ``FILE_lesions.csv``). Any other
+    ``out`` is the prediction folder itself."""
+    if not str(out).lower().endswith((".nii.gz", ".nii")):
+        return out, cases
+    if len(cases) != 1:
+        raise InputError(out, f"a mask file name needs one input, got {len(cases)} case(s)",
+                         hint="give a folder as --out for several inputs")
+    return out.parent, [Case(case_id_from_path(out), cases[0].path)]
 
 
 def cases_from_manifest(manifest: str | Path, sections: tuple[str, ...] = ("test",)) -> list[Case]:

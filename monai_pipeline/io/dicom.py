@@ -131,6 +131,17 @@ def _is_dicom_file(path: str) -> bool:
         return False
 
 
+#: SOP class of a DICOMDIR (Media Storage Directory Storage), the index a CD or PACS export puts beside the images
+MEDIA_DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"
+
+
+def is_media_directory(ds) -> bool:
+    """Whether a dataset is a DICOMDIR (by its media storage SOP class, or its directory record sequence)."""
+    meta = getattr(ds, "file_meta", None)
+    sop = str(getattr(meta, "MediaStorageSOPClassUID", "") or ds.get("SOPClassUID", ""))
+    return sop == MEDIA_DIRECTORY_SOP_CLASS or "DirectoryRecordSequence" in ds
+
+
 def scan_folder(folder: str | Path, recursive: bool = False) -> dict[str, SeriesInfo]:
     """Group the DICOM files of ``folder`` by SeriesInstanceUID, reading headers only."""
     folder = Path(folder)
@@ -145,12 +156,16 @@ def scan_folder(folder: str | Path, recursive: bool = False) -> dict[str, Series
     series: dict[str, SeriesInfo] = {}
     for path in sorted(paths):
         if not _is_dicom_file(path):
+            logger.debug("%s: not a DICOM file (no DICM marker, no readable header): skipped", path)
             continue
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception as err:  # noqa: BLE001
             raise InputError(path, f"unreadable DICOM header ({err.__class__.__name__}: {err})") from err
         meta = getattr(ds, "file_meta", None)
+        if is_media_directory(ds):
+            logger.debug("%s: a DICOMDIR (media storage directory), not an image: skipped", path)
+            continue
         if getattr(ds, "preamble", None) is not None and (meta is None or "TransferSyntaxUID" not in meta):
             raise InputError(path, "damaged file meta information (no TransferSyntaxUID)")
         uid = str(ds.get("SeriesInstanceUID", "")) or "<no SeriesInstanceUID>"

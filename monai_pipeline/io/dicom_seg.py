@@ -24,7 +24,7 @@ def write_dicom_seg(mask_xyz: np.ndarray, slice_files: Sequence[str], path: str 
                     provenance: dict | None = None) -> Path:
     """Write ``mask_xyz`` (uint8, (x, y, z) on the series' grid, third axis in the order of ``slice_files``) as
     a binary DICOM SEG at ``path``, atomically."""
-    import highdicom as hd  # an optional extra (monai-pipeline[dicomseg]): imported when a SEG is written
+    import highdicom as hd  # an optional extra (monai-pipeline[dicom]): imported when a SEG is written
     from pydicom.sr.codedict import codes
 
     mask = np.asarray(mask_xyz) > 0

@@ -100,7 +100,7 @@ def register_format(fmt: MaskFormat) -> MaskFormat:
 
 register_format(NiftiFormat("nifti", ".nii.gz", _write_nifti))
 register_format(MaskFormat("dicom-seg", "_seg.dcm", _write_seg, needs_dicom_series=True,
-                           requires=("highdicom", "dicomseg")))
+                           requires=("highdicom", "dicom")))
 
 
 def format_choices() -> list[str]:

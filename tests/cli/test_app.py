@@ -7,6 +7,7 @@ import argparse
 import logging
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -71,3 +72,40 @@ def test_force_is_still_accepted_as_allow_non_ct():
     a = build_parser().parse_args(["convert", "--input", "x", "--out", "y.nii.gz", "--force"])
     b = build_parser().parse_args(["convert", "--input", "x", "--out", "y.nii.gz", "--allow-non-ct"])
     assert a.allow_non_ct and b.allow_non_ct
+
+
+@pytest.fixture(scope="module")
+def three_volumes(tmp_path_factory):
+    """A folder holding three NIfTI volumes (and a hidden file an OS leaves)."""
+    from tests.integration.golden.golden_outputs import make_inputs
+
+    root = tmp_path_factory.mktemp("vols")
+    batch = make_inputs(root / "made")["batch"]
+    folder = root / "scans"
+    folder.mkdir()
+    for p in batch:
+        (folder / Path(p).name).write_bytes(Path(p).read_bytes())
+    (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    return folder
+
+
+def test_a_folder_of_nifti_files_is_a_batch(tmp_path, three_volumes):
+    from tests.integration.golden.golden_outputs import MODEL
+
+    out = tmp_path / "out"
+    assert main(["infer", "--model", str(MODEL), "--input", str(three_volumes), "--out", str(out), "--workers", "1",
+                 "--no-progress"]) == 0
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == sorted(p.name for p in three_volumes.glob("*.nii.gz"))
+
+
+def test_out_as_a_mask_file_for_one_input(tmp_path, three_volumes):
+    import SimpleITK as sitk
+
+    from tests.integration.golden.golden_outputs import MODEL
+
+    ct = sorted(three_volumes.glob("*.nii.gz"))[0]
+    target = tmp_path / "results" / "my_mask.nii.gz"
+    assert main(["infer", "--model", str(MODEL), "--input", str(ct), "--out", str(target)]) == 0
+    assert target.is_file() and (tmp_path / "results" / "my_mask_lesions.csv").is_file()
+    assert sitk.ReadImage(str(target)).GetSize() == sitk.ReadImage(str(ct)).GetSize()
+    assert main(["infer", "--model", str(MODEL), "--input", str(ct), str(ct), "--out", str(tmp_path / "x.nii.gz")]) == 2

@@ -194,3 +194,25 @@ def test_nifti_qform_sform_disagreement_follows_nibabels_rule(tmp_path):
                                nib.load(tmp_path / "two_forms.nii.gz").affine,
                                atol=1e-4)
     np.testing.assert_allclose(vol.image.GetSpacing(), (0.9, 0.8, 2.5), atol=1e-5)
+
+
+def test_a_cd_or_pacs_export_folder_reads_as_its_series_alone(tmp_path, pydicom_dir):
+    """Slices beside a DICOMDIR and the files an operating system or a PACS leaves (Thumbs.db, .DS_Store, a
+    README) read as the series alone; a file that claims to be DICOM and is damaged is still refused."""
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    series = pydicom_dir / "dicomdirtests" / "98892001" / "CT5N"
+    export = tmp_path / "export"
+    shutil.copytree(series, export)
+    shutil.copy(get_testdata_file("DICOMDIR"), export / "DICOMDIR")
+    (export / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(504))
+    (export / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + bytes(100))
+    (export / "README.txt").write_text("Exported by a PACS viewer.\n")
+    alone, beside = read_ct(series), read_ct(export)
+    assert beside.geometry.matches(alone.geometry)
+    np.testing.assert_array_equal(sitk_to_xyz_array(beside.image), sitk_to_xyz_array(alone.image))
+    (export / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"garbage")
+    with pytest.raises(InputError, match="broken.dcm"):
+        read_ct(export)
