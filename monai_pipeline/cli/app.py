@@ -14,11 +14,8 @@ import warnings
 
 from monai_pipeline import __version__
 from monai_pipeline.cli import data, demo, evaluation, inference, lidc, training
-from monai_pipeline.cli.args import Verb, check_declared_paths
+from monai_pipeline.cli.args import EXIT_INPUT, EXIT_INTERNAL, Verb, check_declared_paths
 
-#: exit codes: a bad input or configuration (one line, nothing written); a batch with failed cases (the others
-#: done); an internal error, a bug to report (sysexits' EX_SOFTWARE); 75 (preempted) and 130 (interrupted)
-EXIT_INPUT, EXIT_PARTIAL, EXIT_INTERNAL = 2, 1, 70
 #: libraries whose INFO lines would crowd the project's own; shown with -v
 NOISY = ("monai", "ignite", "PIL", "matplotlib", "highdicom", "pydicom", "urllib3", "fsspec")
 #: every verb, in the order ``--help`` lists them

@@ -18,6 +18,11 @@ if TYPE_CHECKING:
     from monai_pipeline.io.reader import ReadOptions
 
 
+#: exit codes: a bad input or configuration (one line, nothing written); a batch with failed cases (the others
+#: done); an internal error, a bug to report (sysexits' EX_SOFTWARE); 75 (preempted) and 130 (interrupted)
+EXIT_INPUT, EXIT_PARTIAL, EXIT_INTERNAL = 2, 1, 70
+
+
 @dataclass(frozen=True)
 class Verb:
     """A subcommand: its name, one-line help, the function adding its arguments and the one running it (returns

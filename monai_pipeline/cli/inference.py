@@ -8,6 +8,7 @@ import argparse
 import sys
 
 from monai_pipeline.cli.args import (
+    EXIT_PARTIAL,
     Verb,
     add_device,
     add_no_progress,
@@ -25,8 +26,6 @@ from monai_pipeline.cli.args import (
 )
 from monai_pipeline.io.formats import format_choices, parse_formats
 from monai_pipeline.postprocess.steps import STEPS
-
-EXIT_PARTIAL = 1
 
 
 def _format(text: str) -> str:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from monai_pipeline.cli.args import Verb, add_no_progress, path_argument, positive_int
-
-EXIT_PARTIAL = 1
+from monai_pipeline.cli.args import EXIT_PARTIAL, Verb, add_no_progress, path_argument, positive_int
 
 
 def add_lidc_convert(p: argparse.ArgumentParser) -> None:
