@@ -3,7 +3,8 @@ evaluation (or a folder holding several, such as the demo's output).
 
 Sections are recognised by their files: a training run by ``log.csv`` (config, per-epoch table, training curve),
 an inference batch by ``summary.json`` with case counts (provenance, failures, lesions across the batch,
-previews), an evaluation by ``summary.json`` with metrics (headline, per-case table, per-size results, reader
+previews), one-scan ``infer`` runs (several may share a folder) by their done-markers (one row per scan with its
+model and settings, lesions, previews), an evaluation by ``summary.json`` with metrics (headline, per-case table, per-size results, reader
 agreement, Dice, FROC and worst-case pictures). Images are embedded as data URIs: no server, no network. A
 script marks ``<body data-images-loaded="k/n">`` once the page has loaded, so a browser test can see that every
 picture decoded.
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from monai_pipeline import __version__
 from monai_pipeline.errors import InputError
+from monai_pipeline.io.layout import PredictionLayout
 from monai_pipeline.io.writer import atomic_write_text
 
 MAX_ROWS = 300
@@ -90,6 +92,25 @@ def _inference(d: Path, summary: dict) -> str:
     return "\n".join(parts)
 
 
+def _scans(d: Path, layout: PredictionLayout) -> str:
+    """One-scan ``infer`` runs written into ``d``: a row per scan (from its done-marker), then lesions and pictures."""
+    rows, lesions, pictures = [], [], []
+    for case_id in layout.done_cases():
+        rec = layout.read_marker(case_id) or {}
+        prov, geo = rec.get("provenance") or {}, rec.get("geometry") or {}
+        rows.append({"scan": case_id, "size (voxels)": " x ".join(map(str, geo.get("size", []))),
+                     "spacing (mm)": " x ".join(f"{s:.3g}" for s in geo.get("spacing", [])),
+                     "formats": rec.get("format"), "model SHA-256": (prov.get("model_sha256") or "")[:16],
+                     "complete": layout.is_complete(case_id)})
+        lesions += [{"scan": case_id, **r} for r in _csv(layout.lesions(case_id))]
+        pictures += [p for p in (layout.preview(case_id), layout.overlay(case_id)) if p.is_file()]
+    parts = [f"<h2>Predictions <code>{html.escape(str(d))}</code></h2>", _table(rows, "scans"),
+             "<h3>Lesions</h3>" + _table(lesions, "lesions")]
+    if pictures:
+        parts.append("<h3>Pictures</h3>" + "".join(_img(p, p.stem) for p in pictures[:24]))
+    return "\n".join(parts)
+
+
 def _evaluation(d: Path, summary: dict) -> str:
     m, det = summary["metrics"], summary.get("detection") or {}
     dice = m["dice"]
@@ -124,6 +145,8 @@ def _section(d: Path) -> tuple[int, str] | None:
     if (d / "log.csv").is_file() and (d / "config.yaml").is_file():
         return 2, _training(d)
     summary_path = d / "summary.json"
+    if not summary_path.is_file() and (layout := PredictionLayout(d)).done_cases():
+        return 1, _scans(d, layout)
     if summary_path.is_file():
         try:
             summary = json.loads(summary_path.read_text())
@@ -153,7 +176,7 @@ def build_report(folder: str | Path) -> str:
         raise InputError(folder, "is not a folder")
     found = [s for d in [folder, *sorted(p for p in folder.iterdir() if p.is_dir())] if (s := _section(d))]
     if not found:
-        raise InputError(folder, "holds no training run, inference batch or evaluation report (nor do its subfolders)")
+        raise InputError(folder, "holds no training run, prediction or evaluation report (nor do its subfolders)")
     body = "\n<hr>\n".join(html_text for _, html_text in sorted(found, key=lambda t: t[0]))
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>monai-pipeline report: {html.escape(folder.name)}"
             f"</title><style>{STYLE}</style></head><body><h1>monai-pipeline report</h1>"

@@ -60,3 +60,23 @@ def test_report_renders_in_headless_chromium(results, tmp_path):
     ok, total = map(int, loaded.groups())
     assert total >= 5 and ok == total, f"{ok} of {total} images loaded"
     assert '<table class="metrics headline"' in dom and "mean Dice" in dom and "Inference batch" in dom
+
+
+def test_report_on_one_scan_runs_sharing_a_folder(tiny_dataset, trained_tiny_model, tmp_path):
+    """The commonest use: ``infer --input SCAN --out DIR`` twice into one folder; ``report DIR`` shows both."""
+    manifest = json.loads((tiny_dataset / "manifest.json").read_text())
+    entries = (manifest["validation"] + manifest["test"])[:2]
+    assert len(entries) == 2
+    out = tmp_path / "mine"
+    for e in entries:
+        r = run_cli("infer", "--model", trained_tiny_model, "--input", tiny_dataset / e["image"], "--out", out,
+                    "--device", "cpu",
+                    "--no-progress", "--preview")
+        assert r.returncode == 0, r.stderr
+    r = run_cli("report", out)
+    assert r.returncode == 0, r.stderr
+    page = (out / "report.html").read_text()
+    assert "<h2>Predictions" in page
+    for e in entries:
+        assert f"<td>{e['case_id']}</td>" in page
+    assert page.count("<img ") >= 2, "both previews embedded"

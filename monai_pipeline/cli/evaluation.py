@@ -15,7 +15,8 @@ def add_evaluate(p: argparse.ArgumentParser) -> None:
                    help="manifest sections to score, comma separated (default: validation,test; with --fold: none)")
     p.add_argument("--fold", type=int, help="also score the training cases of this fold (out-of-fold evaluation)")
     p.add_argument("--include-training", action="store_true",
-                   help="score cases the predicting model was trained on (default: refuse, exit 2)")
+                   help="score cases the predicting model was trained on, and select the training section too when "
+                        "--sections/--fold are not given (default: refuse such cases, exit 2)")
     p.add_argument("--min-overlap", type=fraction, default=0.0, help="fraction of a lesion to cover to detect it")
     p.add_argument("--allow-missing", action="store_true",
                    help="score the selected cases that have a prediction (default: refuse, naming those without)")

@@ -189,12 +189,15 @@ def evaluate_folder(pred_dir: str | Path, manifest: str | Path, out: str | Path 
                     base_dir: str | Path | None = None, fold: int | Sequence[int] | None = None,
                     include_training: bool = False, allow_missing: bool = True) -> dict:
     """Evaluate the selected manifest cases that have ``PRED_DIR/<case_id>.nii.gz`` (see the module docstring);
-    returns the summary with the per-case ``rows``."""
+    returns the summary with the per-case ``rows``. ``include_training`` without ``sections`` or ``fold`` selects
+    the training section as well as the default ones."""
 
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise InputError(pred_dir, "prediction folder does not exist")
     out = Path(out) if out else pred_dir
+    if include_training and sections is None and fold is None:
+        sections = (*DEFAULT_SECTIONS, "training")
     entries = select_cases(manifest, sections, fold, base_dir)
     layout = PredictionLayout(pred_dir)
     present = [e for e in entries if layout.has_mask(e["case_id"])]

@@ -81,6 +81,11 @@ class PredictionLayout:
         except (OSError, json.JSONDecodeError):
             return None
 
+    def done_cases(self) -> list[str]:
+        """The case ids that have a done-marker in this folder, sorted (one-scan runs as well as batches)."""
+        folder = self.root / DONE_FOLDER
+        return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+
     def provenance(self, case_id: str) -> dict | None:
         """The provenance the done-marker records (None when there is none)."""
         rec = self.read_marker(case_id)

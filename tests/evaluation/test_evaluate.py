@@ -40,6 +40,12 @@ def test_training_cases_are_refused_naming_them(predicted, tiny_dataset, trained
     assert r.returncode == 0, r.stderr
     summary = json.loads((tmp_path / "rep" / "summary.json").read_text(), parse_constant=_refuse)
     assert sorted(summary["provenance"]["training_cases_included"]) == sorted(trained_on)
+    # --include-training alone selects the training section beside the default ones
+    r = run_cli("evaluate", "--pred", predicted, "--manifest", tiny_dataset / "manifest.json", "--include-training",
+                "--out", tmp_path / "all")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "all" / "summary.json").read_text(), parse_constant=_refuse)
+    assert set(trained_on) < set(summary["cases"])
 
 
 def test_default_scores_held_out_cases_with_strict_json_and_detection(predicted, tiny_dataset, tmp_path):

@@ -46,10 +46,26 @@ case "$1" in
     requeue) echo "$2" >> "$SCONTROL_LOG" ;;
 esac
 """
-SBATCH = """#!/bin/bash
-# stub sbatch: run the script in the foreground, as the allocation's batch step would
-exec bash "$@"
+SBATCH = r"""#!/bin/bash
+# stub sbatch: as Slurm does, open the --output file (the script's #SBATCH line) in the submission folder before
+# the script runs, and fail the job without running it when that file cannot be opened; then run the script in
+# the foreground, as the allocation's batch step would, its output going to the log and to stdout
+script="$1"
+log=$(sed -n 's/^#SBATCH --output=\([^ ]*\).*/\1/p' "$script" | head -n 1)
+log=${log:-slurm-%j.out}
+log=${log//%x/${name:-job}}; log=${log//%j/${SLURM_JOB_ID:-0}}
+log=${log//%A/${SLURM_ARRAY_JOB_ID:-0}}; log=${log//%a/${SLURM_ARRAY_TASK_ID:-0}}
+: >> "$log" 2>/dev/null || { echo "sbatch stub: cannot open the job log $log (as Slurm, the job fails)" >&2; exit 1; }
+exec bash "$@" > >(tee -a "$log") 2>&1
 """
+
+
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory) -> Path:
+    """A fresh clone of the repository (no ``logs/`` made by hand): the scripts are submitted from its root."""
+    root = tmp_path_factory.mktemp("clone") / "monai-pipeline"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(root)], check=True)
+    return root
 
 
 def _free_port() -> int:
@@ -78,10 +94,10 @@ def _train_env(tmp_path, tiny_dataset, epochs: int):
                 CONFIG=cfg, EPOCHS=epochs, MASTER_PORT=_free_port())
 
 
-def test_multinode_training_preempted_requeued_and_resumed(tiny_dataset, tmp_path):
+def test_multinode_training_preempted_requeued_and_resumed(tiny_dataset, tmp_path, checkout):
     env = _train_env(tmp_path, tiny_dataset, epochs=6)
-    script = REPO / "scripts" / "slurm" / "train_multinode.sbatch"
-    proc = subprocess.Popen(["sbatch", str(script)], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+    script = checkout / "scripts" / "slurm" / "train_multinode.sbatch"
+    proc = subprocess.Popen(["sbatch", str(script)], env=env, cwd=checkout, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
     run = tmp_path / "run"
@@ -94,8 +110,9 @@ def test_multinode_training_preempted_requeued_and_resumed(tiny_dataset, tmp_pat
     assert not (run / "model.pt").exists() and ranks == []
     # the requeued job: same script, same environment, resumes and finishes
     env["MASTER_PORT"] = str(_free_port())
-    r = subprocess.run(["sbatch", str(script)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(["sbatch", str(script)], env=env, cwd=checkout, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "requeueing job 4242" in (checkout / "logs" / "mp-train-4242.out").read_text()
     ranks = [json.loads((run / "ranks" / f"rank{i}.json").read_text()) for i in range(2)]
     assert {x["world_size"] for x in ranks} == {2} and {x["backend"] for x in ranks} == {"gloo"}
     assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
@@ -105,21 +122,21 @@ def test_multinode_training_preempted_requeued_and_resumed(tiny_dataset, tmp_pat
         assert [int(row["epoch"]) for row in csv.DictReader(fh)] == list(range(1, 7))
 
 
-def test_missing_optional_config_is_skipped_with_a_message(tiny_dataset, tmp_path):
+def test_missing_optional_config_is_skipped_with_a_message(tiny_dataset, tmp_path, checkout):
     env = _train_env(tmp_path, tiny_dataset, epochs=1)
     env["CONFIG"] = str(tmp_path / "absent.yaml")
     env["EPOCHS"] = "1"
-    r = subprocess.run(["sbatch", str(REPO / "scripts" / "slurm" / "train_multinode.sbatch")], env=env, cwd=tmp_path,
+    r = subprocess.run(["sbatch", str(checkout / "scripts" / "slurm" / "train_multinode.sbatch")], env=env, cwd=checkout,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert "optional config" in r.stdout and "not found" in r.stdout
     assert (tmp_path / "run" / "model.pt").is_file()
 
 
-def test_inference_array_with_a_killed_task_equals_one_infer(tiny_dataset, trained_tiny_model, tmp_path):
+def test_inference_array_with_a_killed_task_equals_one_infer(tiny_dataset, trained_tiny_model, tmp_path, checkout):
     manifest = tiny_dataset / "manifest.json"
     out = tmp_path / "array_out"
-    script = REPO / "scripts" / "slurm" / "infer_array.sbatch"
+    script = checkout / "scripts" / "slurm" / "infer_array.sbatch"
 
     def task(i: int) -> dict:
         return _env(tmp_path, SLURM_ARRAY_JOB_ID=77, SLURM_ARRAY_TASK_ID=i, SLURM_ARRAY_TASK_MIN=0,
@@ -127,11 +144,11 @@ def test_inference_array_with_a_killed_task_equals_one_infer(tiny_dataset, train
                     SW_BATCH_SIZE=2)
 
     for i in (0, 2):
-        r = subprocess.run(["sbatch", str(script)], env=task(i), cwd=tmp_path, capture_output=True, text=True,
+        r = subprocess.run(["sbatch", str(script)], env=task(i), cwd=checkout, capture_output=True, text=True,
                            timeout=600)
         assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     # task 1 is killed once its first case is done, then re-run (as a requeue would)
-    proc = subprocess.Popen(["sbatch", str(script)], env=task(1), cwd=tmp_path, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(["sbatch", str(script)], env=task(1), cwd=checkout, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     before = {p.stem for p in (out / ".done").glob("[!.]*.json")}
     deadline = time.time() + 300
@@ -140,7 +157,7 @@ def test_inference_array_with_a_killed_task_equals_one_infer(tiny_dataset, train
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    r = subprocess.run(["sbatch", str(script)], env=task(1), cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(["sbatch", str(script)], env=task(1), cwd=checkout, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     single = tmp_path / "single"
     r = run_cli("infer", "--model", trained_tiny_model, "--manifest", manifest, "--sections",
@@ -154,3 +171,11 @@ def test_inference_array_with_a_killed_task_equals_one_infer(tiny_dataset, train
         lesions = name.replace(".nii.gz", "_lesions.csv")
         assert (out / lesions).read_text() == (single / lesions).read_text()
     assert not [p for p in out.rglob(".*") if ".part" in p.name]
+    assert (checkout / "logs" / "mp-infer-77_2.out").is_file(), "the job log, where Slurm would write it"
+
+
+def test_submission_without_a_log_folder_fails_as_slurm_does(tmp_path):
+    """The stub is faithful: from a folder without ``logs/`` the job fails before the script runs."""
+    r = subprocess.run(["sbatch", str(REPO / "scripts" / "slurm" / "infer_array.sbatch")], env=_env(tmp_path),
+                       cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "cannot open the job log logs/" in r.stderr
