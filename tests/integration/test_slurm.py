@@ -53,6 +53,7 @@ SBATCH = r"""#!/bin/bash
 script="$1"
 log=$(sed -n 's/^#SBATCH --output=\([^ ]*\).*/\1/p' "$script" | head -n 1)
 log=${log:-slurm-%j.out}
+name=$(sed -n 's/^#SBATCH --job-name=\([^ ]*\).*/\1/p' "$script" | head -n 1)
 log=${log//%x/${name:-job}}; log=${log//%j/${SLURM_JOB_ID:-0}}
 log=${log//%A/${SLURM_ARRAY_JOB_ID:-0}}; log=${log//%a/${SLURM_ARRAY_TASK_ID:-0}}
 : >> "$log" 2>/dev/null || { echo "sbatch stub: cannot open the job log $log (as Slurm, the job fails)" >&2; exit 1; }
