@@ -3,11 +3,11 @@ evaluation (or a folder holding several, such as the demo's output).
 
 Sections are recognised by their files: a training run by ``log.csv`` (config, per-epoch table, training curve),
 an inference batch by ``summary.json`` with case counts (provenance, failures, lesions across the batch,
-previews), one-scan ``infer`` runs (several may share a folder) by their done-markers (one row per scan with its
-model and settings, lesions, previews), an evaluation by ``summary.json`` with metrics (headline, per-case table, per-size results, reader
-agreement, Dice, FROC and worst-case pictures). Images are embedded as data URIs: no server, no network. A
-script marks ``<body data-images-loaded="k/n">`` once the page has loaded, so a browser test can see that every
-picture decoded.
+previews), one-scan ``infer`` runs (several may share a folder) by their done-markers (one row per scan with
+its model, lesions, previews), an evaluation by ``summary.json`` with metrics (headline, per-case table,
+per-size results, reader agreement, Dice, FROC and worst-case pictures). Images are embedded as data URIs: no
+server, no network. A script marks ``<body data-images-loaded="k/n">`` once the page has loaded, so a browser
+test can see that every picture decoded.
 """
 
 from __future__ import annotations

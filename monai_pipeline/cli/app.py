@@ -13,14 +13,28 @@ import sys
 import warnings
 
 from monai_pipeline import __version__
-from monai_pipeline.cli import data, demo, evaluation, inference, lidc, training
+from monai_pipeline.cli import completion, data, demo, evaluation, inference, lidc, system, training
 from monai_pipeline.cli.args import EXIT_INPUT, EXIT_INTERNAL, Verb, check_declared_paths
 
 #: libraries whose INFO lines would crowd the project's own; shown with -v
 NOISY = ("monai", "ignite", "PIL", "matplotlib", "highdicom", "pydicom", "urllib3", "fsspec")
+
+
+def add_completion(p: argparse.ArgumentParser) -> None:
+    p.add_argument("shell", choices=completion.SHELLS,
+                   help='the shell; e.g. eval "$(monai-pipeline completion bash)" in ~/.bashrc')
+
+
+def run_completion(a: argparse.Namespace) -> int:
+    print(completion.script(build_parser(), a.shell), end="")
+    return 0
+
+
 #: every verb, in the order ``--help`` lists them
-VERBS: dict[str, Verb] = {v.name: v for group in (data, training, inference, evaluation, demo, lidc)
+VERBS: dict[str, Verb] = {v.name: v for group in (data, training, inference, evaluation, demo, lidc, system)
                           for v in group.VERBS}
+VERBS["completion"] = Verb("completion", "print a shell completion script (bash, zsh)", add_completion,
+                           run_completion)
 
 
 class DefaultsShown(argparse.HelpFormatter):

@@ -127,8 +127,8 @@ def test_missing_optional_config_is_skipped_with_a_message(tiny_dataset, tmp_pat
     env = _train_env(tmp_path, tiny_dataset, epochs=1)
     env["CONFIG"] = str(tmp_path / "absent.yaml")
     env["EPOCHS"] = "1"
-    r = subprocess.run(["sbatch", str(checkout / "scripts" / "slurm" / "train_multinode.sbatch")], env=env, cwd=checkout,
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(["sbatch", str(checkout / "scripts" / "slurm" / "train_multinode.sbatch")], env=env,
+                       cwd=checkout, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert "optional config" in r.stdout and "not found" in r.stdout
     assert (tmp_path / "run" / "model.pt").is_file()
