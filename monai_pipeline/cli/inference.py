@@ -61,6 +61,9 @@ def add_infer(p: argparse.ArgumentParser) -> None:
     path_argument(src, "--input", check="single-input", type=str, nargs="+",
                   help="NIfTI/NRRD/MHA files or DICOM series folders (several: a batch)")
     path_argument(src, "--manifest", check="input", help="predict the cases of a manifest's --sections")
+    p.add_argument("--recursive", action="store_true",
+                   help="find every DICOM series under the --input folders (one case per series, named "
+                        "<PatientID>_<study>_<series>; --series-uid keeps one); a DICOMDIR input is read this way")
     p.add_argument("--sections", type=sections, default=("test",),
                    help="manifest sections, comma separated (default: test)")
     path_argument(p, "--out", check="out-dir-or-file", suffixes=(".nii.gz", ".nii"), required=True,
@@ -98,13 +101,14 @@ def run_infer(a: argparse.Namespace) -> int:
         cases_from_manifest,
         run_batch,
     )
-    from monai_pipeline.inference.batch import predict_single, single_output
+    from monai_pipeline.inference.batch import predict_single
+    from monai_pipeline.inference.inputs import single_output
     from monai_pipeline.io.formats import check_format_inputs
 
-    cases = cases_from_inputs(a.input, strict=len(a.input) == 1) if a.input else cases_from_manifest(a.manifest,
-                                                                                                   a.sections)
+    cases = cases_from_inputs(a.input, strict=len(a.input) == 1, recursive=a.recursive, series_uid=a.series_uid,
+                              allow_non_ct=a.allow_non_ct) if a.input else cases_from_manifest(a.manifest, a.sections)
     out, cases = single_output(a.out, cases)
-    check_format_inputs(a.format, [path for _, path in cases])
+    check_format_inputs(a.format, [c.path for c in cases])
     overrides = {"overlap": a.overlap, "sw_batch_size": a.sw_batch_size, "tta": a.tta, "resample": a.resample,
                  "bf16": a.bf16, "amp": a.amp, "tta_axes": a.tta_axes, "tta_scope": a.tta_scope}
     predictor = Predictor(a.model, device=device_or_none(a.device), inference=overrides,

@@ -5,13 +5,7 @@ post-processing, lesion table) -> :func:`write_prediction`; :func:`run_batch` ad
 failure reports. The bundle's inference runs the same export step through :class:`ExportPredictiond`.
 """
 
-from monai_pipeline.inference.batch import (
-    BatchSummary,
-    cases_from_inputs,
-    cases_from_manifest,
-    run_batch,
-    shard_cases,
-)
+from monai_pipeline.inference.batch import BatchSummary, run_batch, shard_cases
 from monai_pipeline.inference.case import Case, CaseOptions
 from monai_pipeline.inference.export import (
     ExportPredictiond,
@@ -20,6 +14,7 @@ from monai_pipeline.inference.export import (
     resample_to_grid,
     write_prediction,
 )
+from monai_pipeline.inference.inputs import cases_from_inputs, cases_from_manifest
 from monai_pipeline.inference.predictor import Predictor, file_sha256, prediction_provenance
 
 __all__ = ["BatchSummary", "Case", "CaseOptions", "ExportPredictiond", "Prediction", "Predictor", "cases_from_inputs",

@@ -21,14 +21,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from monai_pipeline.data.manifest import load_manifest
 from monai_pipeline.errors import InputError, PipelineError
 from monai_pipeline.inference.case import Case, CaseOptions, CaseOutcome, predict_and_write, predict_case
 from monai_pipeline.inference.export import Prediction
 from monai_pipeline.inference.predictor import Predictor
 from monai_pipeline.inference.workers import HelperProcesses, resolve_workers
 from monai_pipeline.io.layout import PredictionLayout
-from monai_pipeline.io.paths import WRITABLE_IMAGE_SUFFIXES, case_id_from_path, check_input
 from monai_pipeline.io.writer import atomic_write_text, stale_parts
 from monai_pipeline.postprocess.lesions import LESION_FIELDS
 from monai_pipeline.runtime import freed_memory_kept
@@ -204,11 +202,12 @@ def _predict_here(predictor: Predictor, take: Callable[[], Case | None], opts: C
     pool = ThreadPoolExecutor(max_workers=1)
     try:
         case = take()
-        future = pool.submit(predictor.load, case.path) if case else None
+        future = pool.submit(predictor.load, case.path, case.series_uid) if case else None
         while case is not None:
             following = take()
-            next_future = pool.submit(predictor.load, following.path) if following else None  # background read
-            record(predict_case(predictor, case.case_id, case.path, opts, load=future.result))
+            # the next case is read in the background while this one is predicted
+            next_future = pool.submit(predictor.load, following.path, following.series_uid) if following else None
+            record(predict_case(predictor, case, opts, load=future.result))
             between()
             case, future = following, next_future
     finally:
@@ -236,46 +235,4 @@ def predict_single(predictor: Predictor, case: Case, opts: CaseOptions,
     """One input, all or nothing: outputs of another model or other settings in ``opts.out`` are refused unless
     ``overwrite``, and a bad input raises (nothing is written). Returns the prediction and its files."""
     check_existing_outputs(opts.out, [case.case_id], opts.provenance, overwrite)
-    return predict_and_write(predictor, case.case_id, case.path, opts)
-
-
-def image_files_of(folder: Path) -> list[Path] | None:
-    """The volumes of a folder that holds only image files (NIfTI, NRRD, MHA: a batch), sorted; None for any other
-    folder (a DICOM series, or something to refuse when it is read). Hidden files are ignored."""
-    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
-    images = [p for p in files if p.name.lower().endswith(WRITABLE_IMAGE_SUFFIXES)]
-    return sorted(images) if images and len(images) == len(files) else None
-
-
-def cases_from_inputs(inputs: list[str], strict: bool = True) -> list[Case]:
-    """(case_id, path) pairs for input paths: a file or a DICOM series folder is one case, a folder holding only
-    NIfTI/NRRD/MHA volumes one case per volume. ``strict``: every path must be a readable file or folder now;
-    otherwise (a batch) a bad path becomes that case's failure when its turn comes."""
-    out = []
-    for p in inputs:
-        if strict:
-            check_input(p)
-        volumes = image_files_of(Path(p)) if Path(p).is_dir() else None
-        out += [Case(case_id_from_path(v), str(v)) for v in volumes or [Path(p)]]
-    return out
-
-
-def single_output(out: Path, cases: list[Case]) -> tuple[Path, list[Case]]:
-    """``--out FILE.nii.gz`` for one input: the prediction folder is the file's folder and the case is named by
-    the file, so the mask lands at ``FILE.nii.gz`` (its table beside it as ``FILE_lesions.csv``). Any other
-    ``out`` is the prediction folder itself."""
-    if not str(out).lower().endswith((".nii.gz", ".nii")):
-        return out, cases
-    if len(cases) != 1:
-        raise InputError(out, f"a mask file name needs one input, got {len(cases)} case(s)",
-                         hint="give a folder as --out for several inputs")
-    return out.parent, [Case(case_id_from_path(out), cases[0].path)]
-
-
-def cases_from_manifest(manifest: str | Path, sections: tuple[str, ...] = ("test",)) -> list[Case]:
-    """(case_id, image path) pairs of the given manifest sections."""
-
-    entries = [e for s in sections for e in load_manifest(manifest, s)]
-    if not entries:
-        raise InputError(manifest, f"has no cases in {', '.join(sections)}")
-    return [Case(e["case_id"], e["image"]) for e in entries]
+    return predict_and_write(predictor, case, opts)

@@ -30,10 +30,12 @@ CASE_ERRORS: tuple[type[BaseException], ...] = (PipelineError, RuntimeError, Mem
 
 
 class Case(NamedTuple):
-    """One input of a batch: the case id its outputs are named by, and the file or DICOM folder to read."""
+    """One input of a batch: the case id its outputs are named by, the file or DICOM folder to read, and (for a
+    folder holding several series, as ``--recursive`` finds them) the SeriesInstanceUID to read from it."""
 
     case_id: str
     path: str
+    series_uid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -59,12 +61,13 @@ class CaseOutcome:
     reason: str | None = None
 
 
-def predict_and_write(predictor: Predictor, case_id: str, path: str, opts: CaseOptions,
+def predict_and_write(predictor: Predictor, case: Case, opts: CaseOptions,
                       load: Callable[[], dict] | None = None) -> tuple[Prediction, list[Path]]:
     """Predict one case and write its outputs into ``opts.out`` (mask in each format, tables, done-marker, and
     the preview/overlay when asked); raises on a bad case. ``load`` returns the case's preprocessed data (the
     batch runner's background read); by default the case is read here. Returns the prediction and its files."""
-    data = load() if load is not None else predictor.load(path)
+    case_id = case.case_id
+    data = load() if load is not None else predictor.load(case.path, case.series_uid)
     pred = predictor.predict(data, case_id, save_prob=opts.save_prob, postprocess=opts.postprocess)
     written = write_prediction(pred, opts.out, opts.provenance, opts.fmt)
     if opts.preview:
@@ -74,12 +77,13 @@ def predict_and_write(predictor: Predictor, case_id: str, path: str, opts: CaseO
     return pred, written
 
 
-def predict_case(predictor: Predictor, case_id: str, path: str, opts: CaseOptions,
+def predict_case(predictor: Predictor, case: Case, opts: CaseOptions,
                  load: Callable[[], dict] | None = None) -> CaseOutcome:
     """:func:`predict_and_write` for a batch: a bad case becomes a failed outcome, not an exception."""
     t0 = time.perf_counter()
+    case_id, path = case.case_id, case.path
     try:
-        pred, _ = predict_and_write(predictor, case_id, path, opts, load)
+        pred, _ = predict_and_write(predictor, case, opts, load)
         return CaseOutcome(case_id, path, {"total_s": time.perf_counter() - t0, **pred.seconds})
     except CASE_ERRORS as err:
         reason = str(err).splitlines()[0] if str(err) else err.__class__.__name__

@@ -26,6 +26,7 @@ from monai_pipeline.io.paths import case_id_from_path
 from monai_pipeline.io.reader import ReadOptions
 from monai_pipeline.model_file import describe_training_data, load_model_file, synthetic_only, versions
 from monai_pipeline.postprocess.steps import check_steps
+from monai_pipeline.transforms.dictionary import SERIES_KEY
 from monai_pipeline.transforms.pipeline import prediction_transforms
 
 
@@ -165,10 +166,12 @@ class Predictor:
         return prediction_provenance(self.model_path, self.cfg, self.read_options, save_prob, postprocess,
                                      model_sha256=self.model_sha256, trained_on=self.trained_on, fmt=fmt)
 
-    def load(self, path: str | Path) -> dict:
-        """Read and preprocess one input: ``{"image": network input, "original": the input grid in HU}``."""
+    def load(self, path: str | Path, series_uid: str | None = None) -> dict:
+        """Read and preprocess one input: ``{"image": network input, "original": the input grid in HU}``.
+        ``series_uid``: the series to read from a DICOM folder holding several (default: the read options')."""
         t0 = time.perf_counter()
-        data = run_transform(self.transform, {"image": str(path)}, path)
+        item = {"image": str(path), SERIES_KEY: series_uid} if series_uid else {"image": str(path)}
+        data = run_transform(self.transform, item, path)
         data["load_seconds"] = time.perf_counter() - t0
         if min(data["image"].shape[1:]) == 0:
             thr = self.cfg.preprocessing.body_threshold_hu

@@ -107,7 +107,7 @@ def _helper_main(conn: Connection, arguments: dict[str, Any], model_sha256: str,
     try:
         conn.send(("ready", None))
         while (task := conn.recv()) is not None:
-            conn.send(("done", predict_case(predictor, task.case_id, task.path, opts)))
+            conn.send(("done", predict_case(predictor, task, opts)))
     except (KeyboardInterrupt, EOFError, BrokenPipeError):
         return  # interrupted, or the parent is gone
     except Exception as err:  # noqa: BLE001 - a bug: the parent stops the batch with this text

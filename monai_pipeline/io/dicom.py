@@ -142,6 +142,16 @@ def is_media_directory(ds) -> bool:
     return sop == MEDIA_DIRECTORY_SOP_CLASS or "DirectoryRecordSequence" in ds
 
 
+def is_dicomdir_file(path: Path) -> bool:
+    """Whether ``path`` is a DICOMDIR file (by its header: a media storage directory, whatever its name)."""
+    if not path.is_file() or not _is_dicom_file(str(path)):
+        return False
+    try:
+        return is_media_directory(pydicom.dcmread(str(path), stop_before_pixels=True))
+    except Exception:  # noqa: BLE001 - unreadable: not a DICOMDIR (the reader refuses it later with its reason)
+        return False
+
+
 def scan_folder(folder: str | Path, recursive: bool = False) -> dict[str, SeriesInfo]:
     """Group the DICOM files of ``folder`` by SeriesInstanceUID, reading headers only."""
     folder = Path(folder)
@@ -241,7 +251,7 @@ def choose_series(
         if subs:
             where = ", ".join(f"{d} ({n} files)" for d, n in subs)
             raise InputError(folder, f"holds no DICOM image files itself; DICOM files are in subfolder(s): {where}",
-                             hint="pass the series folder")
+                             hint="pass the series folder, or --recursive for every series under it")
         raise InputError(folder, "holds no DICOM image files")
     if series_uid is not None:
         if series_uid not in series:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Hashable, Mapping
 
@@ -18,6 +19,9 @@ from monai_pipeline.io.geometry import sitk_to_xyz_array, spacing_from_affine
 from monai_pipeline.io.reader import ReadOptions, read_ct, volume_meta
 from monai_pipeline.lungs import lung_region
 from monai_pipeline.transforms.array import CTNormalize, ResampleToSpacing, check_same_geometry
+
+#: the optional item key naming the DICOM series to read (``LoadCTd``)
+SERIES_KEY = "series_uid"
 
 
 class CTNormalized(MapTransform):
@@ -148,6 +152,7 @@ class LoadCTd(MapTransform):
     ``d[original_key]`` the same voxels on the untouched input grid, kept for the export step (lung filter,
     lesion HU, writing in the input's geometry). Its metadata carry ``source_geometry`` (the exact LPS grid)
     and ``filename_or_obj``; both survive MONAI's collate/decollate, so a ``DataLoader`` may sit in between.
+    ``d["series_uid"]`` (:data:`SERIES_KEY`), when given, picks the series of a DICOM folder for this item.
     """
 
     def __init__(self, keys: KeysCollection, original_key: str = "original", read_options=None,
@@ -160,8 +165,11 @@ class LoadCTd(MapTransform):
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
 
         d = dict(data)
+        options = self.read_options
+        if d.get(SERIES_KEY):
+            options = dataclasses.replace(options, series_uid=str(d[SERIES_KEY]))
         for key in self.key_iterator(d):
-            vol = read_ct(d[key], self.read_options)
+            vol = read_ct(d[key], options)
             arr = torch.from_numpy(sitk_to_xyz_array(vol.image))[None]  # stored dtype (int16 HU): no copy
             d[key] = MetaTensor(arr, meta=volume_meta(vol))
             d[self.original_key] = MetaTensor(arr, meta=volume_meta(vol))

@@ -96,7 +96,7 @@ def test_a_killed_helper_fails_only_the_case_it_held(tiny_dataset, tmp_path):
     failed = [o for o in outcomes if o.reason is not None]
     done = [o.case_id for o in outcomes if o.seconds is not None]
     assert len(failed) == 1 and "helper process died (exit code -9" in failed[0].reason
-    ids = done + [failed[0].case_id] + [c for c, _ in left]
+    ids = done + [failed[0].case_id] + [c.case_id for c in left]
     assert sorted(ids) == sorted(c for c, _ in cases), "every case accounted for exactly once"
 
 
