@@ -63,7 +63,9 @@ def run_synth(a: argparse.Namespace) -> int:
 
 
 def add_manifest(p: argparse.ArgumentParser) -> None:
-    path_argument(p, "--images", check="input", required=True, help="folder of CT volumes (or DICOM series folders)")
+    path_argument(p, "--images", check="input", required=True,
+                  help="folder of CT volumes (or DICOM series folders), or an nnU-Net v2 raw dataset / Decathlon "
+                       "task folder (dataset.json, imagesTr, labelsTr)")
     path_argument(p, "--labels", check="input", help="folder of label volumes named as the images (optional)")
     path_argument(p, "--out", check="out-file", suffixes=(".json",), required=True, help="manifest file to write")
     p.add_argument("--folds", type=positive_int, default=5, help="cross-validation folds (by patient)")

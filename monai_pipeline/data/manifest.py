@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from monai_pipeline.data.datasets import dataset_entries, dataset_kind
 from monai_pipeline.errors import InputError
 from monai_pipeline.io.paths import case_id_from_path
 from monai_pipeline.io.reader import is_image_path
@@ -88,37 +89,55 @@ def split_for_fold(path: str | Path, fold: int | None = None) -> tuple[list[dict
     return [e for e in train if int(e.get("fold", 0)) != k], [e for e in train if int(e.get("fold", 0)) == k]
 
 
-def build_manifest(images_dir: str | Path, labels_dir: str | Path | None, out: str | Path, n_folds: int = 5,
-                   test_fraction: float = 0.0, patient_id_sep: str | None = None, seed: int = 0) -> Path:
-    """Manifest from an image folder (and a label folder with the same case names), patient-level folds.
-
-    The patient id is the case id, or its part before ``patient_id_sep`` (``LIDC-0001_s2`` -> ``LIDC-0001``
-    with ``"_"``). ``test_fraction`` of the patients go to ``test``; the rest get folds ``0..n_folds-1``.
-    """
-    images_dir = Path(images_dir)
-    if not images_dir.is_dir():
-        raise InputError(images_dir, "image folder does not exist")
+def folder_entries(images_dir: Path, labels_dir: str | Path | None) -> list[dict]:
+    """Entries ``{"case_id", "image", "label"?}`` (absolute paths) of an image folder and a label folder whose
+    files are named as the images."""
     images = sorted(p for p in images_dir.iterdir() if is_image_path(p) and not p.name.startswith("."))
     if not images:
         raise InputError(images_dir, "holds no images (.nii.gz, .nii, .nrrd, .mha or DICOM folders)")
     entries = []
     for img in images:
         cid = case_id_from_path(img)
-        entry = {"image": relpath(img, out), "case_id": cid,
-                 "patient_id": cid.split(patient_id_sep)[0] if patient_id_sep else cid}
+        entry = {"case_id": cid, "image": str(img)}
         if labels_dir is not None:
             cands = [p for p in Path(labels_dir).glob(cid + ".*") if case_id_from_path(p) == cid]
             if not cands:
                 raise InputError(img, f"has no label named {cid}.* in {labels_dir}")
-            entry["label"] = relpath(cands[0], out)
+            entry["label"] = str(cands[0])
         entries.append(entry)
+    return entries
+
+
+def build_manifest(images_dir: str | Path, labels_dir: str | Path | None, out: str | Path, n_folds: int = 5,
+                   test_fraction: float = 0.0, patient_id_sep: str | None = None, seed: int = 0) -> Path:
+    """Manifest from an image folder (and a label folder with the same case names), or from an nnU-Net v2 raw
+    dataset or Decathlon task folder (:mod:`~monai_pipeline.data.datasets`; its unlabelled test images go to
+    ``test``), with patient-level folds.
+
+    The patient id is the case id, or its part before ``patient_id_sep`` (``LIDC-0001_s2`` -> ``LIDC-0001``
+    with ``"_"``). ``test_fraction`` of the labelled patients go to ``test``; the rest get folds ``0..n_folds-1``.
+    """
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise InputError(images_dir, "image folder does not exist")
+    if dataset_kind(images_dir):
+        if labels_dir is not None:
+            raise InputError(labels_dir, "a dataset folder brings its own labels: leave out --labels")
+        entries, unlabelled = dataset_entries(images_dir)
+    else:
+        entries, unlabelled = folder_entries(images_dir, labels_dir), []
+    for e in entries + unlabelled:
+        e["patient_id"] = e["case_id"].split(patient_id_sep)[0] if patient_id_sep else e["case_id"]
+        for key in ("image", "label"):
+            if key in e:
+                e[key] = relpath(e[key], out)
     patients = sorted({e["patient_id"] for e in entries})
     order = assign_folds(patients, max(1, len(patients)), seed)
     n_test = int(round(test_fraction * len(patients)))
     test_patients = {p for p in patients if order[p] < n_test}
     rest = [p for p in patients if p not in test_patients]
     folds = assign_folds(rest, min(n_folds, max(1, len(rest))), seed)
-    sections: dict[str, list[dict]] = {"training": [], "validation": [], "test": []}
+    sections: dict[str, list[dict]] = {"training": [], "validation": [], "test": list(unlabelled)}
     for e in entries:
         if e["patient_id"] in test_patients:
             sections["test"].append(e)
