@@ -5,10 +5,12 @@ data beside a source checkout exist. MONAI's ``print_config()`` plays the same p
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 import platform
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -29,6 +31,21 @@ def _version(dist: str) -> str | None:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+@functools.lru_cache(maxsize=1)
+def source_revision() -> str | None:
+    """``git describe --always --dirty`` of the checkout this package runs from (an editable or source install),
+    so provenance tells apart code between two version bumps; None for an installed wheel or without git."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return None
+    try:
+        r = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--tags"],
+                           capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout.strip() or None if r.returncode == 0 else None
 
 
 def _memory_gib() -> tuple[float | None, float | None]:
@@ -66,7 +83,8 @@ def environment(checkout: Path | None = None) -> dict:
     checkout = checkout or Path(__file__).resolve().parents[1]
     total, available = _memory_gib()
     return {
-        "monai-pipeline": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
+        "monai-pipeline": __version__, "source_revision": source_revision(),
+        "python": sys.version.split()[0], "platform": platform.platform(),
         "packages": {dist: _version(dist) for dist, _ in PACKAGES},
         "torch_cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
@@ -80,7 +98,8 @@ def environment(checkout: Path | None = None) -> dict:
 
 def format_environment(env: dict) -> str:
     """The report as aligned lines, with a note for each missing optional package and a verdict on the GPU."""
-    lines = [f"monai-pipeline {env['monai-pipeline']}  Python {env['python']}  {env['platform']}"]
+    revision = f" (source {env['source_revision']})" if env.get("source_revision") else ""
+    lines = [f"monai-pipeline {env['monai-pipeline']}{revision}  Python {env['python']}  {env['platform']}"]
     for dist, why in PACKAGES:
         version = env["packages"].get(dist)
         lines.append(f"  {dist:<26} {version or 'not installed':<14} {why}")

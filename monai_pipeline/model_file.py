@@ -22,6 +22,7 @@ import torch
 
 from monai_pipeline import __version__
 from monai_pipeline.config import PipelineConfig, bundle_config, config_from_model_dict, is_bundle_checkpoint
+from monai_pipeline.environment import source_revision
 from monai_pipeline.errors import InputError
 from monai_pipeline.io.writer import atomic_path
 from monai_pipeline.networks import build_network, unwrap
@@ -30,7 +31,11 @@ MODEL_FORMAT = "monai-pipeline-model/1"
 
 
 def versions() -> dict[str, str]:
-    return {"monai_pipeline": __version__, "monai": monai.__version__, "torch": torch.__version__,
+    """Versions of the software that made a result; ``monai_pipeline_source``: the git revision of a source
+    checkout (absent for an installed wheel)."""
+    revision = source_revision()
+    return {"monai_pipeline": __version__, **({"monai_pipeline_source": revision} if revision else {}),
+            "monai": monai.__version__, "torch": torch.__version__,
             "numpy": numpy.__version__, "SimpleITK": SimpleITK.Version_VersionString(),
             "python": platform.python_version()}
 
