@@ -109,7 +109,8 @@ def test_flat_postprocess_keys_of_older_configurations_move_into_their_steps():
                              "lung_min_fraction": 0.25}
     post = config_from_model_dict(stored).postprocess
     assert post.connectivity == 6
-    assert post.steps == {"lung_filter": {"enabled": False, "lung_closing_mm": 8.0, "lung_min_fraction": 0.25},
+    assert post.steps == {"lung_filter": {"enabled": False, "lung_closing_mm": 8.0, "lung_min_fraction": 0.25,
+                                          "keep_without_lungs": False},
                           "closing": {"enabled": True, "closing_mm": 2.0}, "opening": {"enabled": True,
                                                                                        "opening_mm": 1.0},
                           "fill_holes": {"enabled": False}, "remove_small": {"enabled": True, "min_volume_mm3": 30.0},

@@ -42,10 +42,14 @@ def _phantom(path):
     return img
 
 
+#: the phantoms are spheres in air, without a body or lungs: the lung filter keeps their candidates
+KEEP_WITHOUT_LUNGS = {"steps": {"lung_filter": {"keep_without_lungs": True}}}
+
+
 def test_mask_overlays_spheres_in_mm(tmp_path):
     img = _phantom(tmp_path / "phantom.nii.gz")
     model = tiny_model_file(tmp_path / "model.pt", {"preprocessing": {"target_spacing": [1.0, 1.0, 1.5]}})
-    pred = Predictor(model, device="cpu")
+    pred = Predictor(model, device="cpu", postprocess=KEEP_WITHOUT_LUNGS)
     pred.network = Oracle()
     p = pred.predict(pred.load(tmp_path / "phantom.nii.gz"), "phantom")
     write_prediction(p, tmp_path / "out")
@@ -77,7 +81,7 @@ def test_mask_overlays_spheres_in_mm(tmp_path):
 def test_tta_and_probability_map(tmp_path):
     _phantom(tmp_path / "phantom.nii.gz")
     model = tiny_model_file(tmp_path / "model.pt")
-    pred = Predictor(model, device="cpu", inference={"tta": True})
+    pred = Predictor(model, device="cpu", inference={"tta": True}, postprocess=KEEP_WITHOUT_LUNGS)
     pred.network = Oracle()
     p = pred.predict(pred.load(tmp_path / "phantom.nii.gz"), "phantom", save_prob=True)
     prob = sitk.GetArrayFromImage(p.prob)

@@ -74,6 +74,8 @@ def add_infer(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-prob", action="store_true", help="also write <case>_prob.nii.gz (foreground probability)")
     p.add_argument("--postprocess", action=argparse.BooleanOptionalAction, default=True,
                    help="apply the model's post-processing (default); --no-postprocess writes the raw decision")
+    p.add_argument("--keep-without-lungs", action="store_true",
+                   help="a scan where no lungs are found keeps its candidates (default: an empty mask, warned)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace outputs in --out made by another model or other settings (default: refuse)")
     p.add_argument("--preview", action="store_true",
@@ -111,7 +113,8 @@ def run_infer(a: argparse.Namespace) -> int:
     check_format_inputs(a.format, [c.path for c in cases])
     overrides = {"overlap": a.overlap, "sw_batch_size": a.sw_batch_size, "tta": a.tta, "resample": a.resample,
                  "bf16": a.bf16, "amp": a.amp, "tta_axes": a.tta_axes, "tta_scope": a.tta_scope}
-    predictor = Predictor(a.model, device=device_or_none(a.device), inference=overrides,
+    post = {"steps": {"lung_filter": {"keep_without_lungs": True}}} if a.keep_without_lungs else None
+    predictor = Predictor(a.model, device=device_or_none(a.device), inference=overrides, postprocess=post,
                           read_options=read_options(a), stitch_device=a.stitch_device)
     opts = CaseOptions(out, predictor.provenance(a.save_prob, a.postprocess, a.format), a.save_prob, a.postprocess,
                        a.format, a.preview)
@@ -146,8 +149,13 @@ def add_postprocess(p: argparse.ArgumentParser) -> None:
         doc = (spec.fn.__doc__ or name).strip().splitlines()[0]
         g.add_argument(_flag(name), dest=f"step:{name}", action=argparse.BooleanOptionalAction, default=None,
                        help=f"the {name} step: {doc}")
-        for key in spec.keywords():
-            g.add_argument(_flag(key), dest=f"step:{name}:{key}", type=float, default=None, help=f"{name} setting")
+        for key, param in spec.keywords().items():
+            if param.annotation in (bool, "bool"):
+                g.add_argument(_flag(key), dest=f"step:{name}:{key}", action=argparse.BooleanOptionalAction,
+                               default=None, help=f"{name} setting")
+            else:
+                g.add_argument(_flag(key), dest=f"step:{name}:{key}", type=float, default=None,
+                               help=f"{name} setting")
 
 
 def step_overrides(a: argparse.Namespace) -> dict:

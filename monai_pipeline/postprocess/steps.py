@@ -124,14 +124,22 @@ def _fraction(lung_min_fraction: float, **_: Any) -> None:
 
 
 @register_step("lung_filter", needs_hu=True, check=_fraction)
-def lung_filter(mask: np.ndarray, ctx: StepContext, *, lung_closing_mm: float, lung_min_fraction: float) -> np.ndarray:
+def lung_filter(mask: np.ndarray, ctx: StepContext, *, lung_closing_mm: float, lung_min_fraction: float,
+                keep_without_lungs: bool = False) -> np.ndarray:
     """Drop components lying mostly outside the lungs: at least ``lung_min_fraction`` of a component must be in
     the lungs (:func:`~monai_pipeline.lungs.lung_region_coarse`, closed by ``lung_closing_mm`` so juxtapleural
-    nodules count as inside). When no lungs are found the mask is kept, with a warning."""
+    nodules count as inside). A scan where no lungs are found gets no lung-nodule candidates (an empty mask, one
+    warning) unless ``keep_without_lungs``."""
     region = ctx.lungs(lung_closing_mm)
     if not region.any():
-        logger.warning("no lungs found in this scan (not a chest CT?): the lung filter kept every candidate")
-        return mask
+        if keep_without_lungs:
+            logger.warning("no lungs found in this scan (not a chest CT?): every candidate kept "
+                           "(keep_without_lungs)")
+            return mask
+        if mask.any():
+            logger.warning("no lungs found in this scan (not a chest CT?): no lung-nodule candidates kept (empty "
+                           "mask); --keep-without-lungs keeps them")
+        return np.zeros_like(mask)
     box = ctx.box or tuple(slice(0, n) for n in mask.shape)
     return keep_components_in_region(mask, region.crop(box), lung_min_fraction, ctx.connectivity)
 
@@ -190,7 +198,10 @@ def enabled_steps(post: PostprocessConfig) -> list[tuple[StepSpec, dict[str, Any
             if key not in settings and param.default is inspect.Parameter.empty:
                 raise ConfigError(f"{where} needs {key}")
             value = settings.get(key, param.default)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            if param.annotation in (bool, "bool"):
+                if not isinstance(value, bool):
+                    raise ConfigError(f"{where}.{key} must be true or false, got {value!r}")
+            elif isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise ConfigError(f"{where}.{key} must be a number >= 0, got {value!r}")
         if spec.check is not None:
             spec.check(**settings)

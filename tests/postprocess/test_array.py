@@ -124,3 +124,25 @@ def test_keep_components_in_region():
     region[:10, :10, :] = True
     out = keep_components_in_region(m, region)
     assert out[3, 3, 1] and not out[13, 13, 1]
+
+
+def test_a_scan_without_lungs_gets_no_candidates_unless_asked(caplog):
+    """An abdomen-like scan (body, no lung air): the lung filter empties the mask with one warning by default;
+    ``keep_without_lungs`` keeps every candidate. With lungs, a candidate inside them is kept either way."""
+    from monai_pipeline.config import load_config
+    from monai_pipeline.postprocess.steps import postprocess_array
+
+    hu, lung = _chest_hu()
+    abdomen = np.where(hu > -900, 40.0, -1000.0)  # the same trunk, soft tissue where the lungs were
+    mask = np.zeros(hu.shape, np.uint8)
+    mask[14:19, 18:23, 8:13] = 1  # inside the (former) left lung
+    post = load_config().postprocess
+    keep = load_config({"postprocess": {"steps": {"lung_filter": {"keep_without_lungs": True}}}}).postprocess
+    spacing = (2.0, 2.0, 4.0)
+    grid = Geometry(hu.shape, spacing, (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    with caplog.at_level("WARNING"):
+        assert postprocess_array(mask, spacing, post, hu=abdomen, geometry=grid).sum() == 0
+    assert "no lungs found" in caplog.text and "--keep-without-lungs" in caplog.text
+    assert postprocess_array(mask, spacing, keep, hu=abdomen, geometry=grid).sum() == mask.sum()
+    for cfg in (post, keep):
+        assert postprocess_array(mask, spacing, cfg, hu=hu, geometry=grid).sum() == mask.sum()

@@ -107,13 +107,15 @@ def make_inputs(root: Path) -> dict[str, list[str]]:
 
 
 def run_infer(inputs: dict[str, list[str]], out: Path) -> None:
-    """``monai-pipeline infer`` as a user runs it, once per input kind, each into its own folder."""
+    """``monai-pipeline infer`` as a user runs it, once per input kind, each into its own folder. The phantoms'
+    field of view cuts through the body, so no lungs are found in them: since 0.3 that empties a mask unless
+    ``--keep-without-lungs`` (given here, so the hashes still pin what 0.2 wrote)."""
     from monai_pipeline.cli import main
 
     for kind, paths in inputs.items():
         extra = ["--format", "both"] if kind == "dicom" else []
         rc = main(["infer", "--model", str(MODEL), "--input", *paths, "--out", str(out / kind), "--workers", "1",
-                   "--no-progress", *extra])
+                   "--no-progress", "--keep-without-lungs", *extra])
         if rc != 0:
             raise RuntimeError(f"infer on {kind} exited {rc}")
     # the raw decision, then the post-processing verb on it: the same mask as infer's in one go
@@ -121,7 +123,7 @@ def run_infer(inputs: dict[str, list[str]], out: Path) -> None:
     steps = [["infer", "--model", str(MODEL), "--input", ct, "--out", str(out / "oblique_raw"), "--workers", "1",
               "--no-progress", "--no-postprocess"],
              ["postprocess", "--input", str(out / "oblique_raw" / Path(ct).name), "--image", ct, "--model", str(MODEL),
-              "--out", str(out / "oblique_post")]]
+              "--out", str(out / "oblique_post"), "--keep-without-lungs"]]
     for argv in steps:
         if main(argv) != 0:
             raise RuntimeError(f"{argv[0]} exited non-zero")
