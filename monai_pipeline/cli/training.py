@@ -12,6 +12,7 @@ from monai_pipeline.cli.args import (
     device_or_none,
     folds,
     path_argument,
+    positive_float,
     positive_int,
 )
 
@@ -60,7 +61,41 @@ def run_cv(a: argparse.Namespace) -> int:
     return 0
 
 
+def add_plan(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    path_argument(src, "--manifest", check="input", help="plan for this manifest's labelled training cases")
+    path_argument(src, "--fingerprint", check="input", help="plan from a fingerprint file (e.g. written from "
+                  "published metadata) instead of reading the images")
+    path_argument(p, "--out", check="out-file", suffixes=(".yaml", ".yml"), required=True,
+                  help="the configuration overlay to write (each setting with its reason)")
+    p.add_argument("--device", dest="target_device", choices=("cpu", "cuda"), default="cpu",
+                   help="the device training will run on (a GPU need not be here with --epochs or --step-seconds)")
+    p.add_argument("--memory-gb", type=positive_float,
+                   help="memory for training (default: 85%% of the GPU's; on a CPU half the free RAM, at most 8)")
+    p.add_argument("--time-budget-min", type=positive_float,
+                   help="training time: epochs from the measured seconds of one step on --device")
+    p.add_argument("--epochs", type=positive_int, help="epochs instead of a time budget")
+    p.add_argument("--step-seconds", type=positive_float,
+                   help="seconds of one training step, instead of measuring it (e.g. planning for another machine)")
+    p.add_argument("--no-cache", action="store_true", help="read every image again (default: reuse the "
+                   "fingerprint cached beside the manifest while the manifest and its files are unchanged)")
+
+
+def run_plan(a: argparse.Namespace) -> int:
+    from monai_pipeline.planning.run import plan_dataset
+
+    result = plan_dataset(a.out, manifest=a.manifest, fingerprint=a.fingerprint, device=a.target_device,
+                          memory_gb=a.memory_gb, time_budget_min=a.time_budget_min, epochs=a.epochs,
+                          step_seconds=a.step_seconds, cache=not a.no_cache)
+    for c in result.choices:
+        print(f"{c.key}: {c.value}")
+    print(f"plan: {a.out}")
+    return 0
+
+
 VERBS = [
+    Verb("plan", "plan a configuration from a dataset fingerprint (spacing, patch, network, epochs for a budget)",
+         add_plan, run_plan),
     Verb("train", "train a 3D segmentation network on a manifest", add_train, run_train),
     Verb("cv", "k-fold cross-validation: train each fold, predict its held-out cases, out-of-fold summary; the "
          "folder is then an ensemble model", add_cv, run_cv),

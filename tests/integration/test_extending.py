@@ -52,9 +52,10 @@ def _model_with_step(tmp_path):
 def test_infer_uses_a_format_and_a_step_added_in_the_test(tmp_path, extensions):
     ct = make_inputs(tmp_path / "in")["oblique"][0]
     plain, extended = tmp_path / "plain", tmp_path / "extended"
-    assert main(["infer", "--model", str(MODEL), "--input", ct, "--out", str(plain), "--workers", "1"]) == 0
+    assert main(["infer", "--model", str(MODEL), "--input", ct, "--out", str(plain), "--workers", "1",
+                 "--keep-without-lungs"]) == 0
     assert main(["infer", "--model", str(_model_with_step(tmp_path)), "--input", ct, "--out", str(extended),
-                 "--workers", "1", "--format", "nifti,mha"]) == 0
+                 "--workers", "1", "--format", "nifti,mha", "--keep-without-lungs"]) == 0
     before = sitk.GetArrayFromImage(sitk.ReadImage(str(plain / "oblique_case.nii.gz"))) > 0
     after = sitk.GetArrayFromImage(sitk.ReadImage(str(extended / "oblique_case.nii.gz"))) > 0
     mha = sitk.ReadImage(str(extended / "oblique_case.mha"))
@@ -65,7 +66,8 @@ def test_infer_uses_a_format_and_a_step_added_in_the_test(tmp_path, extensions):
     second = tmp_path / "in" / "second_case.nii.gz"
     second.write_bytes(open(ct, "rb").read())
     assert main(["infer", "--model", str(_model_with_step(tmp_path)), "--input", ct, str(second), "--out",
-                 str(extended), "--workers", "1", "--format", "nifti,mha", "--no-progress"]) == 0
+                 str(extended), "--workers", "1", "--format", "nifti,mha", "--no-progress",
+                 "--keep-without-lungs"]) == 0
     summary = json.loads((extended / "summary.json").read_text())
     assert (summary["done"], summary["skipped"]) == (1, 1)
     assert (extended / "second_case.mha").is_file()
