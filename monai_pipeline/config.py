@@ -169,9 +169,12 @@ class TrainingConfig:
     cache: str
     num_workers: int
     label_mode: str  # consensus | soft | any-reader (LIDC reader agreement; docs/lidc.md)
+    operating_fp_per_scan: float  # false positives per scan at which the lesion-score threshold is chosen; 0 = off
 
     def __post_init__(self) -> None:
         _one_of("training.label_mode", self.label_mode, LABEL_MODES)
+        _need(self.operating_fp_per_scan >= 0,
+              f"training.operating_fp_per_scan must be >= 0, got {self.operating_fp_per_scan}")
         _need(self.epochs >= 1, f"training.epochs must be >= 1, got {self.epochs}")
         _need(self.batch_size >= 1, f"training.batch_size must be >= 1, got {self.batch_size}")
         _one_of("training.optimizer", self.optimizer, OPTIMIZERS)
@@ -201,9 +204,12 @@ class InferenceConfig:
     resample: str  # linear: foreground probability resampled (around candidates), then decided | nearest: label
     channels_last: bool  # run the network in channels-last 3D memory format
     subpixel_upsampling: bool | str  # few-output-channel transposed convolutions as convolution + shuffle (auto: CPU)
+    min_lesion_score: float  # lesions scoring below this are dropped (0: keep all); train sets it on validation
 
     def __post_init__(self) -> None:
         _positive_triple("inference.roi_size", self.roi_size)
+        _need(0 <= self.min_lesion_score <= 1,
+              f"inference.min_lesion_score must be in [0, 1], got {self.min_lesion_score}")
         _one_of("inference.resample", self.resample, RESAMPLE_MODES)
         _one_of("inference.tta_scope", self.tta_scope, ("candidates", "volume"))
         _need(len(self.tta_axes) > 0 and len(set(self.tta_axes)) == len(self.tta_axes)

@@ -24,6 +24,7 @@ from monai_pipeline.evaluation import evaluate_folder
 from monai_pipeline.inference import Case, Predictor, run_batch
 from monai_pipeline.inference.predictor import CV_FILE
 from monai_pipeline.io.writer import atomic_write_text
+from monai_pipeline.seeds import headline_figures, seed_folder, write_seeds
 from monai_pipeline.training import latest_checkpoint, train
 
 logger = logging.getLogger(__name__)
@@ -67,3 +68,18 @@ def cross_validate(manifest: str | Path, out: str | Path, cfg: PipelineConfig, f
     atomic_write_text(out / CV_FILE, json.dumps({"format": "monai-pipeline-cv/1", "folds": models,
                                                  "manifest": str(Path(manifest).resolve())}, indent=1))
     return evaluate_folder(out / "predictions", manifest, out, fold=folds)
+
+
+def cross_validate_seeds(manifest: str | Path, out: str | Path, cfg: PipelineConfig, seeds: int,
+                         folds: list[int] | None = None, epochs: int | None = None, device: str | None = None,
+                         progress: bool = True) -> dict:
+    """:func:`cross_validate` once per training seed 0..``seeds``-1, each in ``OUT/seed_<s>/`` (resumable), and
+    the out-of-fold figures' mean and standard deviation in ``OUT/seeds.json`` (:mod:`monai_pipeline.seeds`)."""
+    per_seed = {}
+    for s in range(seeds):
+        logger.info("cross-validation with training seed %d of 0..%d", s, seeds - 1)
+        res = cross_validate(manifest, seed_folder(Path(out), s), cfg.merged({"training": {"seed": s}}), folds,
+                             epochs, device, progress)
+        per_seed[s] = headline_figures(res)
+    return write_seeds(Path(out), per_seed)
+

@@ -25,6 +25,7 @@ from monai_pipeline.evaluation import evaluate_folder, format_table, headline
 from monai_pipeline.html_report import write_report
 from monai_pipeline.inference import Predictor, cases_from_manifest, run_batch, write_prediction
 from monai_pipeline.io.writer import atomic_write_text
+from monai_pipeline.seeds import SEEDS_FILE, format_seeds, headline_figures, seed_folder, write_seeds
 from monai_pipeline.training import latest_checkpoint, train
 
 logger = logging.getLogger(__name__)
@@ -88,8 +89,10 @@ def false_positives_on_real_ct(model: Path, real_ct: Path, out: Path) -> dict:
 
 
 def run_demo(out: str | Path, n_cases: int | None = None, epochs: int | None = None, quick: bool = False,
-             real_ct: Path | None = REAL_CT) -> dict:
-
+             real_ct: Path | None = REAL_CT, seeds: int = 1) -> dict:
+    """The demo (see the module docstring). ``seeds`` > 1 trains, predicts and evaluates once per training seed
+    0..N-1 on the same data, each in ``OUT/seed_<s>/``, and returns (and writes to ``OUT/seeds.json``) the mean
+    and standard deviation of the figures; one seed keeps the single-run layout and returns its evaluation."""
     out = Path(out)
     t0 = time.time()
     n_cases = n_cases or (5 if quick else DEMO_CASES)
@@ -105,7 +108,26 @@ def run_demo(out: str | Path, n_cases: int | None = None, epochs: int | None = N
             print(f"      + {n} real-background training cases: synthetic nodules in the lungs of {REAL_BACKGROUND}")
         elif not quick:
             print(f"      (no real CT at {real_ct}: training on phantoms only)")
-    cfg = demo_config(quick)
+    if seeds == 1:
+        res, _ = demo_trial(out, manifest, demo_config(quick), epochs, quick, real_ct)
+        print(f"demo: {time.time() - t0:.0f} s in all")
+        return res
+    per_seed = {}
+    for s in range(seeds):
+        print(f"== training seed {s} of 0..{seeds - 1} -> {seed_folder(out, s)}")
+        cfg = demo_config(quick).merged({"training": {"seed": s}})
+        res, real = demo_trial(seed_folder(out, s), manifest, cfg, epochs, quick, real_ct)
+        per_seed[s] = {**headline_figures(res), **{f"real_ct_fp_{k}": v for k, v in real.items()}}
+    result = write_seeds(out, per_seed)
+    print(f"demo over {seeds} training seeds ({out / SEEDS_FILE}):\n{format_seeds(result)}")
+    print(f"demo: {time.time() - t0:.0f} s in all")
+    return result
+
+
+def demo_trial(out: Path, manifest: Path, cfg: PipelineConfig, epochs: int | None, quick: bool,
+               real_ct: Path | None) -> tuple[dict, dict[str, int]]:
+    """Train (or resume), predict the test cases and evaluate into ``out``; returns the evaluation summary and the
+    lesion counts on the real CT scans without nodules (empty without them)."""
     run = out / "run"
     model = run / "model.pt"
     if not model.exists():
@@ -114,7 +136,6 @@ def run_demo(out: str | Path, n_cases: int | None = None, epochs: int | None = N
         train(manifest, run, cfg, epochs=epochs, device="cpu", resume=resume)
     preds = out / "predictions"
     print(f"[3/4] sliding-window inference on the held-out test cases -> {preds}")
-
     truth = {e["case_id"]: e["label"] for e in load_manifest(manifest, "test")}
     # the demo owns its output folder: predictions are always made afresh by this model
     run_batch(Predictor(model, device="cpu"), cases_from_manifest(manifest, ("test",)), preds, overlays=truth,
@@ -125,18 +146,17 @@ def run_demo(out: str | Path, n_cases: int | None = None, epochs: int | None = N
     res = evaluate_folder(preds, manifest, out / "report", sections=("test",))
     print(format_table(res))
     print(headline(res))
-
     html = write_report(out)
     print(f"outputs: masks {preds}/*.nii.gz, previews {preds}/*_preview.png, overlays {preds}/png/, curve "
-          f"{run}/training_curve.png, report {out / 'report'}, HTML {html}; {time.time() - t0:.0f} s in all")
+          f"{run}/training_curve.png, report {out / 'report'}, HTML {html}")
     d, cpm = res["metrics"]["dice"], res["detection"]["cpm"]
     print(f"demo: FROC CPM on the held-out cases: {'n/a' if cpm is None else f'{cpm:.3f}'} "
           f"({res['detection']['n_nodules']} nodules; froc.png in {out / 'report'})")
+    real: dict[str, int] = {}
     if real_ct is not None and (real_ct / REAL_HELD_OUT).is_dir() and not quick:
-        fp = false_positives_on_real_ct(model, real_ct, out / "report")
-        n = fp["false_positives"]
-        print(f"demo: false positives on real CT without nodules: {n[REAL_HELD_OUT]} on the held-out {REAL_HELD_OUT} "
-              f"(never trained on), {n[REAL_SEEN]} on {REAL_SEEN} (its anatomy was a training background); "
-              f"{out / 'report' / 'real_ct.json'}")
+        real = false_positives_on_real_ct(model, real_ct, out / "report")["false_positives"]
+        print(f"demo: false positives on real CT without nodules: {real[REAL_HELD_OUT]} on the held-out "
+              f"{REAL_HELD_OUT} (never trained on), {real[REAL_SEEN]} on {REAL_SEEN} (its anatomy was a training "
+              f"background); {out / 'report' / 'real_ct.json'}")
     print(f"demo: mean Dice on {res['n_cases']} held-out synthetic cases (nodules >= 5 mm): {d['mean']:.3f}")
-    return res
+    return res, real

@@ -25,6 +25,9 @@ def add_demo(p: argparse.ArgumentParser) -> None:
     path_argument(p, "--out", check="out-dir", default=Path("demo_output"), help="output folder")
     p.add_argument("--cases", type=positive_int, default=None, help="synthetic cases (default: the demo's)")
     p.add_argument("--epochs", type=positive_int, default=None, help="training epochs (default: the demo's)")
+    p.add_argument("--seeds", type=positive_int, default=1,
+                   help="train with seeds 0..N-1 on the same data and report mean and standard deviation "
+                        "(OUT/seed_<s>/, OUT/seeds.json)")
     p.add_argument("--quick", action="store_true",
                    help="a tiny run for smoke tests (minutes less, Dice not meaningful)")
 
@@ -32,7 +35,7 @@ def add_demo(p: argparse.ArgumentParser) -> None:
 def run_demo(a: argparse.Namespace) -> int:
     from monai_pipeline.demo import run_demo as run
 
-    run(a.out, n_cases=a.cases, epochs=a.epochs, quick=a.quick)
+    run(a.out, n_cases=a.cases, epochs=a.epochs, quick=a.quick, seeds=a.seeds)
     return 0
 
 

@@ -47,13 +47,22 @@ def run_train(a: argparse.Namespace) -> int:
 def add_cv(p: argparse.ArgumentParser) -> None:
     _common(p, "cross-validation folder (resumable)")
     p.add_argument("--folds", type=folds, help="comma-separated folds (default: every fold of the manifest)")
+    p.add_argument("--seeds", type=positive_int, default=1,
+                   help="repeat with training seeds 0..N-1 (OUT/seed_<s>/) and report mean and standard deviation "
+                        "(OUT/seeds.json)")
 
 
 def run_cv(a: argparse.Namespace) -> int:
     from monai_pipeline.config import load_config
-    from monai_pipeline.crossval import cross_validate
+    from monai_pipeline.crossval import cross_validate, cross_validate_seeds
     from monai_pipeline.evaluation import headline
+    from monai_pipeline.seeds import format_seeds
 
+    if a.seeds > 1:
+        result = cross_validate_seeds(a.manifest, a.out, load_config(a.config), a.seeds, folds=a.folds,
+                                      epochs=a.epochs, device=device_or_none(a.device), progress=not a.no_progress)
+        print(f"out-of-fold over {a.seeds} training seeds:\n{format_seeds(result)}")
+        return 0
     res = cross_validate(a.manifest, a.out, load_config(a.config), folds=a.folds, epochs=a.epochs,
                          device=device_or_none(a.device), progress=not a.no_progress)
     print(f"out-of-fold: {headline(res)}")

@@ -12,7 +12,9 @@ so the same model gives the same mask through every door:
    uint8 label (also the rule for more than two classes);
 3. :func:`~monai_pipeline.postprocess.postprocess_case` in mm on the input grid (lung filter, morphology,
    hole filling, small components) -- ``monai-pipeline postprocess`` runs the same function on a saved mask;
-4. the lesion table, each lesion scored by its maximum foreground probability (network space);
+4. the lesion table, each lesion scored by its maximum foreground probability (network space); with
+   post-processing on, lesions scoring below ``inference.min_lesion_score`` (the operating point ``train``
+   chose on its validation cases) leave the mask and the table;
 5. :func:`write_prediction`: mask, lesion table, optional probability map and the done-marker, atomically.
 """
 
@@ -178,8 +180,12 @@ def export_prediction(probs: torch.Tensor, affine_ras: np.ndarray, original, cfg
         mask = sitk_to_xyz_array(resample_to_grid(decide(probs), affine_ras, geometry))
     if postprocess:
         mask = postprocess_case(mask, hu, geometry, cfg)
-    lesions = lesion_table(mask, geometry, hu, cfg.postprocess.connectivity,
-                           score=probability_score(fg_net, affine_ras, geometry))
+    score = probability_score(fg_net, affine_ras, geometry)
+    lesions, labels = lesion_table(mask, geometry, hu, cfg.postprocess.connectivity, score=score, return_labels=True)
+    threshold = cfg.inference.min_lesion_score
+    if postprocess and threshold > 0 and any(r["score"] < threshold for r in lesions):
+        mask = np.isin(labels, [r["lesion"] for r in lesions if r["score"] >= threshold]).astype(np.uint8)
+        lesions = lesion_table(mask, geometry, hu, cfg.postprocess.connectivity, score=score)
     prob_img = None
     if save_prob:
         prob_img = resample_to_grid(fg_net.astype(np.float32), affine_ras, geometry, sitk.sitkLinear,

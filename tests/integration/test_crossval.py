@@ -60,3 +60,25 @@ def test_cv_out_of_fold_and_ensemble(tiny_dataset, tmp_path):
     mask = sitk.ReadImage(str(tmp_path / "ens" / f"{data['test'][0]['case_id']}.nii.gz"))
     assert mask.GetSize() == sitk.ReadImage(str(test_image)).GetSize()
     assert np.isin(sitk.GetArrayFromImage(mask), [0, 1]).all()
+
+
+def test_cv_over_seeds_reports_mean_and_spread(tiny_dataset, tmp_path):
+    """``cv --seeds 2``: two cross-validations whose training seeds differ, and their figures' mean and sample
+    standard deviation, recomputed here from each seed's own summary."""
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump({**TINY_OVERLAY, "training": {**TINY_OVERLAY["training"], "epochs": 2,
+                                                                "val_interval": 1}}))
+    manifest = tiny_dataset / "manifest.json"
+    folds = sorted({e["fold"] for e in json.loads(manifest.read_text())["training"]})[:2]
+    out = tmp_path / "cv"
+    r = run_cli("cv", "--manifest", manifest, "--out", out, "--folds", ",".join(map(str, folds)), "--config", cfg,
+                "--device", "cpu", "--no-progress", "--seeds", 2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    seeds = json.loads((out / "seeds.json").read_text())
+    dice = [json.loads((out / f"seed_{s}" / "summary.json").read_text())["metrics"]["dice"]["mean"] for s in (0, 1)]
+    assert seeds["seeds"] == [0, 1]
+    assert seeds["mean"]["dice_mean"] == pytest.approx(np.mean(dice))
+    assert seeds["std"]["dice_mean"] == pytest.approx(np.std(dice, ddof=1))
+    w = [torch.load(out / f"seed_{s}" / f"fold_{folds[0]}" / "model.pt", weights_only=True) for s in (0, 1)]
+    assert w[0]["config"]["training"]["seed"] == 0 and w[1]["config"]["training"]["seed"] == 1
+    assert "dice_mean: " in r.stdout and "+- " in r.stdout

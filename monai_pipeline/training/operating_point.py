@@ -1,0 +1,75 @@
+"""The lesion-score threshold a trained model ships with: its FROC operating point on the validation cases.
+
+After training, the model predicts its validation cases with every candidate kept; each candidate is matched to
+the reference nodules with the LUNA16 hit rule (:mod:`monai_pipeline.evaluation.detection`), and the threshold
+is the lowest score at which the validation false positives per scan stay at or below
+``training.operating_fp_per_scan``. It is stored in the model file as ``inference.min_lesion_score`` with the
+operating point it was chosen at (``operating_point``: threshold, false positives per scan, sensitivity, cases);
+``infer --min-score`` overrides it. When no threshold keeps a detected nodule (scores that do not separate), none
+is set and a warning says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from monai_pipeline.evaluation.detection import ScanDetections, froc_curve, match_scan
+from monai_pipeline.evaluation.evaluate import read_binary_label, reference_lesions
+from monai_pipeline.inference.predictor import Predictor
+from monai_pipeline.io.geometry import sitk_to_xyz_array
+from monai_pipeline.io.writer import atomic_path
+from monai_pipeline.model_file import read_model_file
+
+logger = logging.getLogger(__name__)
+
+
+def validation_detections(model: Path, val_files: list[dict], device: str | torch.device) -> list[ScanDetections]:
+    """Every validation case predicted with all candidates kept, matched to its reference nodules."""
+    predictor = Predictor(model, device=str(device), inference={"min_lesion_score": 0.0})
+    scans = []
+    for e in val_files:
+        pred = predictor.predict(e["image"], e["case_id"])
+        ref = read_binary_label(e["label"])
+        _, nodules = reference_lesions(pred.mask, sitk_to_xyz_array(ref.image), ref.geometry)
+        cands = [((r["centroid_x_mm"], r["centroid_y_mm"], r["centroid_z_mm"]), float(r["score"]))
+                 for r in pred.lesions]
+        scans.append(match_scan(e["case_id"], cands, nodules))
+    return scans
+
+
+def choose_threshold(scans: list[ScanDetections], fp_per_scan: float) -> dict:
+    """The operating point: the lowest threshold whose false positives per scan are <= ``fp_per_scan``
+    (``threshold`` 0.0 when even keeping every candidate stays within it; None when no threshold within it
+    keeps a detected nodule)."""
+    curve = froc_curve(scans)
+    thr, fps, sens = (np.asarray(curve[k]) for k in ("thresholds", "fps_per_scan", "sensitivity"))
+    ok = np.flatnonzero(fps <= fp_per_scan + 1e-9)
+    k = int(ok[-1])  # thresholds descend: the last allowed point is the lowest threshold
+    threshold = None if sens[k] == 0 else (0.0 if k == len(thr) - 1 else float(thr[k]))
+    return {"threshold": threshold, "fp_per_scan": float(fps[k]), "sensitivity": float(sens[k]),
+            "target_fp_per_scan": fp_per_scan, "n_scans": curve["n_scans"], "n_nodules": curve["n_nodules"]}
+
+
+def calibrate_model(model: str | Path, val_files: list[dict], fp_per_scan: float,
+                    device: str | torch.device = "cpu") -> dict:
+    """Choose the operating point on ``val_files`` and write it into ``model`` (see the module docstring)."""
+    model = Path(model)
+    point = choose_threshold(validation_detections(model, val_files, device), fp_per_scan)
+    blob = read_model_file(model)
+    if point["threshold"] is None:
+        logger.warning("operating point: no lesion-score threshold keeps a detected validation nodule at <= %g "
+                       "false positives per scan; every candidate is kept", fp_per_scan)
+    else:
+        blob["config"]["inference"]["min_lesion_score"] = point["threshold"]
+        logger.info("operating point on %d validation scans: lesion score >= %.4g, %.2f false positives per scan, "
+                    "sensitivity %.2f", point["n_scans"], point["threshold"], point["fp_per_scan"],
+                    point["sensitivity"])
+    blob["operating_point"] = {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in point.items()}
+    with atomic_path(model) as tmp:
+        torch.save(blob, tmp)
+    return point
