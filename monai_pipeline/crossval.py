@@ -17,6 +17,7 @@ import json
 import logging
 from pathlib import Path
 
+from monai_pipeline.calibration import train_model
 from monai_pipeline.config import PipelineConfig
 from monai_pipeline.data.manifest import load_manifest
 from monai_pipeline.errors import InputError
@@ -25,7 +26,7 @@ from monai_pipeline.inference import Case, Predictor, run_batch
 from monai_pipeline.inference.predictor import CV_FILE
 from monai_pipeline.io.writer import atomic_write_text
 from monai_pipeline.seeds import headline_figures, seed_folder, write_seeds
-from monai_pipeline.training import latest_checkpoint, train
+from monai_pipeline.training import latest_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def cross_validate(manifest: str | Path, out: str | Path, cfg: PipelineConfig, f
         if not model.is_file():
             resume = latest_checkpoint(run) is not None
             logger.info("fold %d: %s training", k, "resuming" if resume else "starting")
-            train(manifest, run, cfg, fold=k, epochs=epochs, device=device, resume=resume, progress=progress)
+            train_model(manifest, run, cfg, fold=k, epochs=epochs, device=device, resume=resume, progress=progress)
         models[str(k)] = str(model.relative_to(out))
         cases = [Case(e["case_id"], e["image"]) for e in training if int(e.get("fold", 0)) == k]
         summary = run_batch(Predictor(model, device=device), cases, out / "predictions", progress=progress)

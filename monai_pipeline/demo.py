@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from monai_pipeline.calibration import train_model
 from monai_pipeline.config import PipelineConfig, load_config
 from monai_pipeline.data.manifest import load_manifest, write_manifest
 from monai_pipeline.data.synth_dataset import synthesize, synthesize_background
@@ -26,7 +27,7 @@ from monai_pipeline.html_report import write_report
 from monai_pipeline.inference import Predictor, cases_from_manifest, run_batch, write_prediction
 from monai_pipeline.io.writer import atomic_write_text
 from monai_pipeline.seeds import SEEDS_FILE, format_seeds, headline_figures, seed_folder, write_seeds
-from monai_pipeline.training import latest_checkpoint, train
+from monai_pipeline.training import latest_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ def demo_trial(out: Path, manifest: Path, cfg: PipelineConfig, epochs: int | Non
     if not model.exists():
         resume = latest_checkpoint(run) is not None
         print(f"[2/4] training a 3D UNet on patches ({'resuming' if resume else 'CPU'}) -> {run}")
-        train(manifest, run, cfg, epochs=epochs, device="cpu", resume=resume)
+        train_model(manifest, run, cfg, epochs=epochs, device="cpu", resume=resume)
     preds = out / "predictions"
     print(f"[3/4] sliding-window inference on the held-out test cases -> {preds}")
     truth = {e["case_id"]: e["label"] for e in load_manifest(manifest, "test")}

@@ -34,10 +34,10 @@ def add_train(p: argparse.ArgumentParser) -> None:
 
 
 def run_train(a: argparse.Namespace) -> int:
+    from monai_pipeline.calibration import train_model
     from monai_pipeline.config import load_config
-    from monai_pipeline.training import train
 
-    path = train(a.manifest, a.out, load_config(a.config), fold=a.fold, epochs=a.epochs,
+    path = train_model(a.manifest, a.out, load_config(a.config), fold=a.fold, epochs=a.epochs,
                  device=device_or_none(a.device), resume=a.resume, progress=not a.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"model: {path}")

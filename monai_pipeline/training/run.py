@@ -29,7 +29,6 @@ from monai_pipeline.training.context import RunContext
 from monai_pipeline.training.distributed import init_distributed, resolve_device, sync_ranks
 from monai_pipeline.training.labels import training_labels
 from monai_pipeline.training.logs import setup_run_logging, teardown_run_logging
-from monai_pipeline.training.operating_point import calibrate_model
 from monai_pipeline.training.preemption import PREEMPTED_MARKER, PreemptionHandler, save_preemption_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -115,10 +114,7 @@ def train(manifest: str | Path, run: str | Path, cfg: PipelineConfig, fold: int 
         if cpu_bf16:
             logger.info("training with bf16 autocast on the CPU (float32 weights and loss)")
         rc = RunContext(cfg, run, dev, ctx, cpu_bf16, max_epochs, progress)
-        model = fit(rc, train_files, val_files, ckpt)
-        if ctx.is_main and val_files and cfg.training.operating_fp_per_scan > 0:
-            calibrate_model(model, val_files, cfg.training.operating_fp_per_scan, dev)
-        return model
+        return fit(rc, train_files, val_files, ckpt)
     finally:
         if ctx.world_size > 1 and ctx.owns_group and dist.is_initialized():
             # an undestroyed gloo group is torn down by interpreter exit, which can abort the process

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from monai_pipeline.config import load_config
@@ -151,4 +152,6 @@ def test_plan_on_a_dataset_then_train_with_it(tiny_dataset, tmp_path):
     r = run_cli("train", "--manifest", manifest, "--config", tmp_path / "plan2.yaml", "--out", tmp_path / "run",
                 "--device", "cpu", "--no-progress")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert (tmp_path / "run" / "model.pt").is_file()
+    blob = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    point = blob["operating_point"]  # train (default training.operating_fp_per_scan 1) chose one on validation
+    assert point["n_scans"] == len(data["validation"]) and point["target_fp_per_scan"] == 1.0

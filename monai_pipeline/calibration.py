@@ -1,4 +1,6 @@
-"""The lesion-score threshold a trained model ships with: its FROC operating point on the validation cases.
+"""The lesion-score threshold a trained model ships with: its FROC operating point on the validation cases, and
+:func:`train_model`, training followed by that choice (what ``train``, ``cv`` and the demo call; it sits above
+both training and inference, which training never imports).
 
 After training, the model predicts its validation cases with every candidate kept; each candidate is matched to
 the reference nodules with the LUNA16 hit rule (:mod:`monai_pipeline.evaluation.detection`), and the threshold
@@ -13,17 +15,21 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from monai_pipeline.config import PipelineConfig
+from monai_pipeline.data.manifest import split_for_fold
 from monai_pipeline.evaluation.detection import ScanDetections, froc_curve, match_scan
 from monai_pipeline.evaluation.evaluate import read_binary_label, reference_lesions
 from monai_pipeline.inference.predictor import Predictor
 from monai_pipeline.io.geometry import sitk_to_xyz_array
 from monai_pipeline.io.writer import atomic_path
 from monai_pipeline.model_file import read_model_file
+from monai_pipeline.training import train
 
 logger = logging.getLogger(__name__)
 
@@ -73,3 +79,16 @@ def calibrate_model(model: str | Path, val_files: list[dict], fp_per_scan: float
     with atomic_path(model) as tmp:
         torch.save(blob, tmp)
     return point
+
+
+def train_model(manifest: str | Path, run: str | Path, cfg: PipelineConfig, fold: int | None = None,
+                epochs: int | None = None, device: str | None = None, resume: bool = False,
+                progress: bool = True) -> Path:
+    """:func:`~monai_pipeline.training.train`, then (on rank 0, when there are validation cases and
+    ``training.operating_fp_per_scan`` > 0) the operating point written into the model file."""
+    model = train(manifest, run, cfg, fold=fold, epochs=epochs, device=device, resume=resume, progress=progress)
+    _, val_files = split_for_fold(manifest, fold)
+    if int(os.environ.get("RANK", "0")) == 0 and val_files and cfg.training.operating_fp_per_scan > 0:
+        calibrate_model(model, val_files, cfg.training.operating_fp_per_scan, device or "cpu")
+    return model
+

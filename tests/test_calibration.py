@@ -9,9 +9,9 @@ import shutil
 import pytest
 import torch
 
+from monai_pipeline.calibration import calibrate_model, choose_threshold
 from monai_pipeline.data.manifest import load_manifest
 from monai_pipeline.evaluation.detection import ScanDetections
-from monai_pipeline.training.operating_point import calibrate_model, choose_threshold
 from tests.helpers import run_cli
 
 
