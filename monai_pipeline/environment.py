@@ -48,13 +48,25 @@ def source_revision() -> str | None:
     return r.stdout.strip() or None if r.returncode == 0 else None
 
 
-def _memory_gib() -> tuple[float | None, float | None]:
-    """(total, available) physical memory in GiB, from sysconf (None where the OS does not say)."""
+def available_memory_gib() -> float | None:
+    """``MemAvailable`` of ``/proc/meminfo`` in GiB (Linux: free plus reclaimable memory), else None."""
     try:
-        page = os.sysconf("SC_PAGE_SIZE")
-        return (os.sysconf("SC_PHYS_PAGES") * page / 2**30, os.sysconf("SC_AVPHYS_PAGES") * page / 2**30)
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024 ** 2
+    except OSError:
+        pass
+    return None
+
+
+def memory_gib() -> tuple[float | None, float | None]:
+    """(total, available) physical memory in GiB (None where the OS does not say)."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
     except (ValueError, OSError, AttributeError):
-        return None, None
+        total = None
+    return total, available_memory_gib()
 
 
 def _gpus() -> list[dict]:
@@ -81,7 +93,7 @@ def environment(checkout: Path | None = None) -> dict:
     from monai_pipeline.inferers import cpu_has_bf16
 
     checkout = checkout or Path(__file__).resolve().parents[1]
-    total, available = _memory_gib()
+    total, available = memory_gib()
     return {
         "monai-pipeline": __version__, "source_revision": source_revision(),
         "python": sys.version.split()[0], "platform": platform.platform(),

@@ -24,6 +24,7 @@ from typing import Any
 import SimpleITK as sitk
 import torch
 
+from monai_pipeline.environment import available_memory_gib
 from monai_pipeline.errors import PipelineError
 from monai_pipeline.inference.case import Case, CaseOptions, CaseOutcome, predict_case
 from monai_pipeline.inference.predictor import Predictor
@@ -34,18 +35,6 @@ logger = logging.getLogger(__name__)
 #: memory set aside per process when ``workers="auto"`` picks the number of processes (GiB): a
 #: 512 x 512 x 600 CT peaks at 2.1 GB in one process (docs/performance.md)
 WORKER_MEMORY_GIB = 3.0
-
-def _available_memory_gib() -> float | None:
-    """``MemAvailable`` of ``/proc/meminfo`` in GiB (Linux), else None."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) / 1024 ** 2
-    except OSError:
-        pass
-    return None
-
 
 def resolve_workers(requested: int | str, n_cases: int, device: torch.device) -> int:
     """How many processes predict a batch of ``n_cases``: ``"auto"`` is one per CPU thread PyTorch would use
@@ -63,7 +52,7 @@ def resolve_workers(requested: int | str, n_cases: int, device: torch.device) ->
         return 1
     if requested != "auto":
         return min(int(requested), n_cases)
-    memory = _available_memory_gib()
+    memory = available_memory_gib()
     by_memory = n_cases if memory is None else max(1, int(memory // WORKER_MEMORY_GIB))
     return max(1, min(n_cases, torch.get_num_threads(), by_memory))
 

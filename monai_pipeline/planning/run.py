@@ -23,9 +23,9 @@ def default_memory_gb(device: str) -> float:
             raise InputError(None, "no CUDA GPU here to size the plan by", hint="give --memory-gb")
         index = int(device.split(":")[1]) if ":" in device else 0
         return 0.85 * torch.cuda.get_device_properties(index).total_memory / 2**30
-    from monai_pipeline.environment import environment
+    from monai_pipeline.environment import memory_gib
 
-    available = environment().get("memory_available_gib") or 8.0
+    available = memory_gib()[1] or 8.0
     return min(8.0, 0.5 * float(available))
 
 

@@ -33,13 +33,13 @@ def _cases(tiny_dataset) -> list[tuple[str, str]]:
 def test_auto_is_one_process_per_thread_within_cases_and_memory(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
-    monkeypatch.setattr(W, "_available_memory_gib", lambda: 100.0)
+    monkeypatch.setattr(W, "available_memory_gib", lambda: 100.0)
     assert resolve_workers("auto", 20, CPU) == 8
     assert resolve_workers("auto", 3, CPU) == 3, "never more processes than cases"
     assert resolve_workers("auto", 1, CPU) == 1
-    monkeypatch.setattr(W, "_available_memory_gib", lambda: 7.0)
+    monkeypatch.setattr(W, "available_memory_gib", lambda: 7.0)
     assert resolve_workers("auto", 20, CPU) == int(7.0 // W.WORKER_MEMORY_GIB)
-    monkeypatch.setattr(W, "_available_memory_gib", lambda: 1.0)
+    monkeypatch.setattr(W, "available_memory_gib", lambda: 1.0)
     assert resolve_workers("auto", 20, CPU) == 1
     assert resolve_workers(4, 20, CPU) == 4 and resolve_workers(4, 2, CPU) == 2
 
