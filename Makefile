@@ -33,7 +33,7 @@ test-fast: lint
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q -m "not slow" tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check monai_pipeline tests benchmarks scripts
+	$(BIN)/ruff check monai_pipeline tests benchmarks scripts bundles
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_inference.py

@@ -12,20 +12,24 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from monai.data import load_decathlon_datalist
 
+from monai_pipeline.calibration import operating_point
 from monai_pipeline.config import (
     BUNDLE_CONFIG,
     BUNDLE_MODEL_CONFIG,
     PipelineConfig,
+    bundle_config,
     config_from_model_dict,
     dump_config,
 )
 from monai_pipeline.errors import InputError
 from monai_pipeline.evaluation import evaluate_folder, headline
+from monai_pipeline.inference import prediction_provenance
 from monai_pipeline.io.paths import case_id_from_path
 from monai_pipeline.io.reader import is_image_path
 from monai_pipeline.io.writer import atomic_path, atomic_write_text
@@ -40,16 +44,29 @@ def save_model_config(cfg: PipelineConfig, bundle_root: str | Path) -> Path:
     return dump_config(cfg, Path(bundle_root) / BUNDLE_MODEL_CONFIG)
 
 
-def finish_training(network: torch.nn.Module, cfg: PipelineConfig, bundle_root: str | Path) -> Path:
-    """The end of the bundle's training, as ``train`` ends: ``models/model.pt`` holds the best validation weights
-    (saved by the evaluator's checkpoint saver); when no validation ran (fewer epochs than
-    ``training.val_interval``), the last weights are saved instead. Then the configuration beside them."""
+def finish_training(network: torch.nn.Module, cfg: PipelineConfig, bundle_root: str | Path,
+                    val_files: list[dict] | None = None, device: str | torch.device = "cpu") -> Path:
+    """The end of the bundle's training, as ``monai-pipeline train`` ends: ``models/model.pt`` holds the best
+    validation weights (saved by the evaluator's checkpoint saver); when no validation ran (fewer epochs than
+    ``training.val_interval``), the last weights are saved instead. Then the configuration beside them
+    (``models/pipeline.yaml``) and, with ``val_files`` (the validation datalist) and
+    ``training.operating_fp_per_scan`` > 0, the operating point chosen on them, as ``train`` chooses it
+    (:func:`~monai_pipeline.calibration.operating_point`): ``inference.min_lesion_score`` in the configuration
+    and ``models/operating_point.json``."""
     path = Path(bundle_root) / "models" / "model.pt"
     if not path.is_file():
         logger.info("no validation ran: %s holds the last weights", path)
         with atomic_path(path) as tmp:
             torch.save(unwrap(network).state_dict(), tmp)
-    return save_model_config(cfg, bundle_root)
+    written = save_model_config(cfg, bundle_root)
+    if not val_files or cfg.training.operating_fp_per_scan <= 0:
+        return written
+    cases = [{**e, "case_id": e.get("case_id") or case_id_from_path(e["image"])} for e in val_files]
+    point = operating_point(path, cases, cfg.training.operating_fp_per_scan, device)
+    atomic_write_text(path.parent / "operating_point.json", json.dumps(point, indent=1) + "\n")
+    if point["threshold"] is not None:
+        written = save_model_config(cfg.merged({"inference": {"min_lesion_score": point["threshold"]}}), bundle_root)
+    return written
 
 
 def export_to_bundle(model_path: str | Path, bundle_root: str | Path) -> Path:
@@ -69,6 +86,37 @@ def export_to_bundle(model_path: str | Path, bundle_root: str | Path) -> Path:
             "epochs_trained": blob.get("epochs_trained"), "best_val_mean_dice": blob.get("best_val_mean_dice")}
     atomic_write_text(root / "models" / "model_card.json", json.dumps(card, indent=1))
     return root / "models" / "model.pt"
+
+
+def inference_config(bundle_root: str | Path) -> PipelineConfig:
+    """The configuration a bundle's inference and evaluation run with (:func:`~monai_pipeline.config.bundle_config`),
+    refusing, with one line and before any weights are loaded, ``models/model.pt`` without ``models/pipeline.yaml``
+    (the settings it was trained with, which ``large_files.yml`` lists beside it): with the defaults instead, the
+    network may not match the weights, and the intensity normalisation and lesion threshold would differ
+    silently."""
+    root = Path(bundle_root)
+    weights, settings = root / "models" / "model.pt", root / BUNDLE_MODEL_CONFIG
+    if weights.is_file() and not settings.is_file():
+        raise InputError(weights, f"has no {settings.name} beside it: the settings it was trained with "
+                                  "(large_files.yml delivers both; export-bundle and train.json write both)")
+    return bundle_config(root)
+
+
+def provenance_on_first_use(ckpt_path: str | Path, cfg: PipelineConfig) -> Callable[[], dict]:
+    """The bundle's provenance, as a function :class:`~monai_pipeline.inference.ExportPredictiond` calls at its
+    first prediction, after the engine's ``CheckpointLoader`` ran: so ``inference.json`` parses without weights
+    (as model-zoo's tests parse it). With no weights file at all (a config test, the loader disabled), the record
+    says so (``model_sha256: "untrained"``) and a warning is logged."""
+
+    ckpt = Path(ckpt_path)
+
+    def record() -> dict:
+        if not ckpt.is_file():
+            logger.warning("no weights at %s: predictions come from an untrained network", ckpt)
+            return prediction_provenance(ckpt, cfg, model_sha256="untrained")
+        return prediction_provenance(ckpt, cfg)
+
+    return record
 
 
 def inference_inputs(datalist: str | Path, dataset_dir: str | Path, section: str = "test") -> list[dict]:

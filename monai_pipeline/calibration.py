@@ -61,21 +61,30 @@ def choose_threshold(scans: list[ScanDetections], fp_per_scan: float) -> dict:
             "target_fp_per_scan": fp_per_scan, "n_scans": curve["n_scans"], "n_nodules": curve["n_nodules"]}
 
 
-def calibrate_model(model: str | Path, val_files: list[dict], fp_per_scan: float,
+def operating_point(model: str | Path, val_files: list[dict], fp_per_scan: float,
                     device: str | torch.device = "cpu") -> dict:
-    """Choose the operating point on ``val_files`` and write it into ``model`` (see the module docstring)."""
-    model = Path(model)
-    point = choose_threshold(validation_detections(model, val_files, device), fp_per_scan)
-    blob = read_model_file(model)
+    """The operating point of ``model`` (a model file or a bundle's ``models/model.pt``) on ``val_files``
+    (dicts with ``image``, ``label``, ``case_id``), logged; infinities stored as None (JSON/YAML-safe)."""
+    point = choose_threshold(validation_detections(Path(model), val_files, device), fp_per_scan)
     if point["threshold"] is None:
         logger.warning("operating point: no lesion-score threshold keeps a detected validation nodule at <= %g "
                        "false positives per scan; every candidate is kept", fp_per_scan)
     else:
-        blob["config"]["inference"]["min_lesion_score"] = point["threshold"]
         logger.info("operating point on %d validation scans: lesion score >= %.4g, %.2f false positives per scan, "
                     "sensitivity %.2f", point["n_scans"], point["threshold"], point["fp_per_scan"],
                     point["sensitivity"])
-    blob["operating_point"] = {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in point.items()}
+    return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in point.items()}
+
+
+def calibrate_model(model: str | Path, val_files: list[dict], fp_per_scan: float,
+                    device: str | torch.device = "cpu") -> dict:
+    """Choose the operating point on ``val_files`` and write it into ``model`` (see the module docstring)."""
+    model = Path(model)
+    point = operating_point(model, val_files, fp_per_scan, device)
+    blob = read_model_file(model)
+    if point["threshold"] is not None:
+        blob["config"]["inference"]["min_lesion_score"] = point["threshold"]
+    blob["operating_point"] = point
     with atomic_path(model) as tmp:
         torch.save(blob, tmp)
     return point

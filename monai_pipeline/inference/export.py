@@ -20,7 +20,7 @@ so the same model gives the same mask through every door:
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -235,14 +235,24 @@ class ExportPredictiond(MapTransform):
     Expects ``keys`` (probabilities ``(C, X, Y, Z)`` from :class:`~monai_pipeline.inferers.ProbabilityInferer`),
     ``image_key`` (the preprocessed image; its affine is the network grid) and ``original_key`` (from
     :class:`~monai_pipeline.transforms.LoadCTd`); ``case_id`` is taken from the item or the file name.
+    ``provenance`` is a record, or a function called once, at the first item (after the engine has loaded its
+    weights), that returns it: so a config that builds this transform parses without the weights file.
     """
 
     def __init__(self, keys: KeysCollection, output_dir: str | Path, config: PipelineConfig,
-                 image_key: str = "image", original_key: str = "original", provenance: dict | None = None,
-                 allow_missing_keys: bool = False):
+                 image_key: str = "image", original_key: str = "original",
+                 provenance: dict | Callable[[], dict] | None = None, allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
         self.output_dir, self.config = Path(output_dir), config
-        self.image_key, self.original_key, self.provenance = image_key, original_key, provenance
+        self.image_key, self.original_key = image_key, original_key
+        self._provenance_source, self._provenance = provenance, None if callable(provenance) else provenance
+
+    @property
+    def provenance(self) -> dict | None:
+        """The provenance record written with every prediction (computed at first use when given as a function)."""
+        if self._provenance is None and callable(self._provenance_source):
+            self._provenance = self._provenance_source()
+        return self._provenance
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
 

@@ -80,18 +80,87 @@ def test_large_files_describes_the_model():
     assert "models/model.pt" in paths
 
 
-def test_verify_net_in_out(bundle):
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_verify_net_in_out(bundle, n):
+    """The configured network (no model dropped in) takes and returns the declared shapes, for the zoo's
+    default n=1 as well."""
     from monai.bundle import verify_net_in_out
 
     verify_net_in_out(net_id="network_def", meta_file=str(bundle / "configs" / "metadata.json"),
-                      config_file=str(bundle / "configs" / "inference.json"), n=3, device="cpu",
+                      config_file=str(bundle / "configs" / "inference.json"), n=n, device="cpu",
                       bundle_root=str(bundle))
+
+
+def test_bundle_configures_the_demo_recipe_the_figures_come_from():
+    from monai_pipeline.config import bundle_config
+    from monai_pipeline.demo import demo_config
+
+    assert bundle_config(BUNDLE).to_dict() == demo_config().to_dict()
+
+
+def test_config_files_are_formatted_as_the_zoo_hooks_want():
+    """The zoo's pre-commit hooks pretty-format-json (4 spaces, keys unsorted) and end-of-file-fixer pass."""
+    from pre_commit_hooks import end_of_file_fixer, pretty_format_json, trailing_whitespace_fixer
+
+    files = sorted(str(p) for p in BUNDLE.rglob("*") if p.is_file() and p.suffix in (".json", ".yml", ".yaml",
+                                                                                        ".md", ".txt", ".conf"))
+    files = [f for f in files if "/eval/" not in f and "/output/" not in f and "/models/" not in f]
+    jsons = [f for f in files if f.endswith(".json")]
+    assert pretty_format_json.main(["--no-sort-keys", "--indent=4", *jsons]) == 0
+    assert end_of_file_fixer.main(files) == 0  # would rewrite (and return 1) a file without a final newline
+    assert trailing_whitespace_fixer.main(files) == 0
+
+
+COMBINATIONS = [["inference.json"], ["train.json"], ["train.json", "evaluate.json"],
+                ["inference.json", "evaluate.json"]]
+
+
+@pytest.mark.parametrize("configs", COMBINATIONS, ids="+".join)
+def test_every_config_parses_without_weights(bundle, bundle_data, configs):
+    """Every top-level item of each config combination instantiates with no models/ files at all (as the zoo's
+    tests parse bundles): provenance is computed at the first prediction, not at parse time."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(bundle / "configs" / c) for c in configs])
+    parser.read_meta(str(bundle / "configs" / "metadata.json"))
+    parser["bundle_root"], parser["dataset_dir"] = str(bundle), str(bundle_data)
+    keys = [k for k in parser.get() if k not in ("imports", "initialize", "run", "finalize")]
+    for key in keys:
+        parser.get_parsed_content(key)
+    assert {"network_def", "pipeline_config"} <= set(keys)
+    assert not list((bundle / "models").glob("*.pt"))
+
+
+def test_weights_load_with_what_large_files_delivers(bundle, bundle_data, tmp_path):
+    """A model reduced to the files large_files.yml lists infers; its weights alone are refused in one line
+    before any mask is written."""
+    import yaml
+
+    from monai_pipeline.bundle import export_to_bundle
+
+    export_to_bundle(tiny_model_file(tmp_path / "tiny.pt"), bundle)
+    listed = {f["path"] for f in yaml.safe_load((bundle / "large_files.yml").read_text())["large_files"]}
+    assert listed == {"models/model.pt", "models/pipeline.yaml"}
+    for p in (bundle / "models").iterdir():
+        if f"models/{p.name}" not in listed:
+            p.unlink()
+    r = _bundle_run("inference.json", bundle=bundle, data=bundle_data)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert list((bundle / "output").glob("*.nii.gz"))
+    shutil.rmtree(bundle / "output")
+    (bundle / "models" / "pipeline.yaml").unlink()
+    r = _bundle_run("inference.json", bundle=bundle, data=bundle_data)
+    assert r.returncode != 0 and "has no pipeline.yaml beside it" in r.stderr
+    assert not list((bundle / "output").glob("*.nii.gz")) if (bundle / "output").exists() else True
 
 
 def test_copied_bundle_trains_infers_and_evaluates_with_dataset_dir_only(bundle, bundle_data):
     r = _bundle_run("train.json", bundle=bundle, data=bundle_data, extra=["--epochs", "1"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert (bundle / "models" / "model.pt").is_file() and (bundle / "models" / "pipeline.yaml").is_file()
+    point = json.loads((bundle / "models" / "operating_point.json").read_text())  # chosen as `train` chooses it
+    assert point["n_scans"] == len(json.loads((bundle_data / "manifest.json").read_text())["validation"])
     r = _bundle_run("inference.json", bundle=bundle, data=bundle_data)
     assert r.returncode == 0, r.stderr[-3000:]
     manifest = json.loads((bundle_data / "manifest.json").read_text())
@@ -109,6 +178,11 @@ def test_copied_bundle_trains_infers_and_evaluates_with_dataset_dir_only(bundle,
     assert summary["n_cases"] == len(manifest["validation"]) + len(manifest["test"])
     rows = list(csv.DictReader(open(bundle / "eval" / "metrics.csv")))
     assert {r["case_id"] for r in rows} == {e["case_id"] for e in manifest["validation"] + manifest["test"]}
+    # the zoo's habit: evaluate.json on top of train.json scores the same predictions the same
+    shutil.rmtree(bundle / "eval")
+    r = _bundle_run("train.json", "evaluate.json", bundle=bundle, data=bundle_data)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _read_rows(bundle / "eval" / "metrics.csv") == [dict(r) for r in rows]
     # the bundle's checkpoint is usable by the CLI as it is
     r = run_cli("infer", "--model", bundle / "models" / "model.pt", "--input",
                 bundle_data / manifest["test"][0]["image"],
