@@ -51,3 +51,17 @@ def wait_for_checkpoint(run: Path, min_epoch: int, proc: subprocess.Popen, timeo
         if ck is not None and checkpoint_epoch(ck) >= min_epoch:
             return
         time.sleep(0.05)
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """The ``Error`` lines of dicom3tools' IOD validator on the DICOM file ``path`` (the test is skipped, naming the
+    install command, where ``dciodvfy`` is missing)."""
+    import shutil
+
+    import pytest
+
+    exe = shutil.which("dciodvfy")
+    if exe is None:
+        pytest.skip("dciodvfy missing: apt-get install dicom3tools")
+    out = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=120)
+    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]

@@ -66,7 +66,11 @@ def add_manifest(p: argparse.ArgumentParser) -> None:
     path_argument(p, "--images", check="input", required=True,
                   help="folder of CT volumes (or DICOM series folders), or an nnU-Net v2 raw dataset / Decathlon "
                        "task folder (dataset.json, imagesTr, labelsTr)")
-    path_argument(p, "--labels", check="input", help="folder of label volumes named as the images (optional)")
+    path_argument(p, "--labels", check="input",
+                  help="folder of labels named as the images (optional): volumes, or DICOM SEG / RTSTRUCT files "
+                       "(<case>.dcm, <case>_seg.dcm, <case>_rtstruct.dcm) drawn on the DICOM series")
+    p.add_argument("--label-segment", help="DICOM labels: the SEG segment or RTSTRUCT ROI to use, by number or name "
+                                           "(default: all together)")
     path_argument(p, "--out", check="out-file", suffixes=(".json",), required=True, help="manifest file to write")
     p.add_argument("--folds", type=positive_int, default=5, help="cross-validation folds (by patient)")
     p.add_argument("--test-fraction", type=float, default=0.0, help="fraction of patients held out as test")
@@ -77,7 +81,8 @@ def add_manifest(p: argparse.ArgumentParser) -> None:
 def run_manifest(a: argparse.Namespace) -> int:
     from monai_pipeline.data.manifest import build_manifest
 
-    print(build_manifest(a.images, a.labels, a.out, a.folds, a.test_fraction, a.patient_sep, a.seed))
+    print(build_manifest(a.images, a.labels, a.out, a.folds, a.test_fraction, a.patient_sep, a.seed,
+                         a.label_segment))
     return 0
 
 

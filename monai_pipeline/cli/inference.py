@@ -55,6 +55,17 @@ def _add_network_options(p: argparse.ArgumentParser) -> None:
                         "default: the model's configuration")
 
 
+def _add_output_formats(p: argparse.ArgumentParser) -> None:
+    """Which mask files each case gets."""
+    p.add_argument("--format", type=_format, default="nifti", metavar="{" + ",".join(format_choices()) + "}",
+                   help="mask format(s), comma separated: NIfTI (default), DICOM SEG or RTSTRUCT referencing the "
+                        "source series (DICOM input), lesion-labels (NIfTI, value k = lesion k of lesions.csv); "
+                        "both = nifti,dicom-seg")
+    p.add_argument("--seg-segments", choices=("single", "lesion"),
+                   help="DICOM SEG: one segment for all lesions, or one per lesion numbered as lesions.csv "
+                        "(default: the model's inference.seg_segments, single)")
+
+
 def add_infer(p: argparse.ArgumentParser) -> None:
     path_argument(p, "--model", check="input", required=True,
                   help="model.pt, a bundle's models/model.pt, or a cv folder")
@@ -84,9 +95,7 @@ def add_infer(p: argparse.ArgumentParser) -> None:
                    help="replace outputs in --out made by another model or other settings (default: refuse)")
     p.add_argument("--preview", action="store_true",
                    help="also write <case>_preview.png: axial/coronal/sagittal slices through each lesion")
-    p.add_argument("--format", type=_format, default="nifti", metavar="{" + ",".join(format_choices()) + "}",
-                   help="mask format(s), comma separated: NIfTI (default), a DICOM SEG referencing the source series "
-                        "(DICOM input), ...; both = nifti,dicom-seg")
+    _add_output_formats(p)
     p.add_argument("--shard", type=shard, help="process the I-th of N slices of the case list, e.g. 0/4")
     p.add_argument("--workers", type=workers, default="auto",
                    help="processes predicting a batch side by side on a CPU, each with its share of the threads "
@@ -117,7 +126,7 @@ def run_infer(a: argparse.Namespace) -> int:
     check_format_inputs(a.format, [c.path for c in cases])
     overrides = {"overlap": a.overlap, "sw_batch_size": a.sw_batch_size, "tta": a.tta, "resample": a.resample,
                  "bf16": a.bf16, "amp": a.amp, "tta_axes": a.tta_axes, "tta_scope": a.tta_scope,
-                 "min_lesion_score": a.min_score}
+                 "min_lesion_score": a.min_score, "seg_segments": a.seg_segments}
     post = {"steps": {"lung_filter": {"keep_without_lungs": True}}} if a.keep_without_lungs else None
     predictor = Predictor(a.model, device=device_or_none(a.device), inference=overrides, postprocess=post,
                           read_options=read_options(a), stitch_device=a.stitch_device)

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from monai_pipeline.data.manifest import resolve_annotation
 from monai_pipeline.errors import InputError, PipelineError
+from monai_pipeline.io.annotations import CACHE_DIR
 from monai_pipeline.io.geometry import sitk_to_xyz_array
 from monai_pipeline.io.paths import case_id_from_path
 from monai_pipeline.io.reader import label_values, read_ct, read_label
@@ -119,8 +121,9 @@ def _split_problems(entries: list[tuple[str, dict]], report: CheckReport) -> Non
             report.add("error", pid, f"patient is in test and in {', '.join(sorted(secs - {'test'}))}: leakage")
 
 
-def _case(e: dict, n_classes: int, report: CheckReport) -> dict | None:
-    """Read one case (image as CT, label as label map); per-case statistics or None after an error."""
+def _case(e: dict, n_classes: int, report: CheckReport, cache_dir: Path) -> dict | None:
+    """Read one case (image as CT, label as label map: a DICOM SEG/RTSTRUCT label read onto the image's series,
+    cached in ``cache_dir``); per-case statistics or None after an error."""
 
     cid = str(e["case_id"])
     try:
@@ -134,7 +137,7 @@ def _case(e: dict, n_classes: int, report: CheckReport) -> dict | None:
     if not e.get("label"):
         return row
     try:
-        lab = read_label(e["label"])
+        lab = read_label(resolve_annotation(e, cache_dir)["label"])
     except PipelineError as err:
         report.add("error", cid, str(err))
         return row
@@ -183,7 +186,7 @@ def check_dataset(manifest: str | Path, sections: tuple[str, ...] = SECTIONS, n_
         if case_ids is not None and str(e["case_id"]) not in case_ids:
             continue
         report.n_cases += 1
-        row = _case(e, n_classes, report)
+        row = _case(e, n_classes, report, manifest.parent / CACHE_DIR)
         if row is not None:
             report.stats.append(row)
     _outliers(report.stats, report)

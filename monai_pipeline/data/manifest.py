@@ -3,6 +3,11 @@
 ``{"training": [...], "validation": [...], "test": [...]}``; each entry has ``image`` (and ``label``) paths
 relative to the manifest, plus ``case_id``, ``patient_id`` and ``fold``. Load with
 ``monai.data.load_decathlon_datalist(path, data_list_key="training")`` or :func:`load_manifest`.
+
+A ``label`` may also be a DICOM SEG or RTSTRUCT drawn on the entry's DICOM series (``label_segment``: which
+segment or ROI, by number or name; default all): :func:`load_manifest` hands every caller a NIfTI label read
+from it onto the series' grid (:mod:`~monai_pipeline.io.annotations`; cached beside the manifest), keeping the
+annotation's path as ``label_source``.
 """
 
 from __future__ import annotations
@@ -15,11 +20,14 @@ from pathlib import Path
 
 from monai_pipeline.data.datasets import dataset_entries, dataset_kind
 from monai_pipeline.errors import InputError
+from monai_pipeline.io.annotations import CACHE_DIR, annotation_kind, annotation_label
 from monai_pipeline.io.paths import case_id_from_path
 from monai_pipeline.io.reader import is_image_path
 from monai_pipeline.io.writer import atomic_write_text
 
 SECTIONS = ("training", "validation", "test")
+#: label names an image's DICOM annotation may also have in a label folder (what ``infer`` writes)
+VIEWER_SUFFIXES = ("_seg.dcm", "_rtstruct.dcm")
 
 
 def assign_folds(patient_ids: Iterable[str], n_folds: int, seed: int = 0) -> dict[str, int]:
@@ -71,8 +79,21 @@ def load_manifest(path: str | Path, section: str = "training", base_dir: str | P
             if key in e and e[key] is not None:
                 e[key] = str((base / e[key]).resolve())
         e.setdefault("case_id", case_id_from_path(e["image"]))
-        out.append(e)
+        out.append(resolve_annotation(e, path.parent / CACHE_DIR))
     return out
+
+
+def resolve_annotation(entry: dict, cache_dir: Path) -> dict:
+    """``entry`` with a DICOM SEG/RTSTRUCT ``label`` replaced by its NIfTI reading on the image's grid (the
+    annotation kept as ``label_source``); any other entry unchanged."""
+    label = entry.get("label")
+    if not label or not annotation_kind(label):
+        if entry.get("label_segment") is not None:
+            raise InputError(label or entry["image"], "label_segment is given but the label is not a DICOM SEG or "
+                             "RTSTRUCT")
+        return entry
+    nifti = annotation_label(label, entry["image"], cache_dir, entry["case_id"], entry.get("label_segment"))
+    return {**entry, "label": str(nifti), "label_source": label}
 
 
 def split_for_fold(path: str | Path, fold: int | None = None) -> tuple[list[dict], list[dict]]:
@@ -101,6 +122,7 @@ def folder_entries(images_dir: Path, labels_dir: str | Path | None) -> list[dict
         entry = {"case_id": cid, "image": str(img)}
         if labels_dir is not None:
             cands = [p for p in Path(labels_dir).glob(cid + ".*") if case_id_from_path(p) == cid]
+            cands += [p for p in (Path(labels_dir) / f"{cid}{s}" for s in VIEWER_SUFFIXES) if p.is_file()]
             if not cands:
                 raise InputError(img, f"has no label named {cid}.* in {labels_dir}")
             entry["label"] = str(cands[0])
@@ -109,13 +131,16 @@ def folder_entries(images_dir: Path, labels_dir: str | Path | None) -> list[dict
 
 
 def build_manifest(images_dir: str | Path, labels_dir: str | Path | None, out: str | Path, n_folds: int = 5,
-                   test_fraction: float = 0.0, patient_id_sep: str | None = None, seed: int = 0) -> Path:
+                   test_fraction: float = 0.0, patient_id_sep: str | None = None, seed: int = 0,
+                   label_segment: str | None = None) -> Path:
     """Manifest from an image folder (and a label folder with the same case names), or from an nnU-Net v2 raw
     dataset or Decathlon task folder (:mod:`~monai_pipeline.data.datasets`; its unlabelled test images go to
     ``test``), with patient-level folds.
 
     The patient id is the case id, or its part before ``patient_id_sep`` (``LIDC-0001_s2`` -> ``LIDC-0001``
     with ``"_"``). ``test_fraction`` of the labelled patients go to ``test``; the rest get folds ``0..n_folds-1``.
+    Labels that are DICOM SEG or RTSTRUCT files (segment or ROI ``label_segment``, default all) are read onto
+    their series now, so a misplaced annotation is refused before the manifest exists.
     """
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
@@ -126,6 +151,10 @@ def build_manifest(images_dir: str | Path, labels_dir: str | Path | None, out: s
         entries, unlabelled = dataset_entries(images_dir)
     else:
         entries, unlabelled = folder_entries(images_dir, labels_dir), []
+    for e in entries:
+        if label_segment is not None:
+            e["label_segment"] = label_segment
+        resolve_annotation(e, Path(out).parent / CACHE_DIR)
     for e in entries + unlabelled:
         e["patient_id"] = e["case_id"].split(patient_id_sep)[0] if patient_id_sep else e["case_id"]
         for key in ("image", "label"):

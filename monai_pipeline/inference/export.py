@@ -53,6 +53,13 @@ class Prediction:
     prob: sitk.Image | None = None
     seconds: dict = field(default_factory=dict)
     source_files: list[str] | None = None  # a DICOM series' slice files in the order of the third axis
+    connectivity: int = 26  # of the lesions (connected components) of ``mask``
+    seg_segments: str = "single"  # DICOM SEG output: one segment, or one per lesion (inference.seg_segments)
+
+    def lesion_labels(self) -> np.ndarray:
+        """The lesion label map: uint16 (x, y, z), value k on the voxels of row k of ``lesions`` (0 elsewhere)."""
+        return lesion_table(self.mask, self.geometry, connectivity=self.connectivity,
+                            return_labels=True)[1].astype(np.uint16)
 
 
 def decide(probs: torch.Tensor) -> np.ndarray:
@@ -191,7 +198,8 @@ def export_prediction(probs: torch.Tensor, affine_ras: np.ndarray, original, cfg
         prob_img = resample_to_grid(fg_net.astype(np.float32), affine_ras, geometry, sitk.sitkLinear,
                                     sitk.sitkFloat32)
     return Prediction(str(case_id), np.asarray(mask, dtype=np.uint8), geometry, lesions, prob_img,
-                      source_files=list(source_files) if source_files else None)
+                      source_files=list(source_files) if source_files else None,
+                      connectivity=cfg.postprocess.connectivity, seg_segments=cfg.inference.seg_segments)
 
 
 def case_statistics_json(pred: Prediction, provenance: dict | None = None) -> str:

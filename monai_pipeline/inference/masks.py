@@ -47,7 +47,8 @@ def postprocess_files(masks: list[Path], images: list[Path] | None, out: str | P
             geometry = img.geometry  # the CT's own grid (a NIfTI mask header holds it in float32 only)
         mask = postprocess_case(sitk_to_xyz_array(vol.image), hu, geometry, cfg)
         pred = Prediction(case_id_from_path(path), mask, geometry,
-                          lesion_table(mask, geometry, hu, cfg.postprocess.connectivity))
+                          lesion_table(mask, geometry, hu, cfg.postprocess.connectivity),
+                          connectivity=cfg.postprocess.connectivity, seg_segments=cfg.inference.seg_segments)
         write_prediction(pred, out)
         results.append(pred)
     return results

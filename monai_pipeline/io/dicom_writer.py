@@ -1,6 +1,7 @@
 """Writing a CT volume as a real DICOM CT Image series (pydicom), one file per slice.
 
-Used for the synthetic data set and for tests. The files follow the CT Image IOD: SOP class CT Image Storage,
+Used for the synthetic data set, the LIDC-shaped studies and tests. The files follow the CT Image IOD (checked
+with dicom3tools' ``dciodvfy`` in the tests: no errors): SOP class CT Image Storage,
 unique UIDs, ImagePositionPatient/ImageOrientationPatient from the volume's geometry, PixelSpacing as
 [row spacing, column spacing], unsigned 16-bit stored values with RescaleIntercept -1024 and slope 1.
 """
@@ -82,6 +83,9 @@ def write_ct_series(
         ds.StudyTime = ds.SeriesTime = ds.ContentTime = now.strftime("%H%M%S")
         ds.StudyID = "1"
         ds.SeriesNumber = 1
+        ds.AcquisitionNumber = 1
+        ds.PatientPosition = "HFS"  # General Series, Type 2C (required for CT); geometry is in patient space anyway
+        ds.BodyPartExamined = "CHEST"  # unpaired: Laterality (Type 2C) absent
         ds.AccessionNumber = ""
         ds.ReferringPhysicianName = ""
         ds.Manufacturer = manufacturer

@@ -17,18 +17,23 @@ from typing import Protocol
 import numpy as np
 
 from monai_pipeline.errors import InputError
-from monai_pipeline.io.geometry import Geometry, header_geometry
-from monai_pipeline.io.writer import write_mask
+from monai_pipeline.io.geometry import Geometry, header_geometry, xyz_array_to_sitk
+from monai_pipeline.io.writer import write_image, write_mask
 
 
 class MaskResult(Protocol):
-    """What a writer needs of a prediction: the mask (uint8, (x, y, z)) on its input grid, and for DICOM output
-    the source series' slice files in the order of the third axis."""
+    """What a writer needs of a prediction: the mask (uint8, (x, y, z)) on its input grid, its lesion rows and
+    label map (value k = row k, the ``lesion`` numbers of ``lesions.csv``), for DICOM output the source series'
+    slice files in the order of the third axis, and whether a SEG gets one segment or one per lesion."""
 
     case_id: str
     mask: np.ndarray
     geometry: Geometry
+    lesions: list[dict]
     source_files: list[str] | None
+    seg_segments: str
+
+    def lesion_labels(self) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -65,12 +70,33 @@ def _write_nifti(result: MaskResult, path: Path, provenance: dict | None) -> Pat
     return write_mask(result.mask, result.geometry, path, description=mask_description(provenance))
 
 
+def _source_files(result: MaskResult, what: str) -> list[str]:
+    if not result.source_files:
+        raise InputError(result.case_id, f"{what} needs a DICOM series as input (its source images)")
+    return result.source_files
+
+
 def _write_seg(result: MaskResult, path: Path, provenance: dict | None) -> Path:
     from monai_pipeline.io.dicom_seg import write_dicom_seg  # imports highdicom, an optional extra
 
-    if not result.source_files:
-        raise InputError(result.case_id, "DICOM SEG needs a DICOM series as input (its source images)")
-    return write_dicom_seg(result.mask, result.source_files, path, provenance)
+    files = _source_files(result, "DICOM SEG")
+    if result.seg_segments == "lesion":
+        volumes = {int(r["lesion"]): float(r["volume_mm3"]) for r in result.lesions}
+        return write_dicom_seg(result.lesion_labels(), files, path, provenance, per_lesion=True, volumes_mm3=volumes)
+    return write_dicom_seg(result.mask, files, path, provenance)
+
+
+def _write_rtstruct(result: MaskResult, path: Path, provenance: dict | None) -> Path:
+    from monai_pipeline.io.rtstruct import write_rtstruct
+
+    files = _source_files(result, "RTSTRUCT")
+    return write_rtstruct(result.lesion_labels(), result.geometry, files, path, provenance=provenance)
+
+
+def _write_lesion_labels(result: MaskResult, path: Path, provenance: dict | None) -> Path:
+    image = xyz_array_to_sitk(result.lesion_labels(), result.geometry)
+    image.SetMetaData("ITK_FileNotes", mask_description(provenance)[:79])  # the NIfTI descrip
+    return write_image(image, path)
 
 
 @dataclass(frozen=True)
@@ -101,6 +127,8 @@ def register_format(fmt: MaskFormat) -> MaskFormat:
 register_format(NiftiFormat("nifti", ".nii.gz", _write_nifti))
 register_format(MaskFormat("dicom-seg", "_seg.dcm", _write_seg, needs_dicom_series=True,
                            requires=("highdicom", "dicom")))
+register_format(MaskFormat("rtstruct", "_rtstruct.dcm", _write_rtstruct, needs_dicom_series=True))
+register_format(NiftiFormat("lesion-labels", "_lesions.nii.gz", _write_lesion_labels))
 
 
 def format_choices() -> list[str]:
@@ -133,5 +161,5 @@ def check_format_inputs(fmt: str, inputs: list[str]) -> None:
         if spec.needs_dicom_series:
             for path in inputs:
                 if not Path(path).is_dir():
-                    raise InputError(path, f"--format {fmt} needs a DICOM series folder as input (a SEG references "
+                    raise InputError(path, f"--format {fmt} needs a DICOM series folder as input ({name} references "
                                      "its source images)", hint="use --format nifti for this input")

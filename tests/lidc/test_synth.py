@@ -147,6 +147,15 @@ def test_studies_are_laid_out_like_a_tcia_download(lidc_studies) -> None:
     assert steps["LIDC-IDRI-0509"] == 5.0
 
 
+def test_lidc_shaped_slices_pass_the_iod_validator(lidc_studies) -> None:
+    from tests.helpers import dciodvfy_errors
+
+    tmp, summary = lidc_studies
+    for rec in summary["records"]:
+        first = sorted((tmp / "tcia" / rec["folder"]).glob("*.dcm"))[0]
+        assert dciodvfy_errors(first) == [], rec["folder"]
+
+
 def test_consensus_and_reader_masks_match_an_independent_rasterisation(lidc_studies, converted) -> None:
     from monai_pipeline.io.reader import read_ct
 
