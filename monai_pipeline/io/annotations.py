@@ -12,6 +12,7 @@ read again, an unchanged one is not. The cached file is written atomically; a fa
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,8 @@ def read_annotation(path: str | Path, src: SourceSeries, selection: str | int | 
     ROIs or the one named/numbered ``selection``) as a uint8 mask ((x, y, z), 1 inside) on ``src``'s grid."""
     kind = annotation_kind(path)
     if kind == "seg":
+        if importlib.util.find_spec("highdicom") is None:
+            raise InputError(path, "reading a DICOM SEG needs highdicom", hint="pip install 'monai-pipeline[dicom]'")
         from monai_pipeline.io.dicom_seg import read_dicom_seg
 
         return read_dicom_seg(path, src, selection)
