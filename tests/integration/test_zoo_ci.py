@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,9 @@ def _zoo() -> Path | None:
                     "model-zoo and set MODEL_ZOO to it")
 @pytest.mark.skipif(not SCHEMA.is_file(), reason="the metadata schema (../shared/reference) is not present")
 def test_model_zoo_ci_passes(tmp_path):
-    env = {**os.environ, "SCHEMA": str(SCHEMA), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "SCHEMA": str(SCHEMA), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1",
+           # the suite's interpreter (with MONAI) and its console scripts (the zoo's hooks), not what PATH has first
+           "PYTHON": sys.executable, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     r = subprocess.run(["bash", str(REPO / "scripts" / "zoo_ci.sh"), str(_zoo()), "", str(tmp_path / "zoo")],
                        capture_output=True, text=True, env=env, timeout=1500)
     out = r.stdout + r.stderr
