@@ -56,10 +56,15 @@ class Prediction:
     connectivity: int = 26  # of the lesions (connected components) of ``mask``
     seg_segments: str = "single"  # DICOM SEG output: one segment, or one per lesion (inference.seg_segments)
 
+    _labels: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
+
     def lesion_labels(self) -> np.ndarray:
-        """The lesion label map: uint16 (x, y, z), value k on the voxels of row k of ``lesions`` (0 elsewhere)."""
-        return lesion_table(self.mask, self.geometry, connectivity=self.connectivity,
-                            return_labels=True)[1].astype(np.uint16)
+        """The lesion label map: uint16 (x, y, z), value k on the voxels of row k of ``lesions`` (0 elsewhere);
+        computed once, however many formats ask for it."""
+        if self._labels is None:
+            self._labels = lesion_table(self.mask, self.geometry, connectivity=self.connectivity,
+                                        return_labels=True)[1].astype(np.uint16)
+        return self._labels
 
 
 def decide(probs: torch.Tensor) -> np.ndarray:

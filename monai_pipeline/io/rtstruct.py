@@ -68,16 +68,6 @@ def fill_outlines(outlines: Sequence[np.ndarray], shape_xy: tuple[int, int]) -> 
     return out
 
 
-def _index_to_lps(geometry: Geometry, idx: np.ndarray) -> np.ndarray:
-    a = geometry.lps_affine()
-    return idx @ a[:3, :3].T + a[:3, 3]
-
-
-def _lps_to_index(geometry: Geometry, pts: np.ndarray) -> np.ndarray:
-    a = np.linalg.inv(geometry.lps_affine())
-    return pts @ a[:3, :3].T + a[:3, 3]
-
-
 def _referenced_image(sop_uid: str) -> Dataset:
     item = Dataset()
     item.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
@@ -174,7 +164,7 @@ def _roi_contours(mask: np.ndarray | None, box: tuple[slice, ...] | None, geomet
         z = z0 + int(dz)
         for outline in slice_outlines(mask[:, :, dz]):
             idx = np.column_stack([outline[:-1] + [x0, y0], np.full(len(outline) - 1, float(z))])
-            pts = _index_to_lps(geometry, idx)
+            pts = geometry.index_to_lps(idx)
             c = Dataset()
             c.ContourImageSequence = DicomSequence([_referenced_image(sources[z].SOPInstanceUID)])
             c.ContourGeometricType = "CLOSED_PLANAR"
@@ -202,7 +192,7 @@ def _roi_numbers(ds: Dataset, path: Path, roi: str | int | None) -> dict[int, st
 
 def check_references(ds: Dataset, path: Path, src: SourceSeries) -> None:
     """The structure set is on ``src``'s frame of reference and, where it names series, on ``src``'s series."""
-    frames = [f for f in ds.get("ReferencedFrameOfReferenceSequence", [])]
+    frames = list(ds.get("ReferencedFrameOfReferenceSequence", []))
     uids = {str(f.FrameOfReferenceUID) for f in frames if "FrameOfReferenceUID" in f}
     uids |= {str(r.ReferencedFrameOfReferenceUID) for r in ds.get("StructureSetROISequence", [])
              if "ReferencedFrameOfReferenceUID" in r}
@@ -242,7 +232,7 @@ def read_rtstruct(path: str | Path, src: SourceSeries, roi: str | int | None = N
             pts = np.asarray([float(v) for v in c.ContourData], dtype=np.float64).reshape(-1, 3)
             if len(pts) < 3:
                 raise InputError(path, f"{where} has {len(pts)} point(s): no area")
-            idx = _lps_to_index(src.geometry, pts)
+            idx = src.geometry.lps_to_index(pts)
             z = float(np.median(idx[:, 2]))
             k = int(round(z))
             if np.abs(idx[:, 2] - k).max() > PLANE_TOLERANCE or not 0 <= k < size[2]:
