@@ -22,6 +22,7 @@ from monai_pipeline.config import LABEL_MODES, PipelineConfig
 from monai_pipeline.crossval import cross_validate
 from monai_pipeline.demo import demo_config
 from monai_pipeline.errors import InputError
+from monai_pipeline.io.paths import extract_tar
 from monai_pipeline.io.writer import atomic_path, atomic_write_text, dumps_strict
 from monai_pipeline.lidc.convert import convert_lidc
 from monai_pipeline.lidc.synth import load_metadata, plan_layout, synthesize_lidc
@@ -44,12 +45,12 @@ def lidc_demo_config(quick: bool = False) -> PipelineConfig:
 
 
 def unpack_archive(archive: Path, out: Path) -> Path:
-    """The XML archive unpacked under ``out`` (once; tar's "data" filter: no links or paths outside ``out``)."""
+    """The XML archive unpacked under ``out`` (once; no links or paths outside ``out``: see ``extract_tar``)."""
     marker = out / ".unpacked"
     if not marker.is_file():
         out.mkdir(parents=True, exist_ok=True)
         with tarfile.open(archive) as tf:
-            tf.extractall(out, filter="data")
+            extract_tar(tf, out)
         marker.write_text(str(archive))
     return out
 

@@ -16,6 +16,7 @@ import pydicom
 import pytest
 from scipy import ndimage
 
+from monai_pipeline.io.paths import extract_tar
 from tests.conftest import SHARED
 
 LIDC = SHARED / "lidc"
@@ -110,7 +111,7 @@ def lidc_studies(tmp_path_factory) -> tuple[Path, dict]:
     tmp = tmp_path_factory.mktemp("lidc_synth")
     with tarfile.open(LIDC / "tcia-lidc-xml.tar.xz") as tf:
         members = [tf.getmember(f"tcia-lidc-xml/{r}") for r in READS]
-        tf.extractall(tmp / "xml", members=members, filter="data")
+        extract_tar(tf, tmp / "xml", members)
     summary = synthesize_lidc([tmp / "xml"], tmp / "tcia", metadata=LIDC / "LIDC-IDRI_MetaData.csv", seed=7,
                               progress=False)
     return tmp, summary
