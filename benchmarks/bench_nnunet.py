@@ -29,6 +29,7 @@ Every step is skipped when its output exists, so a crashed run resumes. nnU-Net'
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import shutil
@@ -42,6 +43,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 DATASET = "Dataset501_MonaiPipelineBench"
 TRAIN_SECTIONS = ("training", "validation")
+CONFIGURATION = "3d_fullres"  # nnU-Net's configuration for every setting
 
 
 def convert(manifest: Path, raw: Path, scored: tuple[str, ...]) -> dict[str, list[str]]:
@@ -93,29 +95,29 @@ def nnunet_tool(python: str, name: str) -> str:
     return str(tool)
 
 
-def plans_name(setting: str) -> tuple[str, str]:
-    """The nnU-Net plans identifier and configuration of a setting (``default`` or ``memG``)."""
+def plans_name(setting: str) -> str:
+    """The nnU-Net plans identifier of a setting (``default`` or ``memG``)."""
     if setting == "default":
-        return "nnUNetPlans", "3d_fullres"
+        return "nnUNetPlans"
     if setting.startswith("mem"):
-        return f"nnUNetPlans_{setting[3:]}G", "3d_fullres"
+        return f"nnUNetPlans_{setting[3:]}G"
     raise SystemExit(f"unknown setting {setting!r}: use default or memG (e.g. mem2)")
 
 
 def plan(setting: str, python: str, env: dict[str, str], split: dict[str, list[str]], log) -> str:
     """Fingerprint, plan and preprocess for one setting with nnU-Net's tools; returns the plans name."""
-    name, configuration = plans_name(setting)
+    name = plans_name(setting)
     pre = Path(env["nnUNet_preprocessed"]) / DATASET
-    if not (pre / f"{name}_{configuration}").is_dir():
-        run = [nnunet_tool(python, "nnUNetv2_plan_and_preprocess"), "-d", "501", "-c", configuration, "-np", "2",
+    if not (pre / f"{name}_{CONFIGURATION}").is_dir():
+        run = [nnunet_tool(python, "nnUNetv2_plan_and_preprocess"), "-d", "501", "-c", CONFIGURATION, "-np", "2",
                "--verify_dataset_integrity"]
         if setting.startswith("mem"):
             if not (pre / "nnUNetPlans.json").exists():  # the fingerprint comes with the default plan
-                _run([*run], env, log)
+                _run(run, env, log)
             gb = setting[3:]
             _run([nnunet_tool(python, "nnUNetv2_plan_experiment"), "-d", "501", "-gpu_memory_target", gb,
                   "-overwrite_plans_name", name], env, log)
-            _run([nnunet_tool(python, "nnUNetv2_preprocess"), "-d", "501", "-plans_name", name, "-c", "3d_fullres",
+            _run([nnunet_tool(python, "nnUNetv2_preprocess"), "-d", "501", "-plans_name", name, "-c", CONFIGURATION,
                   "-np", "2"], env, log)
         else:
             _run(run, env, log)
@@ -136,17 +138,17 @@ def _run(cmd: list[str], env: dict[str, str], log) -> str:
 def train_and_predict(setting: str, args: argparse.Namespace, env: dict[str, str], log) -> tuple[Path, dict]:
     """Train one setting for the budget and predict the scored cases; returns nnU-Net's prediction folder and
     the training record (``budget.json``)."""
-    name, configuration = plans_name(setting)
-    model = Path(env["nnUNet_results"]) / DATASET / f"BudgetTrainer__{name}__{configuration}"
+    name = plans_name(setting)
+    model = Path(env["nnUNet_results"]) / DATASET / f"BudgetTrainer__{name}__{CONFIGURATION}"
     if not (model / "fold_0" / "weights_final.pt").exists():
         _run([args.nnunet_python, str(HERE / "nnunet_driver.py"), "train", "--dataset", DATASET, "--plans", name,
-              "--configuration", configuration,
+              "--configuration", CONFIGURATION,
               "--budget-min", str(args.budget_min), "--iterations", str(args.iterations), "--device", args.device],
              env, log)
     raw_pred = args.out / "nnunet_raw_predictions" / setting
     if not (raw_pred / "predict.json").exists():
         _run([args.nnunet_python, str(HERE / "nnunet_driver.py"), "predict", "--model", str(model),
-              "--configuration", configuration, "--images",
+              "--configuration", CONFIGURATION, "--images",
               str(Path(env["nnUNet_raw"]) / DATASET / "imagesTs"), "--out", str(raw_pred), "--device", args.device,
               *(["--no-mirroring"] if args.no_mirroring else [])], env, log)
     record = json.loads((model / "fold_0" / "budget.json").read_text())
@@ -204,8 +206,6 @@ def headline(summary: dict) -> dict:
 
 def ours_training(pred: Path) -> str:
     """Training time and epochs of this pipeline's run beside a demo prediction folder (``../run/log.csv``)."""
-    import csv
-
     log = pred.resolve().parent / "run" / "log.csv"
     if not log.is_file():
         return ""

@@ -1,7 +1,7 @@
 """nnU-Net v2 under a wall-clock budget: the half of ``bench_nnunet.py`` that runs in nnU-Net's own environment.
 
     nnUNet_preprocessed=... nnUNet_results=... python nnunet_driver.py train --dataset NAME --plans PLANS \
-        --configuration 3d_fullres|2d --budget-min 40 [--iterations 50] [--val-iterations 10] [--device cpu]
+        [--configuration 3d_fullres] --budget-min 40 [--iterations 50] [--val-iterations 10] [--device cpu]
     python nnunet_driver.py predict --model FOLDER --configuration C --images DIR --out DIR [--no-mirroring]
 
 This file imports nnU-Net and torch only (not monai_pipeline): nnU-Net pins its own versions of shared
