@@ -26,6 +26,7 @@ from monai_pipeline.training.checkpoints import (
     BestCheckpoint,
     checkpoint_epoch,
     latest_checkpoint,
+    write_last_checkpoint,
 )
 from monai_pipeline.training.context import RunContext
 from monai_pipeline.training.distributed import (
@@ -52,4 +53,5 @@ __all__ = ["BEST_NAME", "DATA_KEYS", "LAST_PREFIX", "PREEMPTED_MARKER", "BestChe
            "check_training_data", "checkpoint_epoch", "compute_intensity_stats", "init_distributed",
            "latest_checkpoint", "make_dataset", "plot_training_curve", "read_log", "resolve_device",
            "schedule_handlers",
-           "tensorboard_handlers", "train", "training_labels", "weights_fingerprint", "with_intensity_stats"]
+           "tensorboard_handlers", "train", "training_labels", "weights_fingerprint", "with_intensity_stats",
+           "write_last_checkpoint"]

@@ -14,7 +14,7 @@ import torch
 from ignite.engine import Events
 from ignite.handlers import ProgressBar
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
-from monai.handlers import CheckpointLoader, CheckpointSaver, EarlyStopHandler, stopping_fn_from_metric
+from monai.handlers import CheckpointLoader, EarlyStopHandler, stopping_fn_from_metric
 
 from monai_pipeline.config import PipelineConfig
 from monai_pipeline.errors import InputError
@@ -40,15 +40,34 @@ def checkpoint_epoch(path: str | Path) -> int:
 def latest_checkpoint(run: str | Path) -> Path | None:
     """The most recent complete ``checkpoints/last_checkpoint_epoch=N.pt`` of a run, or None.
 
-    MONAI's ``CheckpointSaver`` writes in place (not atomically), so a kill while it writes leaves a truncated
-    file; torch's zip format ends with its central directory, so such a file is no zip file and is skipped (with
-    a warning) for the previous checkpoint, which the saver deletes only after the new one is written."""
+    :func:`write_last_checkpoint` writes atomically, so a kill never leaves a partial file under this name; a file
+    truncated otherwise (a full disk, a copy cut short, an older version that wrote in place) is no zip file
+    (torch's format ends with its central directory) and is skipped, with a warning, for an earlier one."""
     cands = glob.glob(str(Path(run) / "checkpoints" / f"{LAST_PREFIX}_checkpoint_epoch=*.pt"))
     for p in sorted(cands, key=lambda p: int(re.search(r"epoch=(\d+)", p).group(1)), reverse=True):
         if zipfile.is_zipfile(p):
             return Path(p)
         logger.warning("%s is incomplete (the run was stopped while writing it); using an earlier checkpoint", p)
     return None
+
+
+def write_last_checkpoint(run: Path, save_dict: dict, trainer: SupervisedTrainer) -> Path:
+    """``checkpoints/last_checkpoint_epoch=N.pt`` (N = the trainer's epoch): the ``state_dict`` of every object in
+    ``save_dict`` and of the trainer (its epoch and iteration counters), written atomically; the older "last"
+    checkpoints and any partial file a killed writer left are removed only after it is in place.
+
+    This replaces MONAI's ``CheckpointSaver`` (ignite's ``Checkpoint``), which deletes the previous checkpoint
+    *before* writing the new one in place: a kill in between left nothing to resume from."""
+    folder = run / "checkpoints"
+    path = folder / f"{LAST_PREFIX}_checkpoint_epoch={trainer.state.epoch}.pt"
+    with atomic_path(path) as tmp:
+        torch.save({k: v.state_dict() for k, v in {**save_dict, "trainer": trainer}.items()}, tmp)
+    for old in folder.glob(f"{LAST_PREFIX}_checkpoint_epoch=*.pt"):
+        if old != path:
+            old.unlink(missing_ok=True)
+    for part in folder.glob(f".{LAST_PREFIX}_checkpoint_epoch=*.part*"):
+        part.unlink(missing_ok=True)
+    return path
 
 
 def check_run_folder(run: Path, resume: bool, is_main: bool) -> Path | None:
@@ -113,19 +132,18 @@ def save_final_model(run: Path, network, cfg: PipelineConfig, evaluator, epochs:
 def attach_checkpointing(rc: RunContext, trainer: SupervisedTrainer, save_dict: dict, ckpt: Path | None,
                          evaluator: SupervisedEvaluator | None, optimizer) -> None:
     """Resume from ``ckpt``; on rank 0 the per-epoch "last" checkpoint (with the trainer's epoch counter),
-    ``log.csv`` and the progress bar; early stopping on the validation Dice when configured."""
+    ``log.csv`` and the progress bar; early stopping on the validation Dice when configured. A fresh run starts
+    ``log.csv`` anew (rows a run killed before its first checkpoint wrote are not its own)."""
     if ckpt is not None:
         CheckpointLoader(load_path=str(ckpt), load_dict={**save_dict, "trainer": trainer},
                          map_location=rc.device).attach(trainer)
         logger.info("resuming from %s", ckpt)
-        if rc.dist.is_main:
-            reconcile_log(rc.run / "log.csv", checkpoint_epoch(ckpt))
     if rc.dist.is_main:
+        reconcile_log(rc.run / "log.csv", checkpoint_epoch(ckpt) if ckpt is not None else 0)
         # the epoch's log row first, then its checkpoint: a kill between the two leaves a row beyond the
         # checkpoint, which resume drops and logs again (every epoch counted once)
         CSVLogger(rc.run / "log.csv", optimizer, evaluator).attach(trainer)
-        CheckpointSaver(save_dir=str(rc.run / "checkpoints"), save_dict={**save_dict, "trainer": trainer},
-                        file_prefix=LAST_PREFIX, save_interval=1, n_saved=1, epoch_level=True).attach(trainer)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: write_last_checkpoint(rc.run, save_dict, e))
         if rc.progress:
             ProgressBar(persist=False).attach(trainer, output_transform=lambda out: {"loss": float(
                 out[0]["loss"] if isinstance(out, list) else out["loss"])})

@@ -14,8 +14,8 @@ import torch.distributed as dist
 from ignite.engine import Events
 from monai.engines import SupervisedTrainer
 
-from monai_pipeline.io.writer import atomic_path, atomic_write_text
-from monai_pipeline.training.checkpoints import LAST_PREFIX
+from monai_pipeline.io.writer import atomic_write_text
+from monai_pipeline.training.checkpoints import write_last_checkpoint
 from monai_pipeline.training.distributed import DistContext
 
 logger = logging.getLogger(__name__)
@@ -82,9 +82,7 @@ class PreemptionHandler:
 def save_preemption_checkpoint(run: Path, save_dict: dict, trainer: SupervisedTrainer) -> Path:
     """The mid-epoch state (weights, optimiser, scheduler, the trainer's iteration) as the run's "last" checkpoint,
     written atomically; ``--resume`` finishes the interrupted epoch from the next iteration."""
-    path = run / "checkpoints" / f"{LAST_PREFIX}_checkpoint_epoch={trainer.state.epoch}.pt"
-    with atomic_path(path) as tmp:
-        torch.save({k: v.state_dict() for k, v in {**save_dict, "trainer": trainer}.items()}, tmp)
+    path = write_last_checkpoint(run, save_dict, trainer)
     atomic_write_text(run / PREEMPTED_MARKER, json.dumps({"iteration": int(trainer.state.iteration),
                                                           "epoch": int(trainer.state.epoch), "checkpoint": path.name}))
     return path

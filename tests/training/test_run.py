@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -141,8 +142,8 @@ def test_best_checkpoint_survives_a_resume(tiny_dataset, tmp_path):
     assert blob["best_val_mean_dice"] == 0.999 and blob["best_epoch"] == record["epoch"] and blob["epochs_trained"] == 4
 
 
-def test_latest_checkpoint_skips_one_truncated_by_a_kill(tmp_path):
-    """A kill while MONAI's CheckpointSaver writes (in place) leaves a truncated newest checkpoint: resume takes
+def test_latest_checkpoint_skips_a_truncated_one(tmp_path):
+    """A truncated newest checkpoint (a full disk, a copy cut short, a version that wrote in place): resume takes
     the previous, complete one."""
     ck = tmp_path / "checkpoints"
     ck.mkdir()
@@ -154,3 +155,37 @@ def test_latest_checkpoint_skips_one_truncated_by_a_kill(tmp_path):
     assert latest_checkpoint(tmp_path).name == "last_checkpoint_epoch=3.pt"
     (ck / "last_checkpoint_epoch=3.pt").write_bytes(b"")
     assert latest_checkpoint(tmp_path) is None
+
+
+def test_last_checkpoint_replaces_the_previous_only_once_written(tmp_path, monkeypatch):
+    """The per-epoch checkpoint is written before the previous one is removed: a writer that dies part-way leaves
+    the previous checkpoint for --resume (ignite's saver removed it first, so a kill there lost the run), and the
+    next successful write clears the partial file and every older "last" checkpoint."""
+    from types import SimpleNamespace
+
+    from monai_pipeline.training import write_last_checkpoint
+
+    net = torch.nn.Linear(2, 1)
+    trainer = SimpleNamespace(state=SimpleNamespace(epoch=1), state_dict=lambda: {"epoch": trainer.state.epoch})
+    write_last_checkpoint(tmp_path, {"network": net}, trainer)
+    assert latest_checkpoint(tmp_path).name == "last_checkpoint_epoch=1.pt"
+
+    real_save = torch.save
+
+    def dies_part_way(obj, f):
+        Path(f).write_bytes(b"PK partial")
+        raise KeyboardInterrupt("killed while writing")
+
+    trainer.state.epoch = 2
+    monkeypatch.setattr(torch, "save", dies_part_way)
+    with pytest.raises(KeyboardInterrupt):
+        write_last_checkpoint(tmp_path, {"network": net}, trainer)
+    assert latest_checkpoint(tmp_path).name == "last_checkpoint_epoch=1.pt"
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("last_*")) == ["last_checkpoint_epoch=1.pt"]
+    (tmp_path / "checkpoints" / ".last_checkpoint_epoch=2.pt.x.part.pt").write_bytes(b"left by a SIGKILL")
+
+    monkeypatch.setattr(torch, "save", real_save)
+    write_last_checkpoint(tmp_path, {"network": net}, trainer)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["last_checkpoint_epoch=2.pt"]
+    blob = torch.load(latest_checkpoint(tmp_path), weights_only=True)
+    assert blob["trainer"] == {"epoch": 2} and torch.equal(blob["network"]["weight"], net.weight)
