@@ -41,6 +41,7 @@ NETWORKS = ("UNet", "SegResNet", "DynUNet", "BasicUNet")
 SAMPLINGS = ("posneg", "lesion")
 RESAMPLE_MODES = ("linear", "nearest")
 SEG_SEGMENTS = ("single", "lesion")
+LESION_SCORES = ("max", "mean")
 BLEND_MODES = ("gaussian", "constant")
 Triple = tuple[float, float, float]
 IntTriple = tuple[int, int, int]
@@ -206,6 +207,7 @@ class InferenceConfig:
     channels_last: bool  # run the network in channels-last 3D memory format
     subpixel_upsampling: bool | str  # few-output-channel transposed convolutions as convolution + shuffle (auto: CPU)
     min_lesion_score: float  # lesions scoring below this are dropped (0: keep all); train sets it on validation
+    lesion_score: str  # a lesion's score: max | mean foreground probability over its network-grid voxels
     seg_segments: str  # DICOM SEG output: single (one segment for all lesions) | lesion (segment k = lesion k)
 
     def __post_init__(self) -> None:
@@ -214,6 +216,7 @@ class InferenceConfig:
               f"inference.min_lesion_score must be in [0, 1], got {self.min_lesion_score}")
         _one_of("inference.resample", self.resample, RESAMPLE_MODES)
         _one_of("inference.seg_segments", self.seg_segments, SEG_SEGMENTS)
+        _one_of("inference.lesion_score", self.lesion_score, LESION_SCORES)
         _one_of("inference.tta_scope", self.tta_scope, ("candidates", "volume"))
         _need(len(self.tta_axes) > 0 and len(set(self.tta_axes)) == len(self.tta_axes)
               and all(a in (0, 1, 2) for a in self.tta_axes),

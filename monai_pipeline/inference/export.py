@@ -149,16 +149,19 @@ def invert_foreground(margin_net: np.ndarray, affine_ras: np.ndarray, geometry: 
     return out.transpose(2, 1, 0)
 
 
-def probability_score(fg_net: np.ndarray, affine_ras: np.ndarray, geometry: Geometry) -> ScoreFn:
-    """A lesion scorer: the maximum of the network-space foreground probability ``fg_net`` (x, y, z; voxel-to-RAS
-    ``affine_ras``) over the network voxels nearest to the lesion's voxels on ``geometry``'s grid."""
+def probability_score(fg_net: np.ndarray, affine_ras: np.ndarray, geometry: Geometry, kind: str = "max") -> ScoreFn:
+    """A lesion scorer: the ``kind`` (``max`` or ``mean``) of the network-space foreground probability ``fg_net``
+    (x, y, z; voxel-to-RAS ``affine_ras``) over the network voxels nearest to the lesion's voxels on ``geometry``'s
+    grid (each network voxel counted once). The maximum saturates near 1 for any confident blob; the mean also
+    falls with a lesion's share of uncertain boundary voxels, so it ranks more finely."""
+    reduce = {"max": np.max, "mean": np.mean}[kind]
     to_net = np.linalg.inv(np.asarray(affine_ras, dtype=np.float64)) @ LPS_TO_RAS @ geometry.lps_affine()
     upper = np.asarray(fg_net.shape) - 1
 
     def score(idx: np.ndarray) -> float:
         ijk = np.rint(idx @ to_net[:3, :3].T + to_net[:3, 3]).astype(np.int64)
-        ijk = np.clip(ijk, 0, upper)
-        return float(fg_net[ijk[:, 0], ijk[:, 1], ijk[:, 2]].max())
+        ijk = np.unique(np.clip(ijk, 0, upper), axis=0)
+        return float(reduce(fg_net[ijk[:, 0], ijk[:, 1], ijk[:, 2]]))
 
     return score
 
@@ -192,7 +195,7 @@ def export_prediction(probs: torch.Tensor, affine_ras: np.ndarray, original, cfg
         mask = sitk_to_xyz_array(resample_to_grid(decide(probs), affine_ras, geometry))
     if postprocess:
         mask = postprocess_case(mask, hu, geometry, cfg)
-    score = probability_score(fg_net, affine_ras, geometry)
+    score = probability_score(fg_net, affine_ras, geometry, cfg.inference.lesion_score)
     lesions, labels = lesion_table(mask, geometry, hu, cfg.postprocess.connectivity, score=score, return_labels=True)
     threshold = cfg.inference.min_lesion_score
     if postprocess and threshold > 0 and any(r["score"] < threshold for r in lesions):

@@ -85,3 +85,24 @@ def test_invert_foreground_speckled_prediction_is_one_box_and_still_exact() -> N
     whole = sitk_to_xyz_array(resample_to_grid(margin, affine_ras, geometry, sitk.sitkLinear, sitk.sitkFloat32)) > 0
     assert whole.sum() > 50
     np.testing.assert_array_equal(invert_foreground(margin, affine_ras, geometry).astype(bool), whole)
+
+
+def test_lesion_score_max_and_mean_over_network_voxels_each_counted_once() -> None:
+    """On an input grid twice as fine as the network grid (8 input voxels per network voxel), a lesion's score is
+    the max or the mean of the network probabilities it covers, each network voxel once whatever the number of
+    input voxels mapped to it."""
+    from monai_pipeline.inference.export import probability_score
+    from monai_pipeline.io.geometry import LPS_TO_RAS
+
+    eye = tuple(np.eye(3).reshape(-1))
+    net = Geometry((10, 10, 10), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), eye)
+    fine = Geometry((20, 20, 20), (1.0, 1.0, 1.0), (-0.5, -0.5, -0.5), eye)  # input voxels 2i, 2i+1 -> network i
+    fg = np.zeros((10, 10, 10), np.float32)
+    fg[3:5, 3, 3] = (1.0, 0.6)
+    fg[5, 3, 3] = 0.2
+    affine_ras = LPS_TO_RAS @ net.lps_affine()
+    # 16 input voxels over network voxels (3,3,3) and (4,3,3), plus one over (5,3,3)
+    idx = np.array([(x, y, z) for x in range(6, 10) for y in (6, 7) for z in (6, 7)] + [(10, 6, 6)])
+    assert probability_score(fg, affine_ras, fine, "max")(idx) == pytest.approx(1.0)
+    assert probability_score(fg, affine_ras, fine, "mean")(idx) == pytest.approx((1.0 + 0.6 + 0.2) / 3)
+    assert probability_score(fg, affine_ras, fine)(idx[:8]) == pytest.approx(1.0), "max is the default"
