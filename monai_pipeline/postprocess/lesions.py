@@ -16,8 +16,8 @@ from monai_pipeline.arrays import bounding_box, label_components
 from monai_pipeline.io.geometry import Geometry
 from monai_pipeline.io.writer import atomic_write_text
 
-LESION_FIELDS = ("lesion", "volume_mm3", "equivalent_diameter_mm", "longest_axial_diameter_mm", "centroid_x_mm",
-                 "centroid_y_mm", "centroid_z_mm", "mean_hu", "max_hu", "n_voxels", "score")
+LESION_FIELDS = ("lesion", "volume_mm3", "equivalent_diameter_mm", "longest_axial_diameter_mm", "elongation",
+                 "centroid_x_mm", "centroid_y_mm", "centroid_z_mm", "mean_hu", "max_hu", "n_voxels", "score")
 #: a lesion's score from its voxel indices (N, 3) on the mask's grid, e.g. its maximum foreground probability
 ScoreFn = Callable[[np.ndarray], float]
 
@@ -44,6 +44,26 @@ def longest_axial_diameter(component: np.ndarray, spacing) -> float:
             continue
         best = max(best, _longest_in_plane(pts * [sx, sy]) + min(sx, sy))
     return best
+
+
+def principal_moments(idx: np.ndarray, spacing, voxel_extent: bool = True) -> np.ndarray:
+    """Eigenvalues (mm^2, ascending) of the covariance of a component's voxel centres in physical space, from its
+    voxel indices ``idx`` (N, 3) on a grid of ``spacing`` (mm, same axis order); the direction cosines rotate the
+    covariance without changing them. ``voxel_extent=False`` gives SimpleITK's ``GetPrincipalMoments``; the default
+    adds each voxel's own extent (a uniform box: spacing^2 / 12 per axis), so a one-voxel-thick line still has a
+    width."""
+    pts = np.asarray(idx, dtype=np.float64) * np.asarray(spacing, dtype=np.float64)
+    cov = np.cov(pts, rowvar=False, bias=True) if len(pts) > 1 else np.zeros((3, 3))
+    if voxel_extent:
+        cov = cov + np.diag(np.asarray(spacing, dtype=np.float64) ** 2 / 12.0)
+    return np.clip(np.linalg.eigvalsh(cov), 0.0, None)
+
+
+def elongation(idx: np.ndarray, spacing) -> float:
+    """sqrt(largest / middle principal moment) (SimpleITK's definition, with each voxel's extent): about 1 for a
+    sphere or a disc, large for a vessel-like tube."""
+    m = principal_moments(idx, spacing)
+    return float(np.sqrt(m[2] / m[1]))
 
 
 def lesion_table(mask: np.ndarray, geometry: Geometry, hu: np.ndarray | None = None,
@@ -82,6 +102,7 @@ def lesion_table(mask: np.ndarray, geometry: Geometry, hu: np.ndarray | None = N
             "lesion": len(rows) + 1, "volume_mm3": round(vol, 3),
             "equivalent_diameter_mm": round(float((6 * vol / np.pi) ** (1 / 3)), 3),
             "longest_axial_diameter_mm": round(longest_axial_diameter(comp, geometry.spacing), 3),
+            "elongation": round(elongation(idx, geometry.spacing), 3),
             "centroid_x_mm": round(float(centroid[0]), 3), "centroid_y_mm": round(float(centroid[1]), 3),
             "centroid_z_mm": round(float(centroid[2]), 3),
             "mean_hu": round(float(hu_box[sl][comp].mean()), 2) if hu_box is not None else float("nan"),
