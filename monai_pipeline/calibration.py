@@ -34,9 +34,11 @@ from monai_pipeline.training import train
 logger = logging.getLogger(__name__)
 
 
-def validation_detections(model: Path, val_files: list[dict], device: str | torch.device) -> list[ScanDetections]:
-    """Every validation case predicted with all candidates kept, matched to its reference nodules."""
-    predictor = Predictor(model, device=str(device), inference={"min_lesion_score": 0.0})
+def validation_detections(model: Path, val_files: list[dict], device: str | torch.device,
+                          inference: dict | None = None) -> list[ScanDetections]:
+    """Every validation case predicted with all candidates kept, matched to its reference nodules; ``inference``
+    overrides the model's inference settings (e.g. ``lesion_score``)."""
+    predictor = Predictor(model, device=str(device), inference={**(inference or {}), "min_lesion_score": 0.0})
     scans = []
     for e in val_files:
         pred = predictor.predict(e["image"], e["case_id"])
@@ -62,10 +64,11 @@ def choose_threshold(scans: list[ScanDetections], fp_per_scan: float) -> dict:
 
 
 def operating_point(model: str | Path, val_files: list[dict], fp_per_scan: float,
-                    device: str | torch.device = "cpu") -> dict:
+                    device: str | torch.device = "cpu", inference: dict | None = None) -> dict:
     """The operating point of ``model`` (a model file or a bundle's ``models/model.pt``) on ``val_files``
-    (dicts with ``image``, ``label``, ``case_id``), logged; infinities stored as None (JSON/YAML-safe)."""
-    point = choose_threshold(validation_detections(Path(model), val_files, device), fp_per_scan)
+    (dicts with ``image``, ``label``, ``case_id``), logged; infinities stored as None (JSON/YAML-safe).
+    ``inference`` overrides the model's inference settings (e.g. ``lesion_score``)."""
+    point = choose_threshold(validation_detections(Path(model), val_files, device, inference), fp_per_scan)
     if point["threshold"] is None:
         logger.warning("operating point: no lesion-score threshold keeps a detected validation nodule at <= %g "
                        "false positives per scan; every candidate is kept", fp_per_scan)

@@ -1,0 +1,55 @@
+"""bench_lesion_score's bookkeeping: candidates matched to the reference nodules (LUNA16 hit rule) with their
+elongation split by hit and miss, and the counts at an operating point. (The score kinds themselves are tested in
+tests/inference/test_export.py; the prediction and evaluation it calls are the pipeline's own.)"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import shutil
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_lesion_score.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_lesion_score", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_candidates_matched_and_split_by_hit_and_miss(tiny_dataset, tmp_path):
+    from monai_pipeline.data.manifest import load_manifest
+    from monai_pipeline.evaluation.evaluate import read_binary_label
+    from monai_pipeline.io.geometry import sitk_to_xyz_array
+    from monai_pipeline.postprocess import LESION_FIELDS, lesion_table, write_lesion_csv
+
+    entry = load_manifest(tiny_dataset / "manifest.json", "test")[0]
+    ref = read_binary_label(entry["label"])
+    rows = lesion_table(sitk_to_xyz_array(ref.image), ref.geometry)
+    assert len(rows) >= 2
+    far = {**rows[0], "lesion": len(rows) + 1, "centroid_x_mm": rows[0]["centroid_x_mm"] + 500.0,
+           "elongation": 9.0}
+    cands = [{**r, "score": 0.9 - 0.1 * k} for k, r in enumerate(rows[1:])] + [{**far, "score": 0.95}]
+    shutil.copy(entry["label"], tmp_path / f"{entry['case_id']}.nii.gz")  # the reference as the predicted mask
+    write_lesion_csv(cands, tmp_path / f"{entry['case_id']}_lesions.csv")
+    with open(tmp_path / f"{entry['case_id']}_lesions.csv") as fh:
+        assert tuple(next(csv.reader(fh))) == LESION_FIELDS
+
+    scans, shape = _bench().matched_scans(tmp_path, [entry])
+    (scan,) = scans
+    assert scan.fp_scores == [0.95], "the candidate 500 mm away is the one false positive"
+    assert scan.nodule_scores[0] is None and all(s is not None for s in scan.nodule_scores[1:])
+    assert shape["miss"] == [9.0] and shape["hit"] == [r["elongation"] for r in rows[1:]]
+    assert _bench().at_threshold(scans, 0.9) == (1.0, pytest.approx(1 / len(rows)))
+
+
+def test_counts_at_a_threshold():
+    from monai_pipeline.evaluation.detection import ScanDetections
+
+    scans = [ScanDetections("a", [0.9, None], [0.95, 0.5]), ScanDetections("b", [0.6], [0.7, 0.3])]
+    assert _bench().at_threshold(scans, 0.6) == (1.0, pytest.approx(2 / 3))
+    assert _bench().at_threshold(scans, None) == (2.0, pytest.approx(2 / 3))
