@@ -82,12 +82,12 @@ def one_kind(kind: str, model: Path, manifest: Path, out: Path, device: str) -> 
 def table(results: list[dict]) -> str:
     import numpy as np
 
-    lines = ["| score | CPM (all candidates) | threshold (validation) | FP/scan at it | sensitivity at it |",
-             "| --- | ---: | ---: | ---: | ---: |"]
+    lines = ["| score | CPM (all candidates) | threshold (validation) | FP/scan at it | sensitivity at it | "
+             "Dice (all candidates kept) |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
-        thr = "none" if r["threshold"] is None else f"{r['threshold']:.4f}"
+        thr = "none" if r["threshold"] is None else f"{r['threshold']:.5f}"
         lines.append(f"| {r['kind']} | {r['cpm']:.3f} | {thr} | {r['test_fp_per_scan']:.2f} | "
-                     f"{r['test_sensitivity']:.3f} |")
+                     f"{r['test_sensitivity']:.3f} | {r['dice']:.3f} |")
     shape = results[0]["elongation"]
     for k in ("hit", "miss"):
         v = np.asarray(shape[k])
