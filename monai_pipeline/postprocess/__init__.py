@@ -12,8 +12,8 @@ from typing import Any
 
 _EXPORTS = {
     "PostprocessMask": "array", "PostprocessMaskd": "dictionary",
-    "LESION_FIELDS": "lesions", "elongation": "lesions", "lesion_table": "lesions", "principal_moments": "lesions",
-    "write_lesion_csv": "lesions",
+    "LESION_FIELDS": "lesions", "lesion_table": "lesions", "write_lesion_csv": "lesions",
+    "elongation": "ops", "principal_moments": "ops", "remove_elongated_components": "ops",
     "binary_close": "ops", "binary_open": "ops", "fill_holes": "ops", "keep_components_in_region": "ops",
     "keep_largest_component": "ops", "remove_small_components": "ops",
     "STEPS": "steps", "StepContext": "steps", "check_steps": "steps", "postprocess_array": "steps",

@@ -15,6 +15,7 @@ from scipy.spatial.distance import pdist
 from monai_pipeline.arrays import bounding_box, label_components
 from monai_pipeline.io.geometry import Geometry
 from monai_pipeline.io.writer import atomic_write_text
+from monai_pipeline.postprocess.ops import elongation
 
 LESION_FIELDS = ("lesion", "volume_mm3", "equivalent_diameter_mm", "longest_axial_diameter_mm", "elongation",
                  "centroid_x_mm", "centroid_y_mm", "centroid_z_mm", "mean_hu", "max_hu", "n_voxels", "score")
@@ -44,26 +45,6 @@ def longest_axial_diameter(component: np.ndarray, spacing) -> float:
             continue
         best = max(best, _longest_in_plane(pts * [sx, sy]) + min(sx, sy))
     return best
-
-
-def principal_moments(idx: np.ndarray, spacing, voxel_extent: bool = True) -> np.ndarray:
-    """Eigenvalues (mm^2, ascending) of the covariance of a component's voxel centres in physical space, from its
-    voxel indices ``idx`` (N, 3) on a grid of ``spacing`` (mm, same axis order); the direction cosines rotate the
-    covariance without changing them. ``voxel_extent=False`` gives SimpleITK's ``GetPrincipalMoments``; the default
-    adds each voxel's own extent (a uniform box: spacing^2 / 12 per axis), so a one-voxel-thick line still has a
-    width."""
-    pts = np.asarray(idx, dtype=np.float64) * np.asarray(spacing, dtype=np.float64)
-    cov = np.cov(pts, rowvar=False, bias=True) if len(pts) > 1 else np.zeros((3, 3))
-    if voxel_extent:
-        cov = cov + np.diag(np.asarray(spacing, dtype=np.float64) ** 2 / 12.0)
-    return np.clip(np.linalg.eigvalsh(cov), 0.0, None)
-
-
-def elongation(idx: np.ndarray, spacing) -> float:
-    """sqrt(largest / middle principal moment) (SimpleITK's definition, with each voxel's extent): about 1 for a
-    sphere or a disc, large for a vessel-like tube."""
-    m = principal_moments(idx, spacing)
-    return float(np.sqrt(m[2] / m[1]))
 
 
 def lesion_table(mask: np.ndarray, geometry: Geometry, hu: np.ndarray | None = None,

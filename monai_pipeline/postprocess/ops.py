@@ -30,6 +30,44 @@ def remove_small_components(mask: np.ndarray, spacing: Sequence[float], min_volu
     return keep[lab]
 
 
+def principal_moments(idx: np.ndarray, spacing, voxel_extent: bool = True) -> np.ndarray:
+    """Eigenvalues (mm^2, ascending) of the covariance of a component's voxel centres in physical space, from its
+    voxel indices ``idx`` (N, 3) on a grid of ``spacing`` (mm, same axis order); the direction cosines rotate the
+    covariance without changing them. ``voxel_extent=False`` gives SimpleITK's ``GetPrincipalMoments``; the default
+    adds each voxel's own extent (a uniform box: spacing^2 / 12 per axis), so a one-voxel-thick line still has a
+    width."""
+    pts = np.asarray(idx, dtype=np.float64) * np.asarray(spacing, dtype=np.float64)
+    cov = np.cov(pts, rowvar=False, bias=True) if len(pts) > 1 else np.zeros((3, 3))
+    if voxel_extent:
+        cov = cov + np.diag(np.asarray(spacing, dtype=np.float64) ** 2 / 12.0)
+    return np.clip(np.linalg.eigvalsh(cov), 0.0, None)
+
+
+def elongation(idx: np.ndarray, spacing) -> float:
+    """sqrt(largest / middle principal moment) (SimpleITK's definition, with each voxel's extent): about 1 for a
+    sphere or a disc, large for a vessel-like tube."""
+    m = principal_moments(idx, spacing)
+    return float(np.sqrt(m[2] / m[1]))
+
+
+def remove_elongated_components(mask: np.ndarray, spacing: Sequence[float], max_elongation: float,
+                                connectivity: int = 26) -> np.ndarray:
+    """Drop connected components whose :func:`elongation` exceeds ``max_elongation`` (vessel-like tubes; a
+    nodule is about 1); each component is measured inside its own bounding box."""
+    m = np.asarray(mask, dtype=bool)
+    if max_elongation <= 0 or not m.any():
+        return m.copy()
+    lab, _ = label_components(m, connectivity)
+    out = m.copy()
+    for i, sl in enumerate(ndimage.find_objects(lab), start=1):
+        if sl is None:
+            continue
+        comp = lab[sl] == i
+        if elongation(np.argwhere(comp), spacing) > max_elongation:
+            out[sl][comp] = False
+    return out
+
+
 def keep_largest_component(mask: np.ndarray, connectivity: int = 26) -> np.ndarray:
     m = np.asarray(mask, dtype=bool)
     lab, n = label_components(m, connectivity)

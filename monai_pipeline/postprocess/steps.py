@@ -39,6 +39,7 @@ from monai_pipeline.postprocess.ops import (
     fill_holes,
     keep_components_in_region,
     keep_largest_component,
+    remove_elongated_components,
     remove_small_components,
 )
 
@@ -166,6 +167,12 @@ def fill_holes_step(mask: np.ndarray, ctx: StepContext) -> np.ndarray:
 def remove_small(mask: np.ndarray, ctx: StepContext, *, min_volume_mm3: float) -> np.ndarray:
     """Drop components smaller than ``min_volume_mm3``; 0 = off."""
     return remove_small_components(mask, ctx.spacing, min_volume_mm3, ctx.connectivity) if min_volume_mm3 > 0 else mask
+
+
+@register_step("shape_filter")
+def shape_filter(mask: np.ndarray, ctx: StepContext, *, max_elongation: float) -> np.ndarray:
+    """Drop components more elongated than ``max_elongation`` (vessel-like); 0 = off."""
+    return remove_elongated_components(mask, ctx.spacing, max_elongation, ctx.connectivity)
 
 
 @register_step("keep_largest")

@@ -146,3 +146,25 @@ def test_a_scan_without_lungs_gets_no_candidates_unless_asked(caplog):
     assert postprocess_array(mask, spacing, keep, hu=abdomen, geometry=grid).sum() == mask.sum()
     for cfg in (post, keep):
         assert postprocess_array(mask, spacing, cfg, hu=hu, geometry=grid).sum() == mask.sum()
+
+
+def test_shape_filter_drops_tubes_and_keeps_balls():
+    """The shape_filter step (off by default) removes a vessel-like tube and keeps a ball beside it; each component
+    is judged on its own elongation, in mm (the anisotropic spacing counts)."""
+    from monai_pipeline.config import load_config
+    from monai_pipeline.postprocess import elongation
+    from monai_pipeline.postprocess.steps import postprocess_array
+
+    spacing = (0.7, 0.7, 2.0)
+    mask = np.zeros((60, 40, 20), np.uint8)
+    x, y, z = np.indices(mask.shape)
+    ball = ((x - 15) * 0.7) ** 2 + ((y - 20) * 0.7) ** 2 + ((z - 10) * 2.0) ** 2 <= 5.0 ** 2
+    tube = (np.abs(y - 20) <= 2) & (np.abs(z - 10) <= 0) & (x >= 30) & (x < 58)  # 20 mm x 3.5 mm x 2 mm
+    mask[ball | tube] = 1
+    assert elongation(np.argwhere(tube), spacing) > 3.0 and elongation(np.argwhere(ball), spacing) < 1.2
+    steps = {"lung_filter": {"enabled": False}, "remove_small": {"enabled": False}}
+    default = load_config({"postprocess": {"steps": steps}}).postprocess
+    assert postprocess_array(mask, spacing, default).sum() == mask.sum(), "off by default"
+    on = load_config({"postprocess": {"steps": {**steps, "shape_filter": {"enabled": True, "max_elongation": 2.0}}}})
+    out = postprocess_array(mask, spacing, on.postprocess)
+    np.testing.assert_array_equal(out.astype(bool), ball)
