@@ -15,8 +15,11 @@ import logging
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_for
 from typing import Any
@@ -107,6 +110,26 @@ def _helper_main(conn: Connection, arguments: dict[str, Any], model_sha256: str,
 
 
 # --------------------------------------------------------------------------------------------- parent side
+@contextmanager
+def _helpers_ignore_ctrl_c() -> Iterator[None]:
+    """Ignore SIGINT while helpers start, so that they inherit "ignored" through the spawn's fork and exec.
+
+    Ctrl-C reaches every process of the terminal's group; a helper still importing its modules would print a
+    KeyboardInterrupt traceback. With SIGINT ignored in the helpers, only the parent handles Ctrl-C, and it
+    stops the helpers itself (:meth:`HelperProcesses.__exit__`). Only "ignored" survives an exec (a blocked
+    mask is reset by the spawn), so a Ctrl-C in the milliseconds the starts take is dropped and must be
+    pressed again. Handlers can only be set from the main thread; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class HelperError(Exception):
     """A helper process stopped on an internal error (a bug, not a bad case)."""
 
@@ -144,9 +167,10 @@ class HelperProcesses:
         self.closing = False
 
     def __enter__(self) -> HelperProcesses:
-        for proc, _, child_end in self.links:
-            proc.start()
-            child_end.close()  # the helper's end lives in the helper: its death closes the pipe
+        with _helpers_ignore_ctrl_c():
+            for proc, _, child_end in self.links:
+                proc.start()
+                child_end.close()  # the helper's end lives in the helper: its death closes the pipe
         self.dispatcher.start()
         return self
 

@@ -100,6 +100,23 @@ def test_a_killed_helper_fails_only_the_case_it_held(tiny_dataset, tmp_path):
     assert sorted(ids) == sorted(c for c, _ in cases), "every case accounted for exactly once"
 
 
+def test_ctrl_c_reaching_a_starting_helper_leaves_it_to_the_parent(tiny_dataset, tmp_path):
+    """Ctrl-C goes to the whole process group; a helper still importing its modules must not die of it (with a
+    traceback): it ignores SIGINT, finishes its cases, and the parent keeps its own Ctrl-C handler."""
+    model = tiny_model_file(tmp_path / "model.pt")
+    predictor = Predictor(model, device="cpu")
+    cases = _cases(tiny_dataset)
+    out = tmp_path / "out"
+    out.mkdir()
+    handler = signal.getsignal(signal.SIGINT)
+    with HelperProcesses(1, predictor, cases, CaseOptions(out, predictor.provenance()), 1, False) as helpers:
+        os.kill(helpers.pids[0], signal.SIGINT)  # at once: the helper is still importing torch
+        assert signal.getsignal(signal.SIGINT) is handler
+        outcomes = helpers.outcomes(wait=True)
+    assert outcomes and all(o.reason is None for o in outcomes), [o.reason for o in outcomes]
+    assert len(outcomes) == len(cases)
+
+
 def test_a_helper_that_cannot_start_leaves_its_cases_to_the_others(tiny_dataset, tmp_path, caplog):
     """The model file changes after the batch started: the helper refuses to predict with another model, and
     the batch finishes in the calling process with the model it started with."""
