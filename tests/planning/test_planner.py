@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -104,20 +105,40 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
 """
 
 
+#: glibc's mmap threshold fixed (its default adapts to past frees) so that every buffer over 64 KiB is mapped on
+#: allocation and unmapped on free: the resident set then follows the live tensors, and the peak repeats to 0.1 %
+#: between runs (with the adaptive default it varied 2-3 fold, and a factor-2 band failed at random)
+DETERMINISTIC_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "1"}
+
+
+def measured_step_bytes(kw: dict, patch: list[int], patches: int) -> int:
+    """The peak resident memory (bytes) two training steps add, measured in a fresh interpreter."""
+    env = {**os.environ, **DETERMINISTIC_MALLOC}
+    r = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(kw), json.dumps(patch), str(patches)],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout.strip())
+
+
 @pytest.mark.parametrize("patch,channels,strides", [([64, 64, 48], [16, 32, 64, 128], [[2, 2, 2]] * 3),
                                                     ([96, 96, 32], [32, 64, 128], [[2, 2, 1], [2, 2, 2]])])
 def test_memory_model_bounds_a_measured_training_step(patch, channels, strides):
-    """The estimate is within a factor 2 of the peak memory a real step adds (fp32, CPU): the allocator's reuse
-    makes the measured peak vary between runs (138-414 MB for the first configuration)."""
+    """The estimate lies above the peak memory a real step adds (fp32, CPU), by at most a factor 3: the model
+    budgets twice what this CPU measures, as margin for a GPU's workspaces (11-13 bytes per element measured)."""
     kw = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": channels, "strides": strides,
           "num_res_units": 1, "norm": "instance"}
-    r = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(kw), json.dumps(patch), "2"], capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    measured = int(r.stdout.strip())
+    measured = measured_step_bytes(kw, patch, 2)
     estimate = training_memory_bytes(patch, strides, channels, 2)
-    assert measured / 2 <= estimate <= 2 * measured, (measured, estimate)
+    assert measured <= estimate <= 3 * measured, (measured, estimate)
     assert estimate == BYTES_PER_ACTIVATION * 2 * activation_elements(patch, strides, channels)
+
+
+def test_the_measurement_repeats():
+    """Two measurements of the same step agree within 2 %: the bounds above test the model, not the allocator."""
+    kw = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [8, 16, 32], "strides": [[2, 2, 2]] * 2,
+          "num_res_units": 1, "norm": "instance"}
+    a, b = (measured_step_bytes(kw, [48, 48, 32], 2) for _ in range(2))
+    assert abs(a - b) <= 0.02 * max(a, b), (a, b)
 
 
 def test_lidc_config_is_the_planners_output_for_the_lidc_fingerprint(tmp_path):
