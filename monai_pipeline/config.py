@@ -154,6 +154,12 @@ class NetworkConfig:
     def out_channels(self) -> int:
         return int(self.kwargs.get("out_channels", 2))
 
+    @property
+    def deep_supervision(self) -> bool:
+        """True for DynUNet with ``deep_supervision``: in training mode its output stacks the main head and
+        ``deep_supr_num`` coarser heads (upsampled to the patch) on axis 1; in evaluation mode only the main head."""
+        return self.name == "DynUNet" and bool(self.kwargs.get("deep_supervision", False))
+
 
 @dataclass(frozen=True)
 class TrainingConfig:

@@ -38,6 +38,7 @@ from monai_pipeline.training.distributed import (
 from monai_pipeline.training.labels import (
     DATA_KEYS,
     ReaderAgreementBatch,
+    StackedDeepSupervisionLoss,
     build_loss,
     build_prepare_batch,
     bundle_training_files,
@@ -48,10 +49,9 @@ from monai_pipeline.training.preemption import PREEMPTED_MARKER, PreemptionHandl
 from monai_pipeline.training.run import train
 
 __all__ = ["BEST_NAME", "DATA_KEYS", "LAST_PREFIX", "PREEMPTED_MARKER", "BestCheckpoint", "CSVLogger", "DistContext",
-           "PreemptionHandler", "ReaderAgreementBatch", "RunContext", "build_evaluator", "build_loss",
-           "build_optimizer", "build_prepare_batch", "build_scheduler", "build_trainer", "bundle_training_files",
-           "check_training_data", "checkpoint_epoch", "compute_intensity_stats", "init_distributed",
-           "latest_checkpoint", "make_dataset", "plot_training_curve", "read_log", "resolve_device",
-           "schedule_handlers",
-           "tensorboard_handlers", "train", "training_labels", "weights_fingerprint", "with_intensity_stats",
-           "write_last_checkpoint"]
+           "PreemptionHandler", "ReaderAgreementBatch", "RunContext", "StackedDeepSupervisionLoss", "build_evaluator",
+           "build_loss", "build_optimizer", "build_prepare_batch", "build_scheduler", "build_trainer",
+           "bundle_training_files", "check_training_data", "checkpoint_epoch", "compute_intensity_stats",
+           "init_distributed", "latest_checkpoint", "make_dataset", "plot_training_curve", "read_log",
+           "resolve_device", "schedule_handlers", "tensorboard_handlers", "train", "training_labels",
+           "weights_fingerprint", "with_intensity_stats", "write_last_checkpoint"]

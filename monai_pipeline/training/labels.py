@@ -1,5 +1,6 @@
 """What training learns from: the keys of a manifest entry, the label of each ``training.label_mode`` (consensus,
-soft reader agreement, any reader), the loss and the trainer's ``prepare_batch``. ``train`` and the bundle's
+soft reader agreement, any reader), the loss (deeply supervised when the network is) and the trainer's
+``prepare_batch``. ``train`` and the bundle's
 ``train.json`` both use these."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import torch
 from monai.engines.utils import default_prepare_batch
-from monai.losses import DiceCELoss
+from monai.losses import DeepSupervisionLoss, DiceCELoss
 
 from monai_pipeline.config import PipelineConfig
 from monai_pipeline.data.manifest import load_manifest
@@ -67,10 +68,24 @@ class ReaderAgreementBatch:
         return image, torch.cat([1.0 - p, p], dim=1)
 
 
-def build_loss(cfg: PipelineConfig) -> DiceCELoss:
+class StackedDeepSupervisionLoss(DeepSupervisionLoss):
+    """MONAI's :class:`~monai.losses.DeepSupervisionLoss` for a network whose training output stacks its heads on
+    axis 1, ``(B, heads, C, x, y, z)`` with the full-resolution head first (DynUNet with ``deep_supervision``):
+    the heads are scored against the same target and weighted 1, 1/2, 1/4, ... (MONAI's ``exp`` mode, nnU-Net's
+    halving). A plain ``(B, C, x, y, z)`` output (evaluation mode) is scored by the wrapped loss alone."""
+
+    def forward(self, input: torch.Tensor | list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        if isinstance(input, torch.Tensor) and input.ndim == target.ndim + 1:
+            input = list(torch.unbind(input, dim=1))
+        return super().forward(input, target)
+
+
+def build_loss(cfg: PipelineConfig) -> torch.nn.Module:
     """DiceCE on the softmax: against the one-hot label (consensus, any-reader) or the two-channel probability
-    target of ``label_mode`` soft. ``train`` and the bundle's ``train.json`` both use it."""
-    return DiceCELoss(to_onehot_y=cfg.training.label_mode != "soft", softmax=True)
+    target of ``label_mode`` soft; over every head when the network is deeply supervised
+    (:class:`StackedDeepSupervisionLoss`). ``train`` and the bundle's ``train.json`` both use it."""
+    loss = DiceCELoss(to_onehot_y=cfg.training.label_mode != "soft", softmax=True)
+    return StackedDeepSupervisionLoss(loss) if cfg.network.deep_supervision else loss
 
 
 def build_prepare_batch(cfg: PipelineConfig):
