@@ -153,7 +153,7 @@ def candidates_csv(rows: Sequence[tuple[str, Sequence[float], float]]) -> str:
     w = csv.writer(buf)
     w.writerow(LUNA16_COLUMNS)
     for uid, (x, y, z), p in rows:
-        w.writerow([uid, f"{x:.3f}", f"{y:.3f}", f"{z:.3f}", f"{p:.6g}"])
+        w.writerow([uid, f"{x:.3f}", f"{y:.3f}", f"{z:.3f}", f"{p:.15g}"])
     return buf.getvalue()
 
 

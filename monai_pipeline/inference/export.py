@@ -149,19 +149,22 @@ def invert_foreground(margin_net: np.ndarray, affine_ras: np.ndarray, geometry: 
     return out.transpose(2, 1, 0)
 
 
-def probability_score(fg_net: np.ndarray, affine_ras: np.ndarray, geometry: Geometry, kind: str = "max") -> ScoreFn:
-    """A lesion scorer: the ``kind`` (``max`` or ``mean``) of the network-space foreground probability ``fg_net``
-    (x, y, z; voxel-to-RAS ``affine_ras``) over the network voxels nearest to the lesion's voxels on ``geometry``'s
-    grid (each network voxel counted once). The maximum saturates near 1 for any confident blob; the mean also
-    falls with a lesion's share of uncertain boundary voxels, so it ranks more finely."""
-    reduce = {"max": np.max, "mean": np.mean}[kind]
+def probability_score(bg_net: np.ndarray, affine_ras: np.ndarray, geometry: Geometry, kind: str = "max") -> ScoreFn:
+    """A lesion scorer: the ``kind`` (``max`` or ``mean``) of the foreground probability over the network voxels
+    nearest to the lesion's voxels on ``geometry``'s grid (each network voxel counted once), from the
+    network-space background probability ``bg_net`` (x, y, z; voxel-to-RAS ``affine_ras``) as ``1 - bg`` in
+    float64. A confident foreground probability is 1 to float32's precision (6e-8) once the logit margin passes
+    about 17, while the background probability still tells such lesions apart (float32 keeps 1e-38), so the score
+    ranks confident lesions instead of tying them. The maximum saturates near 1 for any confident blob; the mean
+    also falls with a lesion's share of uncertain boundary voxels."""
+    reduce = {"max": np.min, "mean": np.mean}[kind]
     to_net = np.linalg.inv(np.asarray(affine_ras, dtype=np.float64)) @ LPS_TO_RAS @ geometry.lps_affine()
-    upper = np.asarray(fg_net.shape) - 1
+    upper = np.asarray(bg_net.shape) - 1
 
     def score(idx: np.ndarray) -> float:
         ijk = np.rint(idx @ to_net[:3, :3].T + to_net[:3, 3]).astype(np.int64)
         ijk = np.unique(np.clip(ijk, 0, upper), axis=0)
-        return float(reduce(fg_net[ijk[:, 0], ijk[:, 1], ijk[:, 2]]))
+        return 1.0 - float(reduce(bg_net[ijk[:, 0], ijk[:, 1], ijk[:, 2]].astype(np.float64)))
 
     return score
 
@@ -189,13 +192,14 @@ def export_prediction(probs: torch.Tensor, affine_ras: np.ndarray, original, cfg
     affine_ras = np.asarray(affine_ras, dtype=np.float64)
     hu = original[0].numpy() if isinstance(original, torch.Tensor) else np.asarray(original)[0]
     fg_net = probs[1:].sum(0).float().cpu().numpy()
+    bg_net = probs[0].float().cpu().numpy()
     if cfg.inference.resample == "linear" and probs.shape[0] == 2:
-        mask = invert_foreground(fg_net - probs[0].float().cpu().numpy(), affine_ras, geometry)
+        mask = invert_foreground(fg_net - bg_net, affine_ras, geometry)
     else:
         mask = sitk_to_xyz_array(resample_to_grid(decide(probs), affine_ras, geometry))
     if postprocess:
         mask = postprocess_case(mask, hu, geometry, cfg)
-    score = probability_score(fg_net, affine_ras, geometry, cfg.inference.lesion_score)
+    score = probability_score(bg_net, affine_ras, geometry, cfg.inference.lesion_score)
     lesions, labels = lesion_table(mask, geometry, hu, cfg.postprocess.connectivity, score=score, return_labels=True)
     threshold = cfg.inference.min_lesion_score
     if postprocess and threshold > 0 and any(r["score"] < threshold for r in lesions):

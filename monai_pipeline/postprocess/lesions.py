@@ -89,7 +89,7 @@ def lesion_table(mask: np.ndarray, geometry: Geometry, hu: np.ndarray | None = N
             "mean_hu": round(float(hu_box[sl][comp].mean()), 2) if hu_box is not None else float("nan"),
             "max_hu": round(float(hu_box[sl][comp].max()), 2) if hu_box is not None else float("nan"),
             "n_voxels": int(len(idx)),
-            "score": round(float(score(idx)), 5) if score is not None else "",
+            "score": float(score(idx)) if score is not None else "",  # unrounded: it ranks
         })
     if not return_labels:
         return rows

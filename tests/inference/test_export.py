@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 from scipy import ndimage
 
 from monai_pipeline.inference.export import invert_foreground, resample_to_grid
@@ -103,6 +104,27 @@ def test_lesion_score_max_and_mean_over_network_voxels_each_counted_once() -> No
     affine_ras = LPS_TO_RAS @ net.lps_affine()
     # 16 input voxels over network voxels (3,3,3) and (4,3,3), plus one over (5,3,3)
     idx = np.array([(x, y, z) for x in range(6, 10) for y in (6, 7) for z in (6, 7)] + [(10, 6, 6)])
-    assert probability_score(fg, affine_ras, fine, "max")(idx) == pytest.approx(1.0)
-    assert probability_score(fg, affine_ras, fine, "mean")(idx) == pytest.approx((1.0 + 0.6 + 0.2) / 3)
-    assert probability_score(fg, affine_ras, fine)(idx[:8]) == pytest.approx(1.0), "max is the default"
+    bg = 1.0 - fg  # the scorer reads the background probability
+    assert probability_score(bg, affine_ras, fine, "max")(idx) == pytest.approx(1.0)
+    assert probability_score(bg, affine_ras, fine, "mean")(idx) == pytest.approx((1.0 + 0.6 + 0.2) / 3)
+    assert probability_score(bg, affine_ras, fine)(idx[:8]) == pytest.approx(1.0), "max is the default"
+
+
+@pytest.mark.parametrize("kind", ["max", "mean"])
+def test_lesion_scores_rank_where_the_foreground_probability_saturates(kind) -> None:
+    """Logit margins of 20 and 25 both give a float32 softmax foreground probability of exactly 1.0; the scores
+    (from the background probability, in float64) still rank them, and agree with 1 - exp(-margin)."""
+    from monai_pipeline.inference.export import probability_score
+    from monai_pipeline.io.geometry import LPS_TO_RAS
+
+    eye = tuple(np.eye(3).reshape(-1))
+    grid = Geometry((8, 8, 8), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), eye)
+    logits = torch.zeros(2, 8, 8, 8)
+    logits[1, 2, 2, 2], logits[1, 5, 5, 5] = 20.0, 25.0
+    probs = torch.softmax(logits, dim=0)
+    assert probs[1, 2, 2, 2].item() == probs[1, 5, 5, 5].item() == 1.0, "saturated in float32"
+    score = probability_score(probs[0].numpy(), LPS_TO_RAS @ grid.lps_affine(), grid, kind)
+    weak, strong = score(np.array([[2, 2, 2]])), score(np.array([[5, 5, 5]]))
+    assert weak < strong < 1.0
+    assert 1.0 - weak == pytest.approx(np.exp(-20.0), rel=1e-5) and 1.0 - strong == pytest.approx(np.exp(-25.0),
+                                                                                                 rel=1e-5)
