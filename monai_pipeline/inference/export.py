@@ -12,7 +12,8 @@ so the same model gives the same mask through every door:
    uint8 label (also the rule for more than two classes);
 3. :func:`~monai_pipeline.postprocess.postprocess_case` in mm on the input grid (lung filter, morphology,
    hole filling, small components) -- ``monai-pipeline postprocess`` runs the same function on a saved mask;
-4. the lesion table, each lesion scored by its maximum foreground probability (network space); with
+4. the lesion table, each lesion scored by its maximum foreground probability (network space, from the
+   background probability so that it ranks where the foreground one saturates: :func:`probability_score`); with
    post-processing on, lesions scoring below ``inference.min_lesion_score`` (the operating point ``train``
    chose on its validation cases) leave the mask and the table;
 5. :func:`write_prediction`: mask, lesion table, optional probability map and the done-marker, atomically.

@@ -1,0 +1,27 @@
+"""bench_lidc_epochs reads a cross-validation's figures and each fold's validation Dice from its files."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_lidc_epochs.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_lidc_epochs", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_validation_rows_and_figures(tmp_path):
+    mod = _bench()
+    (tmp_path / "fold_0").mkdir()
+    (tmp_path / "fold_0" / "log.csv").write_text("epoch,train_loss,lr,val_mean_dice,seconds\n1,0.9,0.003,,2.0\n"
+                                                 "2,0.8,0.002,0.1234,2.0\n3,0.7,0.001,,2.0\n4,0.6,0.0,0.25,2.0\n")
+    assert mod.validations(tmp_path) == {"fold_0": [(2, 0.123), (4, 0.25)]}
+    summary = {"metrics": {"dice": {"mean": 0.2}}, "reader_agreement": {"model_vs_consensus": {"mean": 0.3}},
+               "lesion_sensitivity_pooled": 0.4, "lesion_false_positives_per_scan": 1.5, "detection": {"cpm": 0.25}}
+    assert mod.figures(summary) == {"case_dice": 0.2, "nodule_dice_vs_consensus": 0.3, "sensitivity": 0.4,
+                                    "fp_per_scan": 1.5, "cpm": 0.25}
