@@ -85,7 +85,7 @@ def table(results: list[dict]) -> str:
     lines = ["| score | CPM (all candidates) | threshold (validation) | FP/scan at it | sensitivity at it | "
              "Dice (all candidates kept) |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
-        thr = "none" if r["threshold"] is None else f"{r['threshold']:.5f}"
+        thr = "none" if r["threshold"] is None else f"{r['threshold']:.8g}"
         lines.append(f"| {r['kind']} | {r['cpm']:.3f} | {thr} | {r['test_fp_per_scan']:.2f} | "
                      f"{r['test_sensitivity']:.3f} | {r['dice']:.3f} |")
     shape = results[0]["elongation"]

@@ -73,7 +73,7 @@ def operating_point(model: str | Path, val_files: list[dict], fp_per_scan: float
         logger.warning("operating point: no lesion-score threshold keeps a detected validation nodule at <= %g "
                        "false positives per scan; every candidate is kept", fp_per_scan)
     else:
-        logger.info("operating point on %d validation scans: lesion score >= %.4g, %.2f false positives per scan, "
+        logger.info("operating point on %d validation scans: lesion score >= %.10g, %.2f false positives per scan, "
                     "sensitivity %.2f", point["n_scans"], point["threshold"], point["fp_per_scan"],
                     point["sensitivity"])
     return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in point.items()}
