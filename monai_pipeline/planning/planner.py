@@ -24,7 +24,7 @@ The rules, in order (axes x, y, z of the RAS array; spacings in mm, sizes in vox
    device (15 % kept for validation and loading), or the number asked for.
 
 Training memory is estimated as ``BYTES_PER_ACTIVATION`` bytes per feature-map element summed over levels per
-patch: 2.4-4 times the 8-13 bytes measured for MONAI's UNet (forward and backward, fp32, AdamW) on this project's
+patch: 3-5 times the 7-10 bytes measured for MONAI's UNet (forward and backward, fp32, AdamW) on this project's
 CPU (``tests/planning``), the margin for cuDNN workspaces and allocator fragmentation on a GPU.
 """
 

@@ -90,24 +90,40 @@ def test_epochs_from_a_time_budget():
 
 
 MEASURE = """
-import json, resource, sys, torch
+import json, sys, torch
 from monai.networks.nets import UNet
 torch.set_num_threads(1)
 kw, patch, n = json.loads(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3])
 net = UNet(**kw)
 opt = torch.optim.AdamW(net.parameters())
 x = torch.randn(n, 1, *patch)
-# the peak the steps reach above the memory in use before them (the imports' own peak may lie higher)
-before = int(next(ln for ln in open("/proc/self/status") if ln.startswith("VmRSS")).split()[1])
-for _ in range(2):
+
+
+def step():
     opt.zero_grad(); net(x).mean().backward(); opt.step()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+
+
+def status(key):
+    return int(next(ln for ln in open("/proc/self/status") if ln.startswith(key)).split()[1]) * 1024
+
+
+# one step first: the libraries' code pages, the optimiser's state and their caches are resident before measuring
+# (under memory pressure the kernel may have dropped code pages, which a first step would fault back in)
+step()
+with open("/proc/self/clear_refs", "w") as fh:
+    fh.write("5")  # the peak resident size (VmHWM) starts again from the current one (Linux >= 4.0)
+before = status("VmRSS")
+for _ in range(2):
+    step()
+print(status("VmHWM") - before)
 """
 
 
 #: glibc's mmap threshold fixed (its default adapts to past frees) so that every buffer over 64 KiB is mapped on
 #: allocation and unmapped on free: the resident set then follows the live tensors, and the peak repeats to 0.1 %
-#: between runs (with the adaptive default it varied 2-3 fold, and a factor-2 band failed at random)
+#: between runs (with the adaptive default it varied 2-3 fold, and a factor-2 band failed at random). The peak is
+#: taken over two steps after a first one (``MEASURE``), and the smaller of two runs counts: an import's own peak
+#: and code pages faulted in again under memory pressure once made a run of the suite read 464 MB for 111 MB.
 DETERMINISTIC_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "1"}
 
 
@@ -123,13 +139,13 @@ def measured_step_bytes(kw: dict, patch: list[int], patches: int) -> int:
 @pytest.mark.parametrize("patch,channels,strides", [([64, 64, 48], [16, 32, 64, 128], [[2, 2, 2]] * 3),
                                                     ([96, 96, 32], [32, 64, 128], [[2, 2, 1], [2, 2, 2]])])
 def test_memory_model_bounds_a_measured_training_step(patch, channels, strides):
-    """The estimate lies above the peak memory a real step adds (fp32, CPU), by at most a factor 3: the model
-    budgets twice what this CPU measures, as margin for a GPU's workspaces (11-13 bytes per element measured)."""
+    """The estimate lies above the peak memory a real step adds (fp32, CPU), by at most a factor 4: the model
+    budgets 3-3.5 times what this CPU measures, as margin for a GPU's workspaces (9-10 bytes per element)."""
     kw = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": channels, "strides": strides,
           "num_res_units": 1, "norm": "instance"}
-    measured = measured_step_bytes(kw, patch, 2)
+    measured = min(measured_step_bytes(kw, patch, 2) for _ in range(2))
     estimate = training_memory_bytes(patch, strides, channels, 2)
-    assert measured <= estimate <= 3 * measured, (measured, estimate)
+    assert measured <= estimate <= 4 * measured, (measured, estimate)
     assert estimate == BYTES_PER_ACTIVATION * 2 * activation_elements(patch, strides, channels)
 
 
