@@ -110,8 +110,12 @@ def status(key):
 # one step first: the libraries' code pages, the optimiser's state and their caches are resident before measuring
 # (under memory pressure the kernel may have dropped code pages, which a first step would fault back in)
 step()
-with open("/proc/self/clear_refs", "w") as fh:
-    fh.write("5")  # the peak resident size (VmHWM) starts again from the current one (Linux >= 4.0)
+try:
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")  # the peak resident size (VmHWM) starts again from the current one (Linux >= 4.0)
+except OSError:
+    print(-1)  # no resettable peak here: nothing trustworthy to report
+    sys.exit(0)
 before = status("VmRSS")
 for _ in range(2):
     step()
@@ -133,6 +137,9 @@ def measured_step_bytes(kw: dict, patch: list[int], patches: int) -> int:
     r = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(kw), json.dumps(patch), str(patches)],
                        capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr
+    if int(r.stdout.strip()) < 0:
+        pytest.skip("/proc/self/clear_refs cannot reset the peak resident size here (not Linux >= 4.0, or /proc "
+                    "read-only)")
     return int(r.stdout.strip())
 
 
