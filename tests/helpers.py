@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -65,3 +66,12 @@ def dciodvfy_errors(path: Path) -> list[str]:
         pytest.skip("dciodvfy missing: apt-get install dicom3tools")
     out = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=120)
     return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+
+
+def load_benchmark(name: str):
+    """The script ``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

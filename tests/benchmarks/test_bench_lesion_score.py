@@ -5,20 +5,15 @@ tests/inference/test_export.py; the prediction and evaluation it calls are the p
 from __future__ import annotations
 
 import csv
-import importlib.util
 import shutil
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_lesion_score.py"
+from tests.helpers import load_benchmark
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_lesion_score", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("bench_lesion_score")
 
 
 def test_candidates_matched_and_split_by_hit_and_miss(tiny_dataset, tmp_path):

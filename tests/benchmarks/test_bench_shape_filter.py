@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_shape_filter.py"
+from tests.helpers import load_benchmark
 
 
 def _choose(rows):
-    spec = importlib.util.spec_from_file_location("bench_shape_filter", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("bench_shape_filter")
     return mod.choose([{"cut": c, "sensitivity": s, "fp_per_scan": f} for c, s, f in rows])
 
 
