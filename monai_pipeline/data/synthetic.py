@@ -256,16 +256,48 @@ def add_scanner_noise(img: np.ndarray, rng: np.random.Generator, noise_hu: float
 
 
 def chest_anatomy(shape: tuple[int, int, int], spacing: tuple[float, float, float], rng: np.random.Generator,
-                  offset_mm: tuple[float, float, float] = (0.0, 0.0, 0.0),
-                  height_mm: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  offset_mm: tuple[float, float, float] = (0.0, 0.0, 0.0), height_mm: float | None = None,
+                  cover_mm: list[np.ndarray] | None = None,
+                  max_shift_mm: float = 30.0) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
     """A noise-free phantom chest without nodules on a canonical (identity direction, x y z) grid of ``shape``
     voxels and ``spacing`` mm whose centre lies ``offset_mm`` from the phantom's centre; ``height_mm`` is the
-    phantom's cranio-caudal size (default: the grid's). Returns HU (float32) and the lung mask (bool)."""
+    phantom's cranio-caudal size (default: the grid's).
+
+    ``cover_mm``: point sets (each N x 3, mm from the grid's centre, x y z) that should lie in the lungs, such as
+    the voxels of nodules drawn by readers in a real chest: the phantom is then shifted in-plane (x, y) by up to
+    ``max_shift_mm``, on a 5 mm lattice, to hold as many of them as possible (:func:`lung_shift`).
+
+    Returns HU (float32), the lung mask (bool) and the in-plane shift applied (mm, x y)."""
     half_width = 0.47 * shape[0] * spacing[0]
     ph = _Phantom(rng, half_width=half_width * rng.uniform(0.9, 1.0), height=height_mm or shape[2] * spacing[2])
     vessels = _vessel_tree(ph, rng)
-    img, _, lung = _render(ph, shape, spacing, vessels, [], rng, noise_hu=0.0, offset=offset_mm)
-    return img, lung
+    shift = lung_shift(ph, cover_mm, offset_mm, max_shift_mm) if cover_mm else (0.0, 0.0)
+    offset = (offset_mm[0] + shift[0], offset_mm[1] + shift[1], offset_mm[2])
+    img, _, lung = _render(ph, shape, spacing, vessels, [], rng, noise_hu=0.0, offset=offset)
+    return img, lung, shift
+
+
+#: a point set counts as held by the lungs when at least this fraction of its points lies in them
+COVERED_FRACTION = 0.95
+
+
+def lung_shift(ph: _Phantom, cover_mm: list[np.ndarray], offset_mm: tuple[float, float, float],
+               max_shift_mm: float, step_mm: float = 5.0) -> tuple[float, float]:
+    """In-plane shift (mm, x y) of the grid relative to the phantom, on a ``step_mm`` lattice within
+    ``max_shift_mm`` per axis, that puts the most point sets of ``cover_mm`` (each N x 3, mm from the grid's
+    centre) at least :data:`COVERED_FRACTION` inside the phantom's lungs; ties go to the larger total fraction
+    (to 0.001), then to the smaller shift. Deterministic; no random draws."""
+    n = int(max_shift_mm // step_mm)
+    steps = [k * step_mm for k in range(-n, n + 1)]
+    best_key, best = None, (0.0, 0.0)
+    for dx in steps:
+        for dy in steps:
+            fr = [float(ph.lung(p[:, 0] + (offset_mm[0] + dx), p[:, 1] + (offset_mm[1] + dy),
+                                p[:, 2] + offset_mm[2]).mean()) for p in cover_mm]
+            key = (sum(f >= COVERED_FRACTION for f in fr), round(sum(fr), 3), -(dx * dx + dy * dy))
+            if best_key is None or key > best_key:
+                best_key, best = key, (float(dx), float(dy))
+    return best
 
 
 def _render(ph: _Phantom, shape, spacing, vessels, nodules, rng, noise_hu,

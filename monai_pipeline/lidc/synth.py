@@ -24,8 +24,10 @@ half of them: half way from lung to nodule), so every reader's outline lies on t
 show. Density follows the readers' median texture (1-2 ground glass, 3 part-solid, 4-5 or none solid) and a
 calcification score other than 6 ("absent") adds a calcified core. Marks of nodules under 3 mm (one point)
 become 2.5 mm solid dots, non-nodule marks faint 4 mm opacities: present in the pixels, absent from the labels,
-as in the real data. A nodule that falls outside the phantom's lungs gets a pocket of lung around it (counted
-in the study record). The slices are marked synthetic (DICOM Manufacturer).
+as in the real data. The phantom is shifted in-plane (up to 30 mm) so that its lungs hold the nodules where
+the readers drew them in a real chest; a nodule that still lies less than 95 % inside them gets a round pocket of
+lung around it (each nodule's ``in_lung_fraction`` and ``pocket``, and the shift, are in the study
+record). The slices are marked synthetic (DICOM Manufacturer).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from pydicom.uid import generate_uid
 from scipy import ndimage
 from tqdm import tqdm
 
-from monai_pipeline.data.synthetic import add_scanner_noise, chest_anatomy
+from monai_pipeline.data.synthetic import COVERED_FRACTION, add_scanner_noise, chest_anatomy
 from monai_pipeline.errors import InputError
 from monai_pipeline.io.dicom_writer import write_ct_series
 from monai_pipeline.io.geometry import Geometry, xyz_array_to_sitk
@@ -65,7 +67,7 @@ MATRIX = 512
 LUNG_HU = -850.0
 SOLID_HU, GGO_HU, CALCIFIED_HU, NON_NODULE_HU = 35.0, -600.0, 450.0, -450.0
 NOISE_HU = 20.0
-#: lung put around a nodule that falls outside the phantom's lungs (mm beyond the nodule)
+#: lung put around a nodule that the shifted phantom's lungs still do not hold (mm beyond the nodule, in-plane)
 POCKET_MM = 6.0
 
 
@@ -213,30 +215,38 @@ def render_study(read: LidcRead, layout: StudyLayout, seed: int) -> tuple[np.nda
     rng = np.random.default_rng(seed)
     index = SliceIndex({s: k for k, s in enumerate(layout.sop_uids)}, np.asarray(layout.z_mm))
     nodules, _, problems = build_nodules(read, index, geom, consensus=0.5)
-    # the phantom's centre: the middle of the annotated positions (so they fall in mid-lung), table axis in x/y
+    # the phantom's centre: the middle of the annotated positions (so they fall in mid-lung), table axis in x/y;
+    # shifted in-plane so that the lungs hold the nodules where the readers drew them
     marks = np.array([z for z, _ in _marks(read)])
     mid = 0.5 * (float(marks.min()) + float(marks.max()))
     height = max(280.0, 1.4 * float(np.ptp(marks)) + 60.0)
     vol_centre = float(layout.z_mm[0]) + (shape[2] - 1) / 2.0 * spacing[2]
-    img, lung = chest_anatomy(shape, spacing, rng, offset_mm=(0.0, 0.0, vol_centre - mid), height_mm=height)
+    voxels = [np.concatenate([np.stack(np.unravel_index(a.voxels, shape), axis=1) for a in nod.annotations])
+              for nod in nodules]
+    centre = (np.asarray(shape) - 1) / 2.0
+    cover = [(v - centre) * np.asarray(spacing) for v in voxels]
+    img, lung, shift = chest_anatomy(shape, spacing, rng, offset_mm=(0.0, 0.0, vol_centre - mid), height_mm=height,
+                                     cover_mm=cover)
     drawn, pockets = [], 0
-    for nod in nodules:
-        idx = [np.stack(np.unravel_index(a.voxels, shape), axis=1) for a in nod.annotations]
-        allv = np.concatenate(idx)
-        lo = np.maximum(allv.min(axis=0) - [6, 6, 0], 0)
-        hi = np.minimum(allv.max(axis=0) + [7, 7, 1], shape)
+    margin = int(np.ceil(POCKET_MM / min(spacing[:2]))) + 2
+    for nod, allv in zip(nodules, voxels, strict=True):
+        lo = np.maximum(allv.min(axis=0) - [margin, margin, 0], 0)
+        hi = np.minimum(allv.max(axis=0) + [margin + 1, margin + 1, 1], shape)
         pad = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
         count = np.zeros(tuple(hi - lo), np.float32)
-        for v in idx:
+        for a in nod.annotations:
+            v = np.stack(np.unravel_index(a.voxels, shape), axis=1)
             count[tuple((v - lo).T)] += 1.0
         frac = count / len(nod.annotations)
         f = ndimage.gaussian_filter(frac, sigma=(0.6, 0.6, 0.0))  # in-plane partial volume, none across slices
         core = frac > 0
-        if not lung[pad][core].all():  # outside the phantom's lungs: a pocket of lung around it
+        in_lung = float(lung[pad][core].mean())
+        pocket = in_lung < COVERED_FRACTION
+        if pocket:  # still outside the shifted phantom's lungs: a round pocket of lung around it, slice by slice
             pockets += 1
-            steps = int(np.ceil(POCKET_MM / min(spacing[:2])))
-            grow = ndimage.binary_dilation(core, structure=np.ones((3, 3, 1), bool), iterations=steps) | core
+            dist = ndimage.distance_transform_edt(~core, sampling=(spacing[0], spacing[1], 1e6))
             sub = img[pad]
+            grow = dist <= POCKET_MM
             sub[grow] = np.minimum(sub[grow], LUNG_HU)
         kind, hu, calcified = _appearance(nod.annotations)
         sub = img[pad]
@@ -248,7 +258,7 @@ def render_study(read: LidcRead, layout: StudyLayout, seed: int) -> tuple[np.nda
             target[ndimage.binary_erosion(frac >= 1.0, structure=np.ones((3, 3, 1), bool), iterations=3)] = CALCIFIED_HU
         img[pad] = sub * (1 - f) + target * f
         drawn.append({"readers": nod.readers, "kind": kind, "calcified": calcified,
-                      "voxels_any_reader": int(core.sum())})
+                      "voxels_any_reader": int(core.sum()), "in_lung_fraction": round(in_lung, 3), "pocket": pocket})
     small = 0
     for nr in read.nodule_reads:  # marks of nodules < 3 mm: small solid dots
         if nr.is_small:
@@ -267,7 +277,8 @@ def render_study(read: LidcRead, layout: StudyLayout, seed: int) -> tuple[np.nda
                 img[sl][ball] = np.maximum(img[sl][ball], NON_NODULE_HU)
                 faint += 1
     add_scanner_noise(img, rng, NOISE_HU)
-    return img, {"nodules": drawn, "lung_pockets": pockets, "small_nodule_dots": small, "non_nodule_marks": faint,
+    return img, {"nodules": drawn, "phantom_shift_mm": list(shift), "lung_pockets": pockets,
+                 "small_nodule_dots": small, "non_nodule_marks": faint,
                  "problems": problems}
 
 

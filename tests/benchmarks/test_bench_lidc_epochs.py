@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from tests.helpers import load_benchmark
 
 
@@ -19,3 +21,18 @@ def test_validation_rows_and_figures(tmp_path):
                "lesion_sensitivity_pooled": 0.4, "lesion_false_positives_per_scan": 1.5, "detection": {"cpm": 0.25}}
     assert mod.figures(summary) == {"case_dice": 0.2, "nodule_dice_vs_consensus": 0.3, "sensitivity": 0.4,
                                     "fp_per_scan": 1.5, "cpm": 0.25}
+
+
+def test_split_by_placement(tmp_path):
+    mod = _bench()
+    synth = tmp_path / "synth_lidc.json"
+    synth.write_text(json.dumps({"records": [{"patient_id": "A", "lung_pockets": 0},
+                                             {"patient_id": "B", "lung_pockets": 1}]}))
+    (tmp_path / "reference_lesions.csv").write_text("case_id,lesion,detected,lesion_dice\nA,1,True,0.8\nA,2,False,0\n"
+                                                    "B_s1,1,False,0\n")
+    (tmp_path / "metrics.csv").write_text("case_id,dice,lesion_fp\nA,0.6,1\nB_s1,0.0,3\n")
+    split = mod.by_placement(tmp_path, synth)
+    assert split["in the phantom's lungs"] == {"studies": 1, "nodules": 2, "detected": 1, "nodule_dice": 0.4,
+                                               "case_dice": 0.6, "fp_per_scan": 1.0}
+    assert split["with a lung pocket"] == {"studies": 1, "nodules": 1, "detected": 0, "nodule_dice": 0.0,
+                                           "case_dice": 0.0, "fp_per_scan": 3.0}

@@ -11,7 +11,7 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 
-from monai_pipeline.data.synthetic import NODULE_KINDS, SynthConfig, generate_case
+from monai_pipeline.data.synthetic import NODULE_KINDS, SynthConfig, chest_anatomy, generate_case
 from monai_pipeline.io import read_ct, sitk_to_xyz_array
 
 
@@ -43,6 +43,34 @@ def test_nodule_variety_over_cases():
     assert seen["kind"] == {"solid", "part-solid", "ground-glass"}
     assert seen["shape"] == {"spherical", "lobulated", "spiculated"}
     assert seen["site"] == {"interior", "juxtapleural", "juxtavascular"}
+
+
+def _anatomy(seed: int, **kw):
+    return chest_anatomy((64, 64, 24), (4.0, 4.0, 8.0), np.random.default_rng(seed), height_mm=190.0, **kw)
+
+
+def test_chest_anatomy_shifts_its_lungs_onto_points_drawn_outside_them():
+    img0, lung0, shift0 = _anatomy(5)
+    assert shift0 == (0.0, 0.0)
+    centre = (np.asarray(lung0.shape) - 1) / 2.0
+    # a 3 x 3 voxel block just posterior of the left lung's back edge (y grows posterior), mid-height
+    k = lung0.shape[2] // 2
+    xs = np.nonzero(lung0[:, :, k].any(axis=1))[0]
+    x = int(xs[len(xs) // 4])
+    y = int(np.nonzero(lung0[x, :, k])[0].max()) + 3
+    block = np.array([[x + i, y + j, k] for i in (-1, 0, 1) for j in (-1, 0, 1)])
+    assert not lung0[tuple(block.T)].any()
+    cover = [(block - centre) * np.array([4.0, 4.0, 8.0])]
+    img, lung, shift = _anatomy(5, cover_mm=cover)
+    assert lung[tuple(block.T)].all(), "the shifted lungs hold the block"
+    assert shift != (0.0, 0.0) and max(abs(s) for s in shift) <= 30.0
+    # the shift is a translation of the same phantom, nothing else: equal to asking for that offset directly
+    img_t, lung_t, _ = _anatomy(5, offset_mm=(shift[0], shift[1], 0.0))
+    np.testing.assert_array_equal(img, img_t)
+    np.testing.assert_array_equal(lung, lung_t)
+    # points already inside need no shift
+    inside = np.argwhere(lung0)[:20]
+    assert _anatomy(5, cover_mm=[(inside - centre) * np.array([4.0, 4.0, 8.0])])[2] == (0.0, 0.0)
 
 
 def test_deterministic_for_a_seed():

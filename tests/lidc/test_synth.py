@@ -148,6 +148,26 @@ def test_studies_are_laid_out_like_a_tcia_download(lidc_studies) -> None:
     assert steps["LIDC-IDRI-0509"] == 5.0
 
 
+def test_nodules_sit_in_lung_tissue(lidc_studies, converted) -> None:
+    """The phantom is shifted so that its lungs hold the readers' nodules; those it cannot hold get a pocket.
+    Either way each consensus nodule is surrounded by aerated lung in its slices, as a real nodule is."""
+    _, summary = lidc_studies
+    nodules = [n for rec in summary["records"] for n in rec["nodules"]]
+    for rec in summary["records"]:
+        assert rec["lung_pockets"] == sum(n["pocket"] for n in rec["nodules"])
+        assert all(n["pocket"] == (n["in_lung_fraction"] < 0.95) for n in rec["nodules"])
+        assert all(abs(s) <= 30.0 for s in rec["phantom_shift_mm"])
+    assert sum(not n["pocket"] for n in nodules) >= 2 * len(nodules) / 3, "most nodules lie in the phantom's lungs"
+    for img_path in sorted((converted / "images").glob("*.nii.gz")):
+        hu = _nii(img_path).astype(float)
+        comp, n = ndimage.label(_nii(converted / "labels" / img_path.name) > 0, np.ones((3, 3, 3)))
+        for c in range(1, n + 1):
+            nod = comp == c
+            near = ndimage.binary_dilation(nod, np.ones((3, 3, 1), bool), iterations=3)
+            ring = ndimage.binary_dilation(near, np.ones((3, 3, 1), bool), iterations=3) & ~near & ~(comp > 0)
+            assert np.mean(hu[ring] < -500) > 0.6, (img_path.name, c)  # measured 0.74-1.0
+
+
 def test_lidc_shaped_slices_pass_the_iod_validator(lidc_studies) -> None:
     from tests.helpers import dciodvfy_errors
 
