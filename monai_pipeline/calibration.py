@@ -8,7 +8,9 @@ is the lowest score at which the validation false positives per scan stay at or 
 ``training.operating_fp_per_scan``. It is stored in the model file as ``inference.min_lesion_score`` with the
 operating point it was chosen at (``operating_point``: threshold, false positives per scan, sensitivity, cases);
 ``infer --min-score`` overrides it. When no threshold keeps a detected nodule (scores that do not separate), none
-is set and a warning says so.
+is set and a warning says so. The validation detections (per scan: each reference nodule's best hit score, the
+false-positive scores) are stored with the point, so that cross-validation can score each fold at a threshold
+chosen on the *other* folds' validation cases (:func:`cross_fitted_points`) rather than on its own.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -66,9 +69,11 @@ def choose_threshold(scans: list[ScanDetections], fp_per_scan: float) -> dict:
 def operating_point(model: str | Path, val_files: list[dict], fp_per_scan: float,
                     device: str | torch.device = "cpu", inference: dict | None = None) -> dict:
     """The operating point of ``model`` (a model file or a bundle's ``models/model.pt``) on ``val_files``
-    (dicts with ``image``, ``label``, ``case_id``), logged; infinities stored as None (JSON/YAML-safe).
-    ``inference`` overrides the model's inference settings (e.g. ``lesion_score``)."""
-    point = choose_threshold(validation_detections(Path(model), val_files, device, inference), fp_per_scan)
+    (dicts with ``image``, ``label``, ``case_id``), logged; infinities stored as None (JSON/YAML-safe), and the
+    validation detections it was chosen on under ``detections``. ``inference`` overrides the model's inference
+    settings (e.g. ``lesion_score``)."""
+    scans = validation_detections(Path(model), val_files, device, inference)
+    point = choose_threshold(scans, fp_per_scan)
     if point["threshold"] is None:
         logger.warning("operating point: no lesion-score threshold keeps a detected validation nodule at <= %g "
                        "false positives per scan; every candidate is kept", fp_per_scan)
@@ -76,7 +81,28 @@ def operating_point(model: str | Path, val_files: list[dict], fp_per_scan: float
         logger.info("operating point on %d validation scans: lesion score >= %.10g, %.2f false positives per scan, "
                     "sensitivity %.2f", point["n_scans"], point["threshold"], point["fp_per_scan"],
                     point["sensitivity"])
+    return {**_json_safe(point), "detections": [asdict(s) for s in scans]}
+
+
+def _json_safe(point: dict) -> dict:
     return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in point.items()}
+
+
+def cross_fitted_points(points: dict[int, dict | None], fp_per_scan: float) -> dict[int, dict]:
+    """For each fold k of ``points`` (fold -> the ``operating_point`` its model file stores), the operating point
+    chosen on the pooled validation detections of every *other* fold (each fold's model on its own held-out
+    cases), as ``choose_threshold`` returns it plus ``chosen_on_folds``. A fold whose others stored no
+    detections (older model files, calibration off) is left out: its own threshold stands, and it is logged."""
+    out = {}
+    for k in points:
+        others = [j for j, p in points.items() if j != k and p and p.get("detections") is not None]
+        if not others:
+            logger.warning("fold %d: no other fold's validation detections; its own threshold (chosen on the "
+                           "cases it is scored on) stands", k)
+            continue
+        scans = [ScanDetections(**d) for j in others for d in points[j]["detections"]]
+        out[k] = {**_json_safe(choose_threshold(scans, fp_per_scan)), "chosen_on_folds": others}
+    return out
 
 
 def calibrate_model(model: str | Path, val_files: list[dict], fp_per_scan: float,

@@ -7,8 +7,12 @@ predictions only (nnU-Net's cross-validation summary): ``CV/summary.json``, ``CV
 the evaluation report. ``CV/cv.json`` lists the fold models, so ``monai-pipeline infer --model CV`` applies
 the ensemble (the folds' probabilities averaged) to new data.
 
-Note: each fold's best checkpoint is chosen on that fold's own cases (as its validation set), as nnU-Net
-validates on its fold; the out-of-fold figures therefore share that mild optimism.
+Every fold is trained before any is predicted, because each fold's cases are scored at a lesion-score threshold
+chosen on the *other* folds' held-out cases (:func:`~monai_pipeline.calibration.cross_fitted_points`; the folds'
+thresholds and where they were chosen are in ``CV/cv.json``): a threshold chosen at ``training.
+operating_fp_per_scan`` on the very cases it is then scored on would meet its false-positive rate by
+construction. Each fold's best checkpoint is still chosen on that fold's own cases (its validation set), as
+nnU-Net validates on its fold; the out-of-fold figures share that milder optimism.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import json
 import logging
 from pathlib import Path
 
-from monai_pipeline.calibration import train_model
+from monai_pipeline.calibration import cross_fitted_points, train_model
 from monai_pipeline.config import PipelineConfig
 from monai_pipeline.data.manifest import load_manifest
 from monai_pipeline.errors import InputError
@@ -25,6 +29,7 @@ from monai_pipeline.evaluation import evaluate_folder
 from monai_pipeline.inference import Case, Predictor, run_batch
 from monai_pipeline.inference.predictor import CV_FILE
 from monai_pipeline.io.writer import atomic_write_text
+from monai_pipeline.model_file import read_model_file
 from monai_pipeline.seeds import headline_figures, seed_folder, write_seeds
 from monai_pipeline.training import latest_checkpoint
 
@@ -56,19 +61,38 @@ def cross_validate(manifest: str | Path, out: str | Path, cfg: PipelineConfig, f
     models: dict[str, str] = {}
     for k in folds:
         run = out / f"fold_{k}"
-        model = run / "model.pt"
-        if not model.is_file():
+        if not (run / "model.pt").is_file():
             resume = latest_checkpoint(run) is not None
             logger.info("fold %d: %s training", k, "resuming" if resume else "starting")
             train_model(manifest, run, cfg, fold=k, epochs=epochs, device=device, resume=resume, progress=progress)
-        models[str(k)] = str(model.relative_to(out))
+        models[str(k)] = f"fold_{k}/model.pt"
+    points = fold_thresholds(out, folds, cfg.training.operating_fp_per_scan)
+    for k in folds:
+        inference = {"min_lesion_score": points[k]["threshold"] or 0.0} if k in points else None
         cases = [Case(e["case_id"], e["image"]) for e in training if int(e.get("fold", 0)) == k]
-        summary = run_batch(Predictor(model, device=device), cases, out / "predictions", progress=progress)
+        summary = run_batch(Predictor(out / models[str(k)], device=device, inference=inference), cases,
+                            out / "predictions", progress=progress)
         if summary.failed:
             raise InputError(out / "predictions", f"fold {k}: {summary.failed} case(s) failed (see failures.csv)")
     atomic_write_text(out / CV_FILE, json.dumps({"format": "monai-pipeline-cv/1", "folds": models,
-                                                 "manifest": str(Path(manifest).resolve())}, indent=1))
+                                                 "manifest": str(Path(manifest).resolve()),
+                                                 "operating_points": {str(k): p for k, p in points.items()}},
+                                                indent=1))
     return evaluate_folder(out / "predictions", manifest, out, fold=folds)
+
+
+def fold_thresholds(out: Path, folds: list[int], fp_per_scan: float) -> dict[int, dict]:
+    """Each fold's cross-fitted operating point (chosen on the other folds' validation detections), logged;
+    empty when calibration is off (``fp_per_scan`` 0)."""
+    if fp_per_scan <= 0:
+        return {}
+    stored = {k: read_model_file(out / f"fold_{k}" / "model.pt").get("operating_point") for k in folds}
+    points = cross_fitted_points(stored, fp_per_scan)
+    for k, p in points.items():
+        logger.info("fold %d: scored at lesion score >= %s, chosen on folds %s (%.2f false positives per scan, "
+                    "sensitivity %.2f there)", k, p["threshold"], p["chosen_on_folds"], p["fp_per_scan"],
+                    p["sensitivity"])
+    return points
 
 
 def cross_validate_seeds(manifest: str | Path, out: str | Path, cfg: PipelineConfig, seeds: int,

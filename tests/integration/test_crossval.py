@@ -3,6 +3,7 @@ it, the summary over out-of-fold predictions only, and the folder usable as an e
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
@@ -11,6 +12,8 @@ import SimpleITK as sitk
 import torch
 import yaml
 
+from monai_pipeline.calibration import choose_threshold
+from monai_pipeline.evaluation.detection import ScanDetections
 from tests.helpers import TINY_OVERLAY, run_cli
 
 pytestmark = pytest.mark.slow  # end to end: subprocesses, training or real CT
@@ -19,7 +22,7 @@ pytestmark = pytest.mark.slow  # end to end: subprocesses, training or real CT
 def test_cv_out_of_fold_and_ensemble(tiny_dataset, tmp_path):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump({**TINY_OVERLAY, "training": {**TINY_OVERLAY["training"], "epochs": 2,
-                                                                "val_interval": 1}}))
+                                                                "val_interval": 1, "operating_fp_per_scan": 1.0}}))
     manifest = tiny_dataset / "manifest.json"
     data = json.loads(manifest.read_text())
     folds = sorted({e["fold"] for e in data["training"]})
@@ -37,6 +40,18 @@ def test_cv_out_of_fold_and_ensemble(tiny_dataset, tmp_path):
         marker = json.loads((cv / "predictions" / ".done" / f"{e['case_id']}.json").read_text())
         fold_model = torch.load(cv / f"fold_{e['fold']}" / "model.pt", weights_only=True)
         assert e["case_id"] not in fold_model["trained_on"] and e["case_id"] not in marker["provenance"]["trained_on"]
+    # each fold is scored at the threshold chosen on the other fold's held-out cases, never on its own
+    points = json.loads((cv / "cv.json").read_text())["operating_points"]
+    for k in use:
+        (other,) = [j for j in use if j != k]
+        assert points[str(k)]["chosen_on_folds"] == [other]
+        stored = torch.load(cv / f"fold_{other}" / "model.pt", weights_only=True)["operating_point"]
+        expect = choose_threshold([ScanDetections(**d) for d in stored["detections"]], 1.0)["threshold"]
+        assert points[str(k)]["threshold"] == expect
+        for e in data["training"]:
+            if e["fold"] == k:
+                with open(cv / "predictions" / f"{e['case_id']}_lesions.csv") as fh:
+                    assert all(float(r["score"]) >= (expect or 0.0) for r in csv.DictReader(fh))
     # a second run resumes: nothing retrained, nothing predicted again
     stamps = {k: (cv / f"fold_{k}" / "model.pt").stat().st_mtime_ns for k in use}
     r = run_cli("cv", "--manifest", manifest, "--out", cv, "--folds", ",".join(map(str, use)), "--config", cfg,
