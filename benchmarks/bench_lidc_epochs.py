@@ -73,14 +73,35 @@ def by_placement(cv: Path, synth: Path) -> dict[str, dict]:
     return out
 
 
+def every_candidate(cv: Path) -> dict | None:
+    """Detection before any threshold, from the validation detections each fold's calibration stored in its model
+    file (each fold's model on its own held-out cases): CPM, the largest sensitivity reached and the false
+    positives per scan when every candidate is kept. None for model files without them."""
+    import torch
+
+    from monai_pipeline.evaluation.detection import ScanDetections, cpm, froc_curve
+
+    scans = []
+    for model in sorted(cv.glob("fold_*/model.pt")):
+        point = torch.load(model, map_location="cpu", weights_only=True).get("operating_point") or {}
+        if point.get("detections") is None:
+            return None
+        scans += [ScanDetections(**d) for d in point["detections"]]
+    if not scans:
+        return None
+    curve = froc_curve(scans)
+    return {"cpm": round(cpm(scans) or 0.0, 3), "max_sensitivity": round(float(curve["sensitivity"].max()), 3),
+            "fp_per_scan_all": round(float(curve["fps_per_scan"].max()), 2)}
+
+
 def print_placement(name: str, split: dict[str, dict]) -> None:
     for group, r in split.items():
         print(f"| {name} | {group} | {r['studies']} | {r['detected']}/{r['nodules']} | {r['nodule_dice']:.3f} | "
               f"{r['case_dice']:.3f} | {r['fp_per_scan']:.2f} |")
 
 
-PLACEMENT_HEADER = ("| run | studies | number | nodules detected | nodule Dice vs consensus | case Dice | FP/scan |\n"
-                    "| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+PLACEMENT_HEADER = ("| run | studies | number | nodules detected | mean lesion Dice (reference_lesions.csv) "
+                    "| case Dice | FP/scan |\n| --- | --- | ---: | ---: | ---: | ---: | ---: |")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -99,6 +120,8 @@ def main(argv: list[str] | None = None) -> None:
         print(PLACEMENT_HEADER)
         for cv in args.placement:
             print_placement(str(cv), by_placement(cv, synth))
+        for cv in args.placement:
+            print(f"{cv}: every candidate kept (before the threshold): {every_candidate(cv)}")
         return
     if args.epochs is None or args.out is None:
         ap.error("--epochs and --out are needed to train (or --placement CV to split existing ones)")

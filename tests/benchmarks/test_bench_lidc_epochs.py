@@ -36,3 +36,18 @@ def test_split_by_placement(tmp_path):
                                                "case_dice": 0.6, "fp_per_scan": 1.0}
     assert split["with a lung pocket"] == {"studies": 1, "nodules": 1, "detected": 0, "nodule_dice": 0.0,
                                            "case_dice": 0.0, "fp_per_scan": 3.0}
+
+
+def test_every_candidate_pools_the_stored_detections(tmp_path):
+    import torch
+
+    mod = _bench()
+    dets = {0: [{"case_id": "a", "nodule_scores": [0.9, None], "fp_scores": [0.95, 0.2], "ignored": 0}],
+            1: [{"case_id": "b", "nodule_scores": [0.6], "fp_scores": [], "ignored": 0}]}
+    for k, d in dets.items():
+        (tmp_path / f"fold_{k}").mkdir()
+        torch.save({"operating_point": {"detections": d}}, tmp_path / f"fold_{k}" / "model.pt")
+    got = mod.every_candidate(tmp_path)
+    assert got["max_sensitivity"] == round(2 / 3, 3) and got["fp_per_scan_all"] == 1.0
+    torch.save({"operating_point": {"threshold": 0.5}}, tmp_path / "fold_1" / "model.pt")
+    assert mod.every_candidate(tmp_path) is None, "older model files stored no detections"
