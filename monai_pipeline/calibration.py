@@ -88,6 +88,14 @@ def _json_safe(point: dict) -> dict:
     return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in point.items()}
 
 
+def pooled_point(points: list[dict | None], fp_per_scan: float) -> dict | None:
+    """The operating point chosen on the pooled validation detections of ``points`` (``operating_point`` dicts as
+    model files store them), as ``choose_threshold`` returns it (JSON-safe); None when one of them stored none."""
+    if not points or any(not p or p.get("detections") is None for p in points):
+        return None
+    return _json_safe(choose_threshold([ScanDetections(**d) for p in points for d in p["detections"]], fp_per_scan))
+
+
 def cross_fitted_points(points: dict[int, dict | None], fp_per_scan: float) -> dict[int, dict]:
     """For each fold k of ``points`` (fold -> the ``operating_point`` its model file stores), the operating point
     chosen on the pooled validation detections of every *other* fold (each fold's model on its own held-out
@@ -100,8 +108,7 @@ def cross_fitted_points(points: dict[int, dict | None], fp_per_scan: float) -> d
             logger.warning("fold %d: no other fold's validation detections; its own threshold (chosen on the "
                            "cases it is scored on) stands", k)
             continue
-        scans = [ScanDetections(**d) for j in others for d in points[j]["detections"]]
-        out[k] = {**_json_safe(choose_threshold(scans, fp_per_scan)), "chosen_on_folds": others}
+        out[k] = {**pooled_point([points[j] for j in others], fp_per_scan), "chosen_on_folds": others}
     return out
 
 

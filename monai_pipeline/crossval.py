@@ -5,7 +5,8 @@ For each fold k (patient-level folds of the manifest's training cases): train ``
 ``CV/predictions`` (resumable, provenance per fold model). The summary is computed over the pooled out-of-fold
 predictions only (nnU-Net's cross-validation summary): ``CV/summary.json``, ``CV/metrics.csv`` and the rest of
 the evaluation report. ``CV/cv.json`` lists the fold models, so ``monai-pipeline infer --model CV`` applies
-the ensemble (the folds' probabilities averaged) to new data.
+the ensemble (the folds' probabilities averaged) to new data, at the threshold chosen on every fold's
+held-out detections pooled (``ensemble_operating_point``).
 
 Every fold is trained before any is predicted, because each fold's cases are scored at a lesion-score threshold
 chosen on the *other* folds' held-out cases (:func:`~monai_pipeline.calibration.cross_fitted_points`; the folds'
@@ -21,7 +22,7 @@ import json
 import logging
 from pathlib import Path
 
-from monai_pipeline.calibration import cross_fitted_points, train_model
+from monai_pipeline.calibration import cross_fitted_points, pooled_point, train_model
 from monai_pipeline.config import PipelineConfig
 from monai_pipeline.data.manifest import load_manifest
 from monai_pipeline.errors import InputError
@@ -66,7 +67,9 @@ def cross_validate(manifest: str | Path, out: str | Path, cfg: PipelineConfig, f
             logger.info("fold %d: %s training", k, "resuming" if resume else "starting")
             train_model(manifest, run, cfg, fold=k, epochs=epochs, device=device, resume=resume, progress=progress)
         models[str(k)] = f"fold_{k}/model.pt"
-    points = fold_thresholds(out, folds, cfg.training.operating_fp_per_scan)
+    fp = cfg.training.operating_fp_per_scan
+    stored = {k: read_model_file(out / f"fold_{k}" / "model.pt").get("operating_point") for k in folds}
+    points = fold_thresholds(stored, fp)
     for k in folds:
         inference = {"min_lesion_score": points[k]["threshold"] or 0.0} if k in points else None
         cases = [Case(e["case_id"], e["image"]) for e in training if int(e.get("fold", 0)) == k]
@@ -74,19 +77,19 @@ def cross_validate(manifest: str | Path, out: str | Path, cfg: PipelineConfig, f
                             out / "predictions", progress=progress)
         if summary.failed:
             raise InputError(out / "predictions", f"fold {k}: {summary.failed} case(s) failed (see failures.csv)")
-    atomic_write_text(out / CV_FILE, json.dumps({"format": "monai-pipeline-cv/1", "folds": models,
-                                                 "manifest": str(Path(manifest).resolve()),
-                                                 "operating_points": {str(k): p for k, p in points.items()}},
-                                                indent=1))
+    index = {"format": "monai-pipeline-cv/1", "folds": models, "manifest": str(Path(manifest).resolve()),
+             "operating_points": {str(k): p for k, p in points.items()}}
+    if fp > 0:
+        index["ensemble_operating_point"] = pooled_point(list(stored.values()), fp)
+    atomic_write_text(out / CV_FILE, json.dumps(index, indent=1))
     return evaluate_folder(out / "predictions", manifest, out, fold=folds)
 
 
-def fold_thresholds(out: Path, folds: list[int], fp_per_scan: float) -> dict[int, dict]:
-    """Each fold's cross-fitted operating point (chosen on the other folds' validation detections), logged;
-    empty when calibration is off (``fp_per_scan`` 0)."""
+def fold_thresholds(stored: dict[int, dict | None], fp_per_scan: float) -> dict[int, dict]:
+    """Each fold's cross-fitted operating point (chosen on the other folds' validation detections; ``stored``:
+    fold -> its model file's ``operating_point``), logged; empty when calibration is off (``fp_per_scan`` 0)."""
     if fp_per_scan <= 0:
         return {}
-    stored = {k: read_model_file(out / f"fold_{k}" / "model.pt").get("operating_point") for k in folds}
     points = cross_fitted_points(stored, fp_per_scan)
     for k, p in points.items():
         logger.info("fold %d: scored at lesion score >= %s, chosen on folds %s (%.2f false positives per scan, "

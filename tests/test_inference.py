@@ -124,3 +124,27 @@ def test_bad_single_input_exits_2_without_output(tmp_path):
     assert r.returncode == 2 and "does not exist" in r.stderr
     r = run_cli("infer", "--model", model, "--input", bad, "--out", tmp_path / "out", "--overlap", "1.5")
     assert r.returncode == 2 and "overlap must be >= 0 and < 1, got 1.5" in r.stderr
+
+
+def test_cv_ensemble_runs_at_its_own_threshold(tmp_path):
+    """Fold models of one cross-validation differ in the threshold each one's calibration chose: the ensemble
+    accepts them and applies ``cv.json``'s ensemble operating point; other differences are refused."""
+    import json
+
+    import pytest
+
+    from monai_pipeline.errors import InputError
+
+    cv = tmp_path / "cv"
+    for k, score in ((0, 0.91), (1, 0.95)):
+        (cv / f"fold_{k}").mkdir(parents=True)
+        tiny_model_file(cv / f"fold_{k}" / "model.pt", {"inference": {"min_lesion_score": score}})
+    index = {"format": "monai-pipeline-cv/1", "folds": {"0": "fold_0/model.pt", "1": "fold_1/model.pt"}}
+    (cv / "cv.json").write_text(json.dumps({**index, "ensemble_operating_point": {"threshold": 0.93}}))
+    assert Predictor(cv, device="cpu").cfg.inference.min_lesion_score == 0.93
+    assert Predictor(cv, device="cpu", inference={"min_lesion_score": 0.5}).cfg.inference.min_lesion_score == 0.5
+    (cv / "cv.json").write_text(json.dumps(index))  # an older cv folder: every candidate kept
+    assert Predictor(cv, device="cpu").cfg.inference.min_lesion_score == 0.0
+    tiny_model_file(cv / "fold_1" / "model.pt", {"inference": {"overlap": 0.5}})
+    with pytest.raises(InputError, match="different configurations"):
+        Predictor(cv, device="cpu")

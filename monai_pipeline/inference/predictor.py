@@ -83,6 +83,25 @@ def ensemble_members(path: Path) -> list[Path]:
     return files
 
 
+def ensemble_threshold(path: Path) -> float:
+    """The lesion-score threshold of the fold ensemble a ``cv`` folder makes: ``cv.json``'s
+    ``ensemble_operating_point`` (chosen on the pooled out-of-fold detections of every fold); 0.0 (keep every
+    candidate, warned) for a cv folder written without one."""
+    point = json.loads((path / CV_FILE).read_text()).get("ensemble_operating_point")
+    if point is None:
+        logger.warning("%s has no ensemble operating point (an older cv folder, or calibration off): every "
+                       "candidate is kept; set one with --min-score", path / CV_FILE)
+        return 0.0
+    return float(point.get("threshold") or 0.0)
+
+
+def _without_threshold(config: dict) -> dict:
+    """A model file's configuration less ``inference.min_lesion_score``, which each fold's calibration sets
+    for itself (folds of one cross-validation differ only there)."""
+    return {**config, "inference": {k: v for k, v in config.get("inference", {}).items()
+                                    if k != "min_lesion_score"}}
+
+
 def prediction_provenance(model_path: str | Path, cfg: PipelineConfig, read_options: ReadOptions | None = None,
                           save_prob: bool = False, postprocess: bool = True, model_sha256: str | None = None,
                           trained_on: list[str] | None = None, fmt: str = "nifti") -> dict[str, Any]:
@@ -130,10 +149,14 @@ class Predictor:
         loaded = [load_model_file(f, self.device) for f in files]
         self.networks = [net for net, _ in loaded]
         self.blob = loaded[0][1]
-        stored = [blob["config"] for _, blob in loaded]
+        stored = [_without_threshold(blob["config"]) for _, blob in loaded]
         if any(c != stored[0] for c in stored[1:]):
             raise InputError(self.model_path, "the fold models were trained with different configurations")
-        self.cfg: PipelineConfig = config_from_model_dict(self.blob["config"]).merged(
+        config = self.blob["config"]
+        if self.model_path.is_dir():  # a cv folder: the ensemble's own operating point, not the first fold's
+            config = {**config, "inference": {**config["inference"],
+                                              "min_lesion_score": ensemble_threshold(self.model_path)}}
+        self.cfg: PipelineConfig = config_from_model_dict(config).merged(
             {"inference": overrides, "postprocess": dict(postprocess or {})})
         check_steps(self.cfg.postprocess)
         self.read_options = read_options or ReadOptions()

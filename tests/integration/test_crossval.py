@@ -41,7 +41,11 @@ def test_cv_out_of_fold_and_ensemble(tiny_dataset, tmp_path):
         fold_model = torch.load(cv / f"fold_{e['fold']}" / "model.pt", weights_only=True)
         assert e["case_id"] not in fold_model["trained_on"] and e["case_id"] not in marker["provenance"]["trained_on"]
     # each fold is scored at the threshold chosen on the other fold's held-out cases, never on its own
-    points = json.loads((cv / "cv.json").read_text())["operating_points"]
+    index = json.loads((cv / "cv.json").read_text())
+    points = index["operating_points"]
+    pooled = [torch.load(cv / f"fold_{k}" / "model.pt", weights_only=True)["operating_point"] for k in use]
+    expect_all = choose_threshold([ScanDetections(**d) for p in pooled for d in p["detections"]], 1.0)
+    assert index["ensemble_operating_point"]["threshold"] == expect_all["threshold"]  # what infer --model CV uses
     for k in use:
         (other,) = [j for j in use if j != k]
         assert points[str(k)]["chosen_on_folds"] == [other]
