@@ -91,9 +91,14 @@ def _json_safe(point: dict) -> dict:
 def pooled_point(points: list[dict | None], fp_per_scan: float) -> dict | None:
     """The operating point chosen on the pooled validation detections of ``points`` (``operating_point`` dicts as
     model files store them), as ``choose_threshold`` returns it (JSON-safe); None when one of them stored none."""
-    if not points or any(not p or p.get("detections") is None for p in points):
+    if not points or not all(_has_detections(point) for point in points):
         return None
-    return _json_safe(choose_threshold([ScanDetections(**d) for p in points for d in p["detections"]], fp_per_scan))
+    scans = [ScanDetections(**d) for point in points for d in point["detections"]]
+    return _json_safe(choose_threshold(scans, fp_per_scan))
+
+
+def _has_detections(point: dict | None) -> bool:
+    return bool(point) and point.get("detections") is not None
 
 
 def cross_fitted_points(points: dict[int, dict | None], fp_per_scan: float) -> dict[int, dict]:
@@ -103,7 +108,7 @@ def cross_fitted_points(points: dict[int, dict | None], fp_per_scan: float) -> d
     detections (older model files, calibration off) is left out: its own threshold stands, and it is logged."""
     out = {}
     for k in points:
-        others = [j for j, p in points.items() if j != k and p and p.get("detections") is not None]
+        others = [j for j, point in points.items() if j != k and _has_detections(point)]
         if not others:
             logger.warning("fold %d: no other fold's validation detections; its own threshold (chosen on the "
                            "cases it is scored on) stands", k)

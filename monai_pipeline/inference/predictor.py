@@ -98,7 +98,7 @@ def ensemble_threshold(path: Path) -> float:
 def _without_threshold(config: dict) -> dict:
     """A model file's configuration less ``inference.min_lesion_score``, which each fold's calibration sets
     for itself (folds of one cross-validation differ only there)."""
-    return {**config, "inference": {k: v for k, v in config.get("inference", {}).items()
+    return {**config, "inference": {k: v for k, v in config["inference"].items()
                                     if k != "min_lesion_score"}}
 
 
