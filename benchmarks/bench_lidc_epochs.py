@@ -79,14 +79,11 @@ def every_candidate(cv: Path) -> dict | None:
     positives per scan when every candidate is kept. None for model files without them."""
     import torch
 
-    from monai_pipeline.evaluation.detection import ScanDetections, cpm, froc_curve
+    from monai_pipeline.calibration import stored_detections
+    from monai_pipeline.evaluation.detection import cpm, froc_curve
 
-    scans = []
-    for model in sorted(cv.glob("fold_*/model.pt")):
-        point = torch.load(model, map_location="cpu", weights_only=True).get("operating_point") or {}
-        if point.get("detections") is None:
-            return None
-        scans += [ScanDetections(**d) for d in point["detections"]]
+    scans = stored_detections([torch.load(m, map_location="cpu", weights_only=True).get("operating_point")
+                               for m in sorted(cv.glob("fold_*/model.pt"))])
     if not scans:
         return None
     curve = froc_curve(scans)

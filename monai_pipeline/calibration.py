@@ -88,13 +88,19 @@ def _json_safe(point: dict) -> dict:
     return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in point.items()}
 
 
-def pooled_point(points: list[dict | None], fp_per_scan: float) -> dict | None:
-    """The operating point chosen on the pooled validation detections of ``points`` (``operating_point`` dicts as
-    model files store them), as ``choose_threshold`` returns it (JSON-safe); None when one of them stored none."""
+def stored_detections(points: list[dict | None]) -> list[ScanDetections] | None:
+    """The validation detections of ``points`` (``operating_point`` dicts as model files store them), pooled;
+    None when there are none or one of them stored none (older model files, calibration off)."""
     if not points or not all(_has_detections(point) for point in points):
         return None
-    scans = [ScanDetections(**d) for point in points for d in point["detections"]]
-    return _json_safe(choose_threshold(scans, fp_per_scan))
+    return [ScanDetections(**d) for point in points for d in point["detections"]]
+
+
+def pooled_point(points: list[dict | None], fp_per_scan: float) -> dict | None:
+    """The operating point chosen on the pooled validation detections of ``points`` (:func:`stored_detections`),
+    as ``choose_threshold`` returns it (JSON-safe); None when one of them stored none."""
+    scans = stored_detections(points)
+    return None if scans is None else _json_safe(choose_threshold(scans, fp_per_scan))
 
 
 def _has_detections(point: dict | None) -> bool:
