@@ -51,8 +51,9 @@ def finish_training(network: torch.nn.Module, cfg: PipelineConfig, bundle_root: 
     ``training.val_interval``), the last weights are saved instead. Then the configuration beside them
     (``models/pipeline.yaml``) and, with ``val_files`` (the validation datalist) and
     ``training.operating_fp_per_scan`` > 0, the operating point chosen on them, as ``train`` chooses it
-    (:func:`~monai_pipeline.calibration.operating_point`): ``inference.min_lesion_score`` in the configuration
-    and ``models/operating_point.json``."""
+    (:func:`~monai_pipeline.calibration.operating_point`): ``inference.min_lesion_score`` (and, with
+    ``training.fp_reduction``, ``inference.candidate_classifier``) in the configuration and
+    ``models/operating_point.json``."""
     path = Path(bundle_root) / "models" / "model.pt"
     if not path.is_file():
         logger.info("no validation ran: %s holds the last weights", path)
@@ -62,11 +63,13 @@ def finish_training(network: torch.nn.Module, cfg: PipelineConfig, bundle_root: 
     if not val_files or cfg.training.operating_fp_per_scan <= 0:
         return written
     cases = [{**e, "case_id": e.get("case_id") or case_id_from_path(e["image"])} for e in val_files]
-    point = operating_point(path, cases, cfg.training.operating_fp_per_scan, device)
+    point = operating_point(path, cases, cfg.training.operating_fp_per_scan, device,
+                            fp_reduction=cfg.training.fp_reduction)
     atomic_write_text(path.parent / "operating_point.json", json.dumps(point, indent=1) + "\n")
+    calibrated = {"candidate_classifier": point["classifier"]}
     if point["threshold"] is not None:
-        written = save_model_config(cfg.merged({"inference": {"min_lesion_score": point["threshold"]}}), bundle_root)
-    return written
+        calibrated["min_lesion_score"] = point["threshold"]
+    return save_model_config(cfg.merged({"inference": calibrated}), bundle_root)
 
 
 def export_to_bundle(model_path: str | Path, bundle_root: str | Path) -> Path:

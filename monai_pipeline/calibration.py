@@ -11,6 +11,13 @@ operating point it was chosen at (``operating_point``: threshold, false positive
 is set and a warning says so. The validation detections (per scan: each reference nodule's best hit score, the
 false-positive scores) are stored with the point, so that cross-validation can score each fold at a threshold
 chosen on the *other* folds' validation cases (:func:`cross_fitted_points`) rather than on its own.
+
+With ``training.fp_reduction`` a second stage comes first: a classifier of the validation candidates (size,
+shape, HU and network score; :mod:`monai_pipeline.postprocess.candidates`) is fitted on them, stored as
+``inference.candidate_classifier``, and the threshold is chosen on its scores, each validation scan scored by a
+classifier fitted without it (5 groups of scans), since in-sample scores would set the threshold too low.
+Cross-validation fits each fold's second stage on the other folds' candidates (stored with the point as
+``candidates``), so its out-of-fold figures never see a classifier fitted on the scan it scores.
 """
 
 from __future__ import annotations
@@ -26,31 +33,99 @@ import torch
 
 from monai_pipeline.config import PipelineConfig
 from monai_pipeline.data.manifest import split_for_fold
-from monai_pipeline.evaluation.detection import ScanDetections, froc_curve, match_scan
+from monai_pipeline.evaluation.detection import ScanDetections, froc_curve, hit_nodule
 from monai_pipeline.evaluation.evaluate import read_binary_label, reference_lesions
 from monai_pipeline.inference.predictor import Predictor
 from monai_pipeline.io.geometry import sitk_to_xyz_array
 from monai_pipeline.io.writer import atomic_path
 from monai_pipeline.model_file import read_model_file
+from monai_pipeline.postprocess.candidates import FEATURE_COLUMNS, fit_classifier, rescore
 from monai_pipeline.training import train
 
 logger = logging.getLogger(__name__)
 
+#: groups of validation scans over which the second stage's threshold is chosen on out-of-sample scores
+THRESHOLD_GROUPS = 5
 
-def validation_detections(model: Path, val_files: list[dict], device: str | torch.device,
-                          inference: dict | None = None) -> list[ScanDetections]:
-    """Every validation case predicted with all candidates kept, matched to its reference nodules; ``inference``
-    overrides the model's inference settings (e.g. ``lesion_score``)."""
+
+def validation_candidates(model: Path, val_files: list[dict], device: str | torch.device,
+                          inference: dict | None = None) -> list[dict]:
+    """Every validation case predicted with all candidates kept: per scan its ``case_id``, ``n_nodules`` (reference
+    nodules) and ``candidates``, each the lesion-table columns the second stage reads
+    (:data:`~monai_pipeline.postprocess.candidates.FEATURE_COLUMNS`), its ``centre`` (mm, LPS) and ``hit``: the
+    index of the reference nodule it hits by LUNA16's rule, or -1 (a false positive). ``inference`` overrides the
+    model's inference settings (e.g. ``lesion_score``)."""
     predictor = Predictor(model, device=str(device), inference={**(inference or {}), "min_lesion_score": 0.0})
     scans = []
     for e in val_files:
         pred = predictor.predict(e["image"], e["case_id"])
         ref = read_binary_label(e["label"])
         _, nodules = reference_lesions(pred.mask, sitk_to_xyz_array(ref.image), ref.geometry)
-        cands = [((r["centroid_x_mm"], r["centroid_y_mm"], r["centroid_z_mm"]), float(r["score"]))
-                 for r in pred.lesions]
-        scans.append(match_scan(e["case_id"], cands, nodules))
+        cands = []
+        for r in pred.lesions:
+            centre = [r["centroid_x_mm"], r["centroid_y_mm"], r["centroid_z_mm"]]
+            hit = hit_nodule(centre, nodules)
+            cands.append({**{k: r[k] for k in FEATURE_COLUMNS}, "centre": centre, "hit": -1 if hit is None else hit})
+        scans.append({"case_id": e["case_id"], "n_nodules": len(nodules), "candidates": cands})
     return scans
+
+
+def scan_detections(scans: list[dict], classifier: dict | None = None) -> list[ScanDetections]:
+    """:func:`validation_candidates`' scans as :class:`ScanDetections`, each candidate scored by ``classifier``
+    (a stored :class:`~monai_pipeline.postprocess.candidates.CandidateClassifier`) or, without one, by the
+    network's score."""
+    out = []
+    for scan in scans:
+        cands = scan["candidates"]
+        scores = rescore(cands, classifier) if classifier else cands
+        det = ScanDetections(scan["case_id"], [None] * scan["n_nodules"])
+        for c, scored in zip(cands, scores, strict=True):
+            score = float(scored["score"] if classifier else c["network_score"])
+            if c["hit"] < 0:
+                det.fp_scores.append(score)
+            else:
+                prev = det.nodule_scores[c["hit"]]
+                det.nodule_scores[c["hit"]] = score if prev is None else max(prev, score)
+        out.append(det)
+    return out
+
+
+def fit_second_stage(scans: list[dict], log: bool = True) -> dict | None:
+    """The second-stage classifier fitted on every candidate of ``scans`` (hit or false positive), as stored;
+    None when they hold no hit or no false positive (logged unless ``log`` is False)."""
+    cands = [c for scan in scans for c in scan["candidates"]]
+    clf = fit_classifier(cands, [c["hit"] >= 0 for c in cands])
+    if clf is None:
+        if log:
+            logger.warning("second stage not fitted: %d validation candidates, none %s", len(cands),
+                           "hits a nodule" if any(c["hit"] < 0 for c in cands) else "is a false positive")
+        return None
+    if log:
+        logger.info("second stage fitted on %d candidates (%d hits)", len(cands), clf.n_positive)
+    return clf.to_dict()
+
+
+def out_of_sample_detections(scans: list[dict], classifier: dict, groups: int = THRESHOLD_GROUPS
+                             ) -> list[ScanDetections]:
+    """``scans`` as :class:`ScanDetections`, each scored by a second stage fitted *without* it: the scans are dealt
+    into ``groups`` and each group is scored by a classifier fitted on the others (``classifier``, fitted on all,
+    where the others hold no hit or no false positive). A threshold chosen on in-sample scores would find the
+    false positives the classifier was fitted to reject easier to reject than new ones."""
+    n = min(groups, len(scans))
+    out = []
+    for g in range(n):
+        rest = [scan for i, scan in enumerate(scans) if i % n != g]
+        out += scan_detections(scans[g::n], fit_second_stage(rest, log=False) or classifier)
+    return out
+
+
+def second_stage_point(scans: list[dict], fp_per_scan: float) -> tuple[dict | None, list[ScanDetections]]:
+    """The second stage fitted on every candidate of ``scans``, and the detections its threshold is chosen on:
+    out-of-sample scores (:func:`out_of_sample_detections`); the network's scores when none could be fitted."""
+    classifier = fit_second_stage(scans)
+    if classifier is None:
+        return None, scan_detections(scans)
+    return classifier, out_of_sample_detections(scans, classifier)
 
 
 def choose_threshold(scans: list[ScanDetections], fp_per_scan: float) -> dict:
@@ -67,12 +142,17 @@ def choose_threshold(scans: list[ScanDetections], fp_per_scan: float) -> dict:
 
 
 def operating_point(model: str | Path, val_files: list[dict], fp_per_scan: float,
-                    device: str | torch.device = "cpu", inference: dict | None = None) -> dict:
+                    device: str | torch.device = "cpu", inference: dict | None = None,
+                    fp_reduction: bool = False) -> dict:
     """The operating point of ``model`` (a model file or a bundle's ``models/model.pt``) on ``val_files``
-    (dicts with ``image``, ``label``, ``case_id``), logged; infinities stored as None (JSON/YAML-safe), and the
-    validation detections it was chosen on under ``detections``. ``inference`` overrides the model's inference
-    settings (e.g. ``lesion_score``)."""
-    scans = validation_detections(Path(model), val_files, device, inference)
+    (dicts with ``image``, ``label``, ``case_id``), logged; infinities stored as None (JSON/YAML-safe). With
+    ``fp_reduction`` the second-stage classifier is fitted on the same candidates first and the threshold applies
+    to its scores, chosen on out-of-sample ones (:func:`second_stage_point`; ``classifier``, None without). The
+    validation candidates and detections it was chosen on are kept (``candidates``, ``detections``).
+    ``inference`` overrides the model's inference settings."""
+    candidates = validation_candidates(Path(model), val_files, device, inference)
+    classifier, scans = second_stage_point(candidates, fp_per_scan) if fp_reduction else \
+        (None, scan_detections(candidates))
     point = choose_threshold(scans, fp_per_scan)
     if point["threshold"] is None:
         logger.warning("operating point: no lesion-score threshold keeps a detected validation nodule at <= %g "
@@ -81,7 +161,8 @@ def operating_point(model: str | Path, val_files: list[dict], fp_per_scan: float
         logger.info("operating point on %d validation scans: lesion score >= %.10g, %.2f false positives per scan, "
                     "sensitivity %.2f", point["n_scans"], point["threshold"], point["fp_per_scan"],
                     point["sensitivity"])
-    return {**_json_safe(point), "detections": [asdict(s) for s in scans]}
+    return {**_json_safe(point), "classifier": classifier, "detections": [asdict(s) for s in scans],
+            "candidates": candidates}
 
 
 def _json_safe(point: dict) -> dict:
@@ -89,46 +170,60 @@ def _json_safe(point: dict) -> dict:
 
 
 def stored_detections(points: list[dict | None]) -> list[ScanDetections] | None:
-    """The validation detections of ``points`` (``operating_point`` dicts as model files store them), pooled;
-    None when there are none or one of them stored none (older model files, calibration off)."""
-    if not points or not all(_has_detections(point) for point in points):
+    """The validation detections of ``points`` (``operating_point`` dicts as model files store them), pooled and
+    scored by the network: from their stored candidates, or from older model files' stored detections; None when
+    there are none or one of them stored neither (calibration off)."""
+    if points and all(_has(point, "candidates") for point in points):
+        return scan_detections([scan for point in points for scan in point["candidates"]])
+    if not points or not all(_has(point, "detections") for point in points):
         return None
     return [ScanDetections(**d) for point in points for d in point["detections"]]
 
 
-def pooled_point(points: list[dict | None], fp_per_scan: float) -> dict | None:
-    """The operating point chosen on the pooled validation detections of ``points`` (:func:`stored_detections`),
-    as ``choose_threshold`` returns it (JSON-safe); None when one of them stored none."""
-    scans = stored_detections(points)
-    return None if scans is None else _json_safe(choose_threshold(scans, fp_per_scan))
+def pooled_point(points: list[dict | None], fp_per_scan: float, fp_reduction: bool = False) -> dict | None:
+    """The operating point chosen on the pooled validation results of ``points``, as ``choose_threshold``
+    returns it (JSON-safe) plus ``classifier``. With ``fp_reduction`` and every point's candidates stored, the
+    second stage is fitted on the pooled candidates and the threshold chosen on its out-of-sample scores
+    (:func:`second_stage_point`); otherwise on the network's scores (:func:`stored_detections`), ``classifier``
+    None. None when one of them stored nothing."""
+    if fp_reduction and points and all(_has(point, "candidates") for point in points):
+        candidates = [scan for point in points for scan in point["candidates"]]
+        classifier, scans = second_stage_point(candidates, fp_per_scan)
+    else:
+        classifier, scans = None, stored_detections(points)
+    return None if scans is None else {**_json_safe(choose_threshold(scans, fp_per_scan)), "classifier": classifier}
 
 
-def _has_detections(point: dict | None) -> bool:
-    return bool(point) and point.get("detections") is not None
+def _has(point: dict | None, key: str) -> bool:
+    return bool(point) and point.get(key) is not None
 
 
-def cross_fitted_points(points: dict[int, dict | None], fp_per_scan: float) -> dict[int, dict]:
+def cross_fitted_points(points: dict[int, dict | None], fp_per_scan: float,
+                        fp_reduction: bool = False) -> dict[int, dict]:
     """For each fold k of ``points`` (fold -> the ``operating_point`` its model file stores), the operating point
-    chosen on the pooled validation detections of every *other* fold (each fold's model on its own held-out
-    cases), as ``choose_threshold`` returns it plus ``chosen_on_folds``. A fold whose others stored no
-    detections (older model files, calibration off) is left out: its own threshold stands, and it is logged."""
+    (and, with ``fp_reduction``, the second-stage classifier) chosen on the pooled validation results of every
+    *other* fold (each fold's model on its own held-out cases), as :func:`pooled_point` returns it plus
+    ``chosen_on_folds``. A fold whose others stored no detections (older model files, calibration off) is left
+    out: its own threshold stands, and it is logged."""
     out = {}
     for k in points:
-        others = [j for j, point in points.items() if j != k and _has_detections(point)]
+        others = [j for j, point in points.items() if j != k and _has(point, "detections")]
         if not others:
             logger.warning("fold %d: no other fold's validation detections; its own threshold (chosen on the "
                            "cases it is scored on) stands", k)
             continue
-        out[k] = {**pooled_point([points[j] for j in others], fp_per_scan), "chosen_on_folds": others}
+        out[k] = {**pooled_point([points[j] for j in others], fp_per_scan, fp_reduction), "chosen_on_folds": others}
     return out
 
 
 def calibrate_model(model: str | Path, val_files: list[dict], fp_per_scan: float,
-                    device: str | torch.device = "cpu") -> dict:
-    """Choose the operating point on ``val_files`` and write it into ``model`` (see the module docstring)."""
+                    device: str | torch.device = "cpu", fp_reduction: bool = False) -> dict:
+    """Choose the operating point (with ``fp_reduction``, after fitting the second stage) on ``val_files`` and
+    write it into ``model`` (see the module docstring)."""
     model = Path(model)
-    point = operating_point(model, val_files, fp_per_scan, device)
+    point = operating_point(model, val_files, fp_per_scan, device, fp_reduction=fp_reduction)
     blob = read_model_file(model)
+    blob["config"]["inference"]["candidate_classifier"] = point["classifier"]
     if point["threshold"] is not None:
         blob["config"]["inference"]["min_lesion_score"] = point["threshold"]
     blob["operating_point"] = point
@@ -145,6 +240,7 @@ def train_model(manifest: str | Path, run: str | Path, cfg: PipelineConfig, fold
     model = train(manifest, run, cfg, fold=fold, epochs=epochs, device=device, resume=resume, progress=progress)
     _, val_files = split_for_fold(manifest, fold)
     if int(os.environ.get("RANK", "0")) == 0 and val_files and cfg.training.operating_fp_per_scan > 0:
-        calibrate_model(model, val_files, cfg.training.operating_fp_per_scan, device or "cpu")
+        calibrate_model(model, val_files, cfg.training.operating_fp_per_scan, device or "cpu",
+                        cfg.training.fp_reduction)
     return model
 

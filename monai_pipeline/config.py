@@ -47,7 +47,7 @@ Triple = tuple[float, float, float]
 IntTriple = tuple[int, int, int]
 
 #: keys whose values are free-form mappings (merged whole, not key by key, and not checked key by key)
-FREE_MAPPINGS = ("kwargs", "intensity_stats", "labels")
+FREE_MAPPINGS = ("kwargs", "intensity_stats", "labels", "candidate_classifier")
 #: ordered mappings: merged key by key, and an overlay naming every key of the base sets their order
 ORDERED_MAPPINGS = ("steps",)
 #: bundle layout: ``configs/pipeline.yaml`` overlays the defaults, a trained model brings ``models/pipeline.yaml``
@@ -178,6 +178,7 @@ class TrainingConfig:
     num_workers: int
     label_mode: str  # consensus | soft | any-reader (LIDC reader agreement; docs/lidc.md)
     operating_fp_per_scan: float  # false positives per scan at which the lesion-score threshold is chosen; 0 = off
+    fp_reduction: bool  # fit the second-stage candidate classifier on the validation candidates before that choice
 
     def __post_init__(self) -> None:
         _one_of("training.label_mode", self.label_mode, LABEL_MODES)
@@ -215,6 +216,8 @@ class InferenceConfig:
     min_lesion_score: float  # lesions scoring below this are dropped (0: keep all); train sets it on validation
     lesion_score: str  # a lesion's score: max | mean foreground probability over its network-grid voxels
     seg_segments: str  # DICOM SEG output: single (one segment for all lesions) | lesion (segment k = lesion k)
+    candidate_classifier: dict | None  # second-stage lesion scorer, set by calibration; checked where it is used
+    #                                    (postprocess.candidates.check_classifier: the predictor, before any work)
 
     def __post_init__(self) -> None:
         _positive_triple("inference.roi_size", self.roi_size)

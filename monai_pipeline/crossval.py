@@ -6,14 +6,16 @@ For each fold k (patient-level folds of the manifest's training cases): train ``
 predictions only (nnU-Net's cross-validation summary): ``CV/summary.json``, ``CV/metrics.csv`` and the rest of
 the evaluation report. ``CV/cv.json`` lists the fold models, so ``monai-pipeline infer --model CV`` applies
 the ensemble (the folds' probabilities averaged) to new data, at the threshold chosen on every fold's
-held-out detections pooled (``ensemble_operating_point``).
+held-out detections pooled (``ensemble_operating_point``, with its second-stage classifier when
+``training.fp_reduction`` is on).
 
 Every fold is trained before any is predicted, because each fold's cases are scored at a lesion-score threshold
 chosen on the *other* folds' held-out cases (:func:`~monai_pipeline.calibration.cross_fitted_points`; the folds'
 thresholds and where they were chosen are in ``CV/cv.json``): a threshold chosen at ``training.
 operating_fp_per_scan`` on the very cases it is then scored on would meet its false-positive rate by
-construction. Each fold's best checkpoint is still chosen on that fold's own cases (its validation set), as
-nnU-Net validates on its fold; the out-of-fold figures share that milder optimism.
+construction. With ``training.fp_reduction``, fold k's second-stage classifier is likewise fitted on the other
+folds' validation candidates. Each fold's best checkpoint is still chosen on that fold's own cases (its
+validation set), as nnU-Net validates on its fold; the out-of-fold figures share that milder optimism.
 """
 
 from __future__ import annotations
@@ -69,9 +71,10 @@ def cross_validate(manifest: str | Path, out: str | Path, cfg: PipelineConfig, f
         models[str(k)] = f"fold_{k}/model.pt"
     fp = cfg.training.operating_fp_per_scan
     stored = {k: read_model_file(out / f"fold_{k}" / "model.pt").get("operating_point") for k in folds}
-    points = fold_thresholds(stored, fp)
+    points = fold_thresholds(stored, fp, cfg.training.fp_reduction)
     for k in folds:
-        inference = {"min_lesion_score": points[k]["threshold"] or 0.0} if k in points else None
+        inference = {"min_lesion_score": points[k]["threshold"] or 0.0,
+                     "candidate_classifier": points[k]["classifier"]} if k in points else None
         cases = [Case(e["case_id"], e["image"]) for e in training if int(e.get("fold", 0)) == k]
         summary = run_batch(Predictor(out / models[str(k)], device=device, inference=inference), cases,
                             out / "predictions", progress=progress)
@@ -80,17 +83,19 @@ def cross_validate(manifest: str | Path, out: str | Path, cfg: PipelineConfig, f
     index = {"format": "monai-pipeline-cv/1", "folds": models, "manifest": str(Path(manifest).resolve()),
              "operating_points": {str(k): p for k, p in points.items()}}
     if fp > 0:
-        index["ensemble_operating_point"] = pooled_point(list(stored.values()), fp)
+        index["ensemble_operating_point"] = pooled_point(list(stored.values()), fp, cfg.training.fp_reduction)
     atomic_write_text(out / CV_FILE, json.dumps(index, indent=1))
     return evaluate_folder(out / "predictions", manifest, out, fold=folds)
 
 
-def fold_thresholds(stored: dict[int, dict | None], fp_per_scan: float) -> dict[int, dict]:
-    """Each fold's cross-fitted operating point (chosen on the other folds' validation detections; ``stored``:
-    fold -> its model file's ``operating_point``), logged; empty when calibration is off (``fp_per_scan`` 0)."""
+def fold_thresholds(stored: dict[int, dict | None], fp_per_scan: float,
+                    fp_reduction: bool = False) -> dict[int, dict]:
+    """Each fold's cross-fitted operating point (chosen on the other folds' validation results, with
+    ``fp_reduction`` after fitting the second stage on them; ``stored``: fold -> its model file's
+    ``operating_point``), logged; empty when calibration is off (``fp_per_scan`` 0)."""
     if fp_per_scan <= 0:
         return {}
-    points = cross_fitted_points(stored, fp_per_scan)
+    points = cross_fitted_points(stored, fp_per_scan, fp_reduction)
     for k, p in points.items():
         logger.info("fold %d: scored at lesion score >= %s, chosen on folds %s (%.2f false positives per scan, "
                     "sensitivity %.2f there)", k, p["threshold"], p["chosen_on_folds"], p["fp_per_scan"],

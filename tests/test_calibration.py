@@ -6,12 +6,21 @@ from __future__ import annotations
 import csv
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
-from monai_pipeline.calibration import calibrate_model, choose_threshold, cross_fitted_points
+from monai_pipeline.calibration import (
+    calibrate_model,
+    choose_threshold,
+    cross_fitted_points,
+    fit_second_stage,
+    out_of_sample_detections,
+    scan_detections,
+)
 from monai_pipeline.data.manifest import load_manifest
 from monai_pipeline.evaluation.detection import ScanDetections
+from monai_pipeline.postprocess.candidates import CandidateClassifier
 from tests.helpers import run_cli
 
 
@@ -42,9 +51,49 @@ def test_each_fold_gets_the_threshold_the_other_folds_chose():
     assert cross_fitted_points({0: points[0], 1: None}, 1.0).keys() == {1}
 
 
+def _scan(rng, case_id, n_nodules, n_fp):
+    """A validation scan as calibration stores it: nodules round and large, false positives elongated; the
+    network scores both near 1."""
+    def cand(hit, d, elong):
+        eq = d
+        return {"volume_mm3": np.pi / 6 * d ** 3, "elongation": elong, "mean_hu": rng.uniform(-100, 50),
+                "max_hu": 100.0, "network_score": rng.uniform(0.99, 1 - 1e-7), "longest_axial_diameter_mm": eq,
+                "equivalent_diameter_mm": eq, "centre": [0.0, 0.0, 0.0], "hit": hit}
+    cands = [cand(i, rng.uniform(6, 14), rng.uniform(1.0, 1.4)) for i in range(n_nodules)]
+    cands += [cand(-1, rng.uniform(3, 6), rng.uniform(2.0, 4.0)) for _ in range(n_fp)]
+    return {"case_id": case_id, "n_nodules": n_nodules + 1, "candidates": cands}  # one nodule missed
+
+
+def test_each_fold_gets_the_second_stage_fitted_on_the_other_folds():
+    rng = np.random.default_rng(0)
+    cands = {k: [_scan(rng, f"{k}{i}", 2, 6) for i in range(3)] for k in range(3)}
+    points = {k: {"candidates": v, "detections": [vars(d) for d in scan_detections(v)]} for k, v in cands.items()}
+    got = cross_fitted_points(points, fp_per_scan=1.0, fp_reduction=True)
+    for k in range(3):
+        others = [scan for j in range(3) if j != k for scan in cands[j]]
+        clf = fit_second_stage(others)
+        assert got[k]["classifier"] == clf and CandidateClassifier.from_dict(clf).n_positive == 2 * 3 * 2
+        assert got[k]["threshold"] == choose_threshold(out_of_sample_detections(others, clf), 1.0)["threshold"]
+        # the network ties nodules with false positives; the second stage separates them on these folds
+        assert got[k]["sensitivity"] > choose_threshold(scan_detections(others), 1.0)["sensitivity"]
+    assert cross_fitted_points(points, 1.0)[0]["classifier"] is None  # second stage off: the network's scores
+
+
 def _lesions(folder, case_id):
     with open(folder / f"{case_id}_lesions.csv") as fh:
         return list(csv.DictReader(fh))
+
+
+def test_threshold_scores_are_out_of_sample():
+    """Each scan's candidates, for the threshold, are scored by a classifier fitted without its group."""
+    rng = np.random.default_rng(1)
+    scans = [_scan(rng, f"s{i}", 2, 5) for i in range(10)]
+    full = fit_second_stage(scans)
+    got = out_of_sample_detections(scans, full, groups=5)
+    assert sorted(d.case_id for d in got) == sorted(s["case_id"] for s in scans)
+    held = [scans[0], scans[5]]  # group 0 of 5: scans 0 and 5
+    expect = scan_detections(held, fit_second_stage([s for i, s in enumerate(scans) if i % 5]))
+    assert got[:2] == expect and got[:2] != scan_detections(held, full)
 
 
 def test_calibrated_model_drops_the_lesions_below_its_threshold(trained_tiny_model, tiny_dataset, tmp_path):
@@ -69,3 +118,35 @@ def test_calibrated_model_drops_the_lesions_below_its_threshold(trained_tiny_mod
         cut = _lesions(tmp_path / "cut", e["case_id"])
         assert sorted(float(r["score"]) for r in cut) == sorted(float(r["score"]) for r in kept
                                                                    if float(r["score"]) >= threshold)
+
+
+def test_second_stage_scores_what_infer_writes(trained_tiny_model, tiny_dataset, tmp_path):
+    """A model file carrying a classifier: every lesion ``infer`` writes is scored by it from its own row (the
+    network's score kept beside it), and calibration with fp_reduction stores what it fitted."""
+    model = tmp_path / "model.pt"
+    shutil.copy(trained_tiny_model, model)
+    val = load_manifest(tiny_dataset / "manifest.json", "validation")
+    test = load_manifest(tiny_dataset / "manifest.json", "test")
+    point = calibrate_model(model, val, fp_per_scan=1.0, fp_reduction=True)
+    blob = torch.load(model, weights_only=True)
+    assert blob["config"]["inference"]["candidate_classifier"] == point["classifier"]
+    assert [d["case_id"] for d in point["candidates"]] == [e["case_id"] for e in val]
+    assert [d["case_id"] for d in point["detections"]] == [e["case_id"] for e in val]
+    rng = np.random.default_rng(5)  # a classifier of known weights, whatever the tiny model's validation held
+    forced = fit_second_stage([_scan(rng, "x", 3, 9), _scan(rng, "y", 2, 7)])
+    blob["config"]["inference"]["candidate_classifier"] = forced
+    torch.save(blob, model)
+    cases = val + test  # the raw decision: the tiny volumes have no lungs, so the lung filter would empty them
+    r = run_cli("infer", "--model", model, "--input", *(e["image"] for e in cases), "--out", tmp_path / "out",
+                "--device", "cpu", "--no-progress", "--workers", "1", "--no-postprocess")
+    assert r.returncode == 0, r.stderr
+    rows = [row for e in cases for row in _lesions(tmp_path / "out", e["case_id"])]
+    assert rows, "the tiny model finds candidates"
+    expect = CandidateClassifier.from_dict(forced).predict(rows)
+    assert [float(row["score"]) for row in rows] == pytest.approx(expect.tolist(), rel=1e-6)
+    assert any(float(row["score"]) != float(row["network_score"]) for row in rows)
+    blob["config"]["inference"]["candidate_classifier"] = {**forced, "weights": [1.0]}  # broken: refused first
+    torch.save(blob, model)
+    r = run_cli("infer", "--model", model, "--input", test[0]["image"], "--out", tmp_path / "bad", "--device", "cpu",
+                "--no-progress")
+    assert r.returncode == 2 and "candidate_classifier" in r.stderr and not (tmp_path / "bad").exists()

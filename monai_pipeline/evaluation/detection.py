@@ -53,20 +53,28 @@ class ScanDetections:
     ignored: int = 0
 
 
+def hit_nodule(centre: Sequence[float], nodules: Sequence[Finding]) -> int | None:
+    """The index of the reference nodule a candidate centred at ``centre`` (mm) hits by the module docstring's
+    rule (the nearest of those within their radius), or None."""
+    if not nodules:
+        return None
+    ncent = np.asarray([n.centre for n in nodules], dtype=np.float64).reshape(-1, 3)
+    nrad = np.asarray([n.radius_mm for n in nodules], dtype=np.float64)
+    d = np.linalg.norm(ncent - np.asarray(centre, dtype=np.float64), axis=1)
+    hits = np.flatnonzero(d <= nrad)
+    return int(hits[np.argmin(d[hits])]) if len(hits) else None
+
+
 def match_scan(case_id: str, candidates: Sequence[tuple[Sequence[float], float]], nodules: Sequence[Finding],
                irrelevant: Sequence[Finding] = ()) -> ScanDetections:
     """Apply the hit rule of the module docstring to one scan's candidates ``(centre mm, score)``."""
     out = ScanDetections(case_id, [None] * len(nodules))
-    ncent = np.asarray([n.centre for n in nodules], dtype=np.float64).reshape(-1, 3)
-    nrad = np.asarray([n.radius_mm for n in nodules], dtype=np.float64)
     icent = np.asarray([f.centre for f in irrelevant], dtype=np.float64).reshape(-1, 3)
     irad = np.asarray([f.radius_mm for f in irrelevant], dtype=np.float64)
     for centre, score in candidates:
         c = np.asarray(centre, dtype=np.float64)
-        d = np.linalg.norm(ncent - c, axis=1)
-        hits = np.flatnonzero(d <= nrad)
-        if len(hits):
-            k = int(hits[np.argmin(d[hits])])
+        k = hit_nodule(c, nodules)
+        if k is not None:
             prev = out.nodule_scores[k]
             out.nodule_scores[k] = float(score) if prev is None else max(prev, float(score))
         elif len(irad) and np.any(np.linalg.norm(icent - c, axis=1) <= irad):

@@ -15,7 +15,9 @@ so the same model gives the same mask through every door:
 4. the lesion table, each lesion scored by its maximum foreground probability (network space, from the
    background probability so that it ranks where the foreground one saturates: :func:`probability_score`); with
    post-processing on, lesions scoring below ``inference.min_lesion_score`` (the operating point ``train``
-   chose on its validation cases) leave the mask and the table;
+   chose on its validation cases) leave the mask and the table. A model calibrated with a second stage
+   (``inference.candidate_classifier``, :mod:`monai_pipeline.postprocess.candidates`) scores each lesion by that
+   classifier's nodule probability instead, from the lesion's size, shape, HU and network score;
 5. :func:`write_prediction`: mask, lesion table, optional probability map and the done-marker, atomically.
 """
 
@@ -40,6 +42,7 @@ from monai_pipeline.io.layout import PredictionLayout
 from monai_pipeline.io.paths import case_id_from_path
 from monai_pipeline.io.writer import atomic_write_text, dumps_strict, write_image
 from monai_pipeline.postprocess import lesion_table, postprocess_case, write_lesion_csv
+from monai_pipeline.postprocess.candidates import rescore
 from monai_pipeline.postprocess.lesions import ScoreFn
 
 
@@ -202,10 +205,12 @@ def export_prediction(probs: torch.Tensor, affine_ras: np.ndarray, original, cfg
         mask = postprocess_case(mask, hu, geometry, cfg)
     score = probability_score(bg_net, affine_ras, geometry, cfg.inference.lesion_score)
     lesions, labels = lesion_table(mask, geometry, hu, cfg.postprocess.connectivity, score=score, return_labels=True)
+    lesions = rescore(lesions, cfg.inference.candidate_classifier)
     threshold = cfg.inference.min_lesion_score
     if postprocess and threshold > 0 and any(r["score"] < threshold for r in lesions):
         mask = np.isin(labels, [r["lesion"] for r in lesions if r["score"] >= threshold]).astype(np.uint8)
-        lesions = lesion_table(mask, geometry, hu, cfg.postprocess.connectivity, score=score)
+        lesions = rescore(lesion_table(mask, geometry, hu, cfg.postprocess.connectivity, score=score),
+                          cfg.inference.candidate_classifier)
     prob_img = None
     if save_prob:
         prob_img = resample_to_grid(fg_net.astype(np.float32), affine_ras, geometry, sitk.sitkLinear,
@@ -217,13 +222,15 @@ def export_prediction(probs: torch.Tensor, affine_ras: np.ndarray, original, cfg
 
 def case_statistics_json(pred: Prediction, provenance: dict | None = None) -> str:
     """``<case_id>_stats.json``: per lesion its volume (mm3 and ml), equivalent and longest axial diameter (mm),
-    mean and max HU, centroid (mm, LPS) and score; the totals; and the model and settings that made them."""
+    mean and max HU, centroid (mm, LPS), score and network score; the totals; and the model and settings that
+    made them."""
 
     lesions = [{"lesion": r["lesion"], "volume_mm3": r["volume_mm3"], "volume_ml": round(r["volume_mm3"] / 1000.0, 4),
                 "equivalent_diameter_mm": r["equivalent_diameter_mm"],
                 "longest_axial_diameter_mm": r["longest_axial_diameter_mm"], "mean_hu": r["mean_hu"],
                 "max_hu": r["max_hu"], "centroid_lps_mm": [r["centroid_x_mm"], r["centroid_y_mm"], r["centroid_z_mm"]],
-                "score": r["score"] if r["score"] != "" else None} for r in pred.lesions]
+                "score": r["score"] if r["score"] != "" else None,
+                "network_score": r["network_score"] if r["network_score"] != "" else None} for r in pred.lesions]
     prov = provenance or {}
     return dumps_strict({"case_id": pred.case_id, "n_lesions": len(lesions),
                          "total_volume_ml": round(sum(x["volume_ml"] for x in lesions), 4), "lesions": lesions,

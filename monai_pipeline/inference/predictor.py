@@ -25,6 +25,7 @@ from monai_pipeline.inferers import ProbabilityInferer
 from monai_pipeline.io.paths import case_id_from_path
 from monai_pipeline.io.reader import ReadOptions
 from monai_pipeline.model_file import describe_training_data, load_model_file, synthetic_only, versions
+from monai_pipeline.postprocess.candidates import check_classifier
 from monai_pipeline.postprocess.steps import check_steps
 from monai_pipeline.transforms.dictionary import SERIES_KEY
 from monai_pipeline.transforms.pipeline import prediction_transforms
@@ -83,23 +84,27 @@ def ensemble_members(path: Path) -> list[Path]:
     return files
 
 
-def ensemble_threshold(path: Path) -> float:
-    """The lesion-score threshold of the fold ensemble a ``cv`` folder makes: ``cv.json``'s
-    ``ensemble_operating_point`` (chosen on the pooled out-of-fold detections of every fold); 0.0 (keep every
-    candidate, warned) for a cv folder written without one."""
+def ensemble_calibration(path: Path) -> dict[str, Any]:
+    """The lesion-score threshold and second-stage classifier of the fold ensemble a ``cv`` folder makes
+    (``min_lesion_score``, ``candidate_classifier``): ``cv.json``'s ``ensemble_operating_point``, chosen on the
+    pooled out-of-fold validation results of every fold; a threshold of 0.0 (keep every candidate, warned) and
+    no classifier for a cv folder written without one."""
     point = json.loads((path / CV_FILE).read_text()).get("ensemble_operating_point")
     if point is None:
         logger.warning("%s has no ensemble operating point (an older cv folder, or calibration off): every "
                        "candidate is kept; set one with --min-score", path / CV_FILE)
-        return 0.0
-    return float(point.get("threshold") or 0.0)
+        return {"min_lesion_score": 0.0, "candidate_classifier": None}
+    return {"min_lesion_score": float(point.get("threshold") or 0.0),
+            "candidate_classifier": point.get("classifier")}
 
 
-def _without_threshold(config: dict) -> dict:
-    """A model file's configuration less ``inference.min_lesion_score``, which each fold's calibration sets
-    for itself (folds of one cross-validation differ only there)."""
-    return {**config, "inference": {k: v for k, v in config["inference"].items()
-                                    if k != "min_lesion_score"}}
+#: the inference settings each fold's calibration sets for itself (folds of one cross-validation differ there)
+CALIBRATED_SETTINGS = ("min_lesion_score", "candidate_classifier")
+
+
+def _without_calibration(config: dict) -> dict:
+    """A model file's configuration less :data:`CALIBRATED_SETTINGS`."""
+    return {**config, "inference": {k: v for k, v in config["inference"].items() if k not in CALIBRATED_SETTINGS}}
 
 
 def prediction_provenance(model_path: str | Path, cfg: PipelineConfig, read_options: ReadOptions | None = None,
@@ -128,7 +133,8 @@ class Predictor:
             ``monai-pipeline cv`` folder (its ``cv.json``): then the fold models' probabilities are averaged.
         device: where the network runs ("cpu", "cuda", "cuda:1"; default: cuda when available).
         inference: overrides of the model's ``inference`` section (``{"overlap": 0.5, "tta": True}``; keys as in
-            ``default.yaml``, None values ignored).
+            ``default.yaml``; None values ignored, except ``candidate_classifier: None``, which turns a second
+            stage off).
         postprocess: overrides of the model's ``postprocess`` section (``{"steps": {...}}``).
         read_options: how awkward inputs are read (series choice, non-uniform spacing, gantry tilt).
         stitch_device: where the full-volume output is accumulated; "cpu" lets a GPU infer volumes whose
@@ -138,7 +144,7 @@ class Predictor:
     def __init__(self, model_path: str | Path, device: str | None = None, inference: Mapping[str, Any] | None = None,
                  postprocess: Mapping[str, Any] | None = None, read_options: ReadOptions | None = None,
                  stitch_device: str | None = None):
-        overrides = {k: v for k, v in (inference or {}).items() if v is not None}
+        overrides = {k: v for k, v in (inference or {}).items() if v is not None or k == "candidate_classifier"}
         #: the arguments that make this predictor (helper processes of a batch build theirs from them)
         self.arguments: dict[str, Any] = {
             "model_path": str(model_path), "device": device, "inference": overrides,
@@ -149,16 +155,16 @@ class Predictor:
         loaded = [load_model_file(f, self.device) for f in files]
         self.networks = [net for net, _ in loaded]
         self.blob = loaded[0][1]
-        stored = [_without_threshold(blob["config"]) for _, blob in loaded]
+        stored = [_without_calibration(blob["config"]) for _, blob in loaded]
         if any(c != stored[0] for c in stored[1:]):
             raise InputError(self.model_path, "the fold models were trained with different configurations")
         config = self.blob["config"]
         if self.model_path.is_dir():  # a cv folder: the ensemble's own operating point, not the first fold's
-            config = {**config, "inference": {**config["inference"],
-                                              "min_lesion_score": ensemble_threshold(self.model_path)}}
+            config = {**config, "inference": {**config["inference"], **ensemble_calibration(self.model_path)}}
         self.cfg: PipelineConfig = config_from_model_dict(config).merged(
             {"inference": overrides, "postprocess": dict(postprocess or {})})
         check_steps(self.cfg.postprocess)
+        check_classifier(self.cfg.inference.candidate_classifier)
         self.read_options = read_options or ReadOptions()
         self.transform = prediction_transforms(self.cfg, self.read_options)
         self.inferer = ProbabilityInferer(self.cfg, self.device, stitch_device)

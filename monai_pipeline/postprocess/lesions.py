@@ -18,7 +18,8 @@ from monai_pipeline.io.writer import atomic_write_text
 from monai_pipeline.postprocess.ops import elongation
 
 LESION_FIELDS = ("lesion", "volume_mm3", "equivalent_diameter_mm", "longest_axial_diameter_mm", "elongation",
-                 "centroid_x_mm", "centroid_y_mm", "centroid_z_mm", "mean_hu", "max_hu", "n_voxels", "score")
+                 "centroid_x_mm", "centroid_y_mm", "centroid_z_mm", "mean_hu", "max_hu", "n_voxels", "score",
+                 "network_score")
 #: a lesion's score from its voxel indices (N, 3) on the mask's grid, e.g. its maximum foreground probability
 ScoreFn = Callable[[np.ndarray], float]
 
@@ -53,8 +54,9 @@ def lesion_table(mask: np.ndarray, geometry: Geometry, hu: np.ndarray | None = N
 
     Centroids are patient coordinates in mm (LPS, as DICOM); the longest axial diameter is measured in the
     image's slice plane; ``score`` (a detection score, blank without ``score``) is computed from each
-    component's voxel indices. ``return_labels`` also returns the component labels (x, y, z; row ``k`` is
-    label ``k + 1``).
+    component's voxel indices, and ``network_score`` repeats it (a second-stage classifier may replace ``score``
+    later, :func:`~monai_pipeline.postprocess.candidates.rescore`; ``network_score`` stays). ``return_labels``
+    also returns the component labels (x, y, z; row ``k`` is label ``k + 1``).
     """
     full = np.asarray(mask) > 0
     box = bounding_box(full)  # all work inside the mask's bounding box
@@ -91,6 +93,7 @@ def lesion_table(mask: np.ndarray, geometry: Geometry, hu: np.ndarray | None = N
             "n_voxels": int(len(idx)),
             "score": float(score(idx)) if score is not None else "",  # unrounded: it ranks
         })
+        rows[-1]["network_score"] = rows[-1]["score"]  # a second stage may re-score; this stays the network's
     if not return_labels:
         return rows
     labels = np.zeros(full.shape, np.int32)
