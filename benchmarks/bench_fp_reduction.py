@@ -1,16 +1,31 @@
 """The second stage (``training.fp_reduction``) against the network's own lesion score, paired on the same
-out-of-fold candidates of one or more cross-validations (e.g. one per training seed).
+fold models: on the LIDC-shaped studies over several training seeds, and on the demo's model.
 
-    python benchmarks/bench_fp_reduction.py CV [CV ...] [--fp-per-scan 1] [--out fp_reduction.json]
+    make lidc-demo                                                 # lidc_demo_output/: the studies
+    python benchmarks/bench_fp_reduction.py --lidc-demo lidc_demo_output --seeds 3 --out fpr   # about 35 min
+    python benchmarks/bench_fp_reduction.py --rank fpr/seed_0/on fpr/seed_1/on fpr/seed_2/on  # ranking only
+    monai-pipeline demo --out demo1                                # seed 0's demo model
+    python benchmarks/bench_fp_reduction.py --demo demo1 --out fpr_demo                       # about 3 min
 
-Each ``CV`` is a ``monai-pipeline cv`` folder whose fold models stored their validation candidates (calibrated by
-this version; ``training.fp_reduction`` on or off does not matter, the candidates are the network's). For every
-fold k, fold k's candidates (its model on its own held-out cases) are scored twice: by the network (the maximum
-foreground probability) and by the second-stage classifier fitted on the *other* folds' candidates. Each fold's
-threshold is chosen on the other folds at ``--fp-per-scan``, as ``cv`` chooses it (for the second stage on their
-out-of-sample scores, :func:`monai_pipeline.calibration.second_stage_point`). Printed per CV and as mean and
-standard deviation over the CVs: CPM, sensitivity at 1 and 4 false positives per scan (every candidate ranked),
-and sensitivity and false positives per scan at the cross-fitted threshold. Nothing is retrained or predicted.
+``--lidc-demo``: for each seed S, ``lidc-demo``'s configuration with consensus labels and ``training.seed`` S is
+cross-validated with the second stage on (``OUT/seed_S/on``); the same fold models are then scored again with it
+off (``OUT/seed_S/off``: copies of the models, nothing retrained). Printed: both runs' out-of-fold figures as mean
+and standard deviation over the seeds, with the paired difference, then the ranking table of ``--rank``.
+Resumable: fold models already there are not trained again.
+
+``--rank CV [CV ...]``: each ``CV`` is a ``monai-pipeline cv`` folder whose fold models stored their validation
+candidates (calibrated by this version; ``training.fp_reduction`` on or off does not matter, the candidates are
+the network's). For every fold k, fold k's candidates (its model on its own held-out cases) are scored twice: by
+the network (the maximum foreground probability) and by the second-stage classifier fitted on the *other* folds'
+candidates. Each fold's threshold is chosen on the other folds at ``--fp-per-scan``, as ``cv`` chooses it (for
+the second stage on their out-of-sample scores, :func:`monai_pipeline.calibration.second_stage_point`). Printed
+per CV and as mean and standard deviation over the CVs: CPM, sensitivity at 1 and 4 false positives per scan
+(every candidate ranked), and sensitivity and false positives per scan at the cross-fitted threshold (counted on
+the candidates with the hit rule, so they differ slightly from ``cv``'s lesion counts on the masks).
+
+``--demo DEMO``: the demo's model (``DEMO/run/model.pt``) recalibrated on its validation cases with the second
+stage off and on (copies in ``OUT/off``, ``OUT/on``), each scored on the demo's test cases and on the real CT
+the demo counts false positives on.
 """
 
 from __future__ import annotations
@@ -69,6 +84,78 @@ def paired(cv: Path, fp_per_scan: float) -> dict[str, dict]:
     return out
 
 
+FIGURES = ("nodule_dice", "case_dice", "sensitivity", "fp_per_scan", "cpm")
+
+
+def cv_figures(summary: dict) -> dict[str, float]:
+    """The out-of-fold figures of a cross-validation's ``summary.json`` compared here."""
+    return {"nodule_dice": summary["reader_agreement"]["model_vs_consensus"]["mean"],
+            "case_dice": summary["metrics"]["dice"]["mean"], "sensitivity": summary["lesion_sensitivity_pooled"],
+            "fp_per_scan": summary["lesion_false_positives_per_scan"], "cpm": summary["detection"]["cpm"]}
+
+
+def train_seeds(lidc_demo: Path, seeds: int, out: Path) -> dict[int, dict[str, dict]]:
+    """Seed -> {"on": figures, "off": figures} (see ``--lidc-demo`` in the module docstring)."""
+    import shutil
+
+    from monai_pipeline.crossval import cross_validate
+    from monai_pipeline.lidc.lidc_demo import lidc_demo_config
+
+    manifest = lidc_demo / "converted" / "manifest.json"
+    result = {}
+    for seed in range(seeds):
+        root = out / f"seed_{seed}"
+        figures = {}
+        for mode, on in (("on", True), ("off", False)):
+            if mode == "off":
+                for fold in sorted((root / "on").glob("fold_*")):
+                    (root / "off" / fold.name).mkdir(parents=True, exist_ok=True)
+                    shutil.copy(fold / "model.pt", root / "off" / fold.name / "model.pt")
+            cfg = lidc_demo_config(False).merged(
+                {"training": {"label_mode": "consensus", "seed": seed, "fp_reduction": on}})
+            figures[mode] = cv_figures(cross_validate(manifest, root / mode, cfg, device="cpu", progress=False))
+        result[seed] = figures
+    return result
+
+
+def print_seeds(result: dict[int, dict[str, dict]]) -> None:
+    import numpy as np
+
+    print("| out of fold | second stage off | second stage on | paired difference |")
+    print("| --- | ---: | ---: | ---: |")
+    for key in FIGURES:
+        off, on = ([result[s][m][key] for s in result] for m in ("off", "on"))
+        print(f"| {key} | {mean_sd(off)} | {mean_sd(on)} | {mean_sd(list(np.subtract(on, off)))} |")
+    for s, r in result.items():
+        print(f"seed {s}: " + ", ".join(f"{k} {r['off'][k]:.3f} -> {r['on'][k]:.3f}" for k in FIGURES))
+
+
+def demo_pair(demo: Path, out: Path) -> dict[str, dict]:
+    """The ``--demo`` comparison (module docstring): off/on -> test-case figures and real-CT false positives."""
+    import shutil
+
+    from monai_pipeline.calibration import calibrate_model
+    from monai_pipeline.data.manifest import load_manifest
+    from monai_pipeline.demo import REAL_CT, false_positives_on_real_ct
+    from monai_pipeline.evaluation import evaluate_folder
+    from monai_pipeline.inference import Predictor, cases_from_manifest, run_batch
+
+    manifest = demo / "data" / "manifest.json"
+    result = {}
+    for mode, on in (("off", False), ("on", True)):
+        model = out / mode / "model.pt"
+        model.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(demo / "run" / "model.pt", model)
+        calibrate_model(model, load_manifest(manifest, "validation"), 1.0, "cpu", on)
+        run_batch(Predictor(model, device="cpu"), cases_from_manifest(manifest), out / mode / "pred", progress=False)
+        res = evaluate_folder(out / mode / "pred", manifest, out / mode / "eval", sections=["test"])
+        result[mode] = {"dice": res["metrics"]["dice"]["mean"], "sensitivity": res["lesion_sensitivity_pooled"],
+                        "fp_per_scan": res["lesion_false_positives_per_scan"], "cpm": res["detection"]["cpm"],
+                        "real_ct_false_positives": false_positives_on_real_ct(model, REAL_CT, out / mode)[
+                            "false_positives"]}
+    return result
+
+
 def mean_sd(values: list[float]) -> str:
     import numpy as np
 
@@ -76,13 +163,7 @@ def mean_sd(values: list[float]) -> str:
     return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v[0]:.3f}"
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("cv", type=Path, nargs="+", help="monai-pipeline cv folders")
-    ap.add_argument("--fp-per-scan", type=float, default=1.0, help="operating point (training.operating_fp_per_scan)")
-    ap.add_argument("--out", type=Path, help="also write the figures as JSON")
-    args = ap.parse_args(argv)
-    runs = {str(cv): paired(cv, args.fp_per_scan) for cv in args.cv}
+def print_rank(runs: dict[str, dict[str, dict]]) -> None:
     keys = ("cpm", "sensitivity_at_1fp", "sensitivity_at_4fp", "threshold_sensitivity", "threshold_fp_per_scan")
     print("| cv | scorer | CPM | sens. @1 FP/scan | sens. @4 FP/scan | sens. at threshold | FP/scan at threshold |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
@@ -93,8 +174,35 @@ def main(argv: list[str] | None = None) -> None:
         for name in SCORERS:
             print(f"| mean ± sd over {len(runs)} | {name} | "
                   + " | ".join(mean_sd([res[name][k] for res in runs.values()]) for k in keys) + " |")
-    if args.out:
-        args.out.write_text(json.dumps(runs, indent=1))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    mode = ap.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--rank", type=Path, nargs="+", metavar="CV", help="monai-pipeline cv folders to rank")
+    mode.add_argument("--lidc-demo", type=Path, help="lidc-demo's output folder: train --seeds cross-validations")
+    mode.add_argument("--demo", type=Path, help="a demo output folder (its run/model.pt and data/)")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--fp-per-scan", type=float, default=1.0, help="operating point (training.operating_fp_per_scan)")
+    ap.add_argument("--out", type=Path, help="output folder (--lidc-demo, --demo) or JSON file (--rank)")
+    args = ap.parse_args(argv)
+    if args.rank:
+        runs = {str(cv): paired(cv, args.fp_per_scan) for cv in args.rank}
+        print_rank(runs)
+        if args.out:
+            args.out.write_text(json.dumps(runs, indent=1))
+        return
+    if args.out is None:
+        ap.error("--out is needed with --lidc-demo and --demo")
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.demo:
+        result = demo_pair(args.demo, args.out)
+        print(json.dumps(result, indent=1))
+    else:
+        result = train_seeds(args.lidc_demo, args.seeds, args.out)
+        print_seeds(result)
+        print_rank({f"seed {s}": paired(args.out / f"seed_{s}" / "on", args.fp_per_scan) for s in result})
+    (args.out / "fp_reduction.json").write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

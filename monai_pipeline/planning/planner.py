@@ -22,6 +22,9 @@ The rules, in order (axes x, y, z of the RAS array; spacings in mm, sizes in vox
    (small nodules would otherwise be rare), otherwise positive/negative patches 1:1.
 7. epochs: a time budget divided by the measured seconds of one training step of the planned network on the
    device (15 % kept for validation and loading), or the number asked for.
+8. false-positive reduction (``training.fp_reduction``): on when a validation fold (a fifth of the cases, as in
+   5-fold cross-validation) holds at least 10 lesions, so that the second-stage classifier's 7 weights are fitted
+   on at least 10 hits; otherwise the default (off).
 
 Training memory is estimated as ``BYTES_PER_ACTIVATION`` bytes per feature-map element summed over levels per
 patch: 3-5 times the 7-10 bytes measured for MONAI's UNet (forward and backward, fp32, AdamW) on this project's
@@ -38,6 +41,9 @@ from typing import Any
 import numpy as np
 import yaml
 
+#: rule 8: folds of the cross-validation the plan is made for, and the lesions a validation fold needs to fit the
+#: second stage on
+CV_FOLDS, MIN_LESIONS_PER_FOLD = 5, 10
 #: bytes per feature-map element, summed over levels, of one training step (see the module docstring)
 BYTES_PER_ACTIVATION = 32
 MAX_LEVELS = 5
@@ -239,6 +245,10 @@ def plan(fingerprint: dict, device: str = "cpu", memory_gb: float = 4.0, time_bu
         out.add("training.epochs", int(epochs), "as asked")
     out.add("training.val_interval", max(1, epochs // 10), "ten validations over the run")
     out.add("training.amp", True, "fp16 autocast on CUDA GPUs")
+    per_fold = fp["lesions"]["n"] / CV_FOLDS
+    if per_fold >= MIN_LESIONS_PER_FOLD:
+        out.add("training.fp_reduction", True, f"{per_fold:.0f} lesions per validation fold (of {CV_FOLDS}): "
+                "enough hits to fit the second-stage candidate classifier (rule 8)")
     return out
 
 

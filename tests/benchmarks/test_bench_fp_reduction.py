@@ -40,8 +40,21 @@ def test_main_reports_the_spread_and_refuses_old_model_files(tmp_path, capsys):
     mod = load_benchmark("bench_fp_reduction")
     for s in range(2):
         _write_cv(tmp_path / f"cv{s}", s)
-    mod.main([str(tmp_path / "cv0"), str(tmp_path / "cv1"), "--out", str(tmp_path / "r.json")])
+    mod.main(["--rank", str(tmp_path / "cv0"), str(tmp_path / "cv1"), "--out", str(tmp_path / "r.json")])
     assert "mean ± sd over 2 | second stage | 1.000 ± 0.000" in capsys.readouterr().out
     torch.save({"operating_point": {"threshold": 0.5}}, tmp_path / "cv1" / "fold_1" / "model.pt")
     with pytest.raises(SystemExit, match="no stored validation candidates"):
         mod.paired(tmp_path / "cv1", 1.0)
+
+
+def test_seed_table_pairs_off_with_on(capsys):
+    mod = load_benchmark("bench_fp_reduction")
+    fig = {k: 0.0 for k in mod.FIGURES}
+    result = {0: {"off": {**fig, "cpm": 0.1}, "on": {**fig, "cpm": 0.3}},
+              1: {"off": {**fig, "cpm": 0.2}, "on": {**fig, "cpm": 0.3}}}
+    mod.print_seeds(result)
+    assert "| cpm | 0.150 ± 0.071 | 0.300 ± 0.000 | 0.150 ± 0.071 |" in capsys.readouterr().out
+    summary = {"reader_agreement": {"model_vs_consensus": {"mean": 0.3}}, "metrics": {"dice": {"mean": 0.2}},
+               "lesion_sensitivity_pooled": 0.4, "lesion_false_positives_per_scan": 1.5, "detection": {"cpm": 0.25}}
+    assert mod.cv_figures(summary) == {"nodule_dice": 0.3, "case_dice": 0.2, "sensitivity": 0.4,
+                                       "fp_per_scan": 1.5, "cpm": 0.25}

@@ -89,6 +89,13 @@ def test_epochs_from_a_time_budget():
     assert ov["training"]["epochs"] == int(10 * 60 * 0.85 / (0.5 * steps_per_epoch))
 
 
+def test_second_stage_when_a_validation_fold_holds_ten_lesions():
+    """Rule 8: a fifth of the lesions is the validation fold of a 5-fold cross-validation."""
+    on = plan(_fp(n=25, per_case=2.0), device="cpu", epochs=1).overlay()  # 50 lesions: 10 per fold
+    off = plan(_fp(n=24, per_case=2.0), device="cpu", epochs=1).overlay()  # 48: 9.6 per fold
+    assert on["training"]["fp_reduction"] is True and "fp_reduction" not in off["training"]
+
+
 MEASURE = """
 import json, sys, torch
 from monai.networks.nets import UNet
@@ -174,6 +181,7 @@ def test_lidc_config_is_the_planners_output_for_the_lidc_fingerprint(tmp_path):
     assert yaml.safe_load((tmp_path / "lidc.yaml").read_text()) == shipped
     cfg = load_config(REPO / "configs" / "lidc.yaml")
     assert cfg.preprocessing.crop == "lungs" and cfg.training.epochs == 300
+    assert cfg.training.fp_reduction  # rule 8: 1372 lesions per validation fold
 
 
 @pytest.mark.slow
