@@ -10,7 +10,7 @@ rule (positives) or to nothing (false positives).
 Features, all from :func:`~monai_pipeline.postprocess.lesions.lesion_table` (input grid, mm and HU):
 
 * ``log_volume_mm3``: natural log of the volume (mm3);
-* ``elongation``: square root of the largest over the smallest principal moment (1 = round; vessels 2-5);
+* ``elongation``: square root of the largest over the middle principal moment (1 = round or flat; vessels 2-5);
 * ``mean_hu``, ``max_hu``: the component's density in HU / 100;
 * ``score_logit``: logit of the network's score, clipped to [1e-7, 1 - 1e-7];
 * ``diameter_ratio``: longest axial diameter / equivalent-sphere diameter (1 = compact; long or flat > 1).
