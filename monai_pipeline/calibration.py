@@ -39,7 +39,7 @@ from monai_pipeline.inference.predictor import Predictor
 from monai_pipeline.io.geometry import sitk_to_xyz_array
 from monai_pipeline.io.writer import atomic_path
 from monai_pipeline.model_file import read_model_file
-from monai_pipeline.postprocess.candidates import FEATURE_COLUMNS, fit_classifier, rescore
+from monai_pipeline.postprocess.candidates import FEATURE_COLUMNS, CandidateClassifier, fit_classifier
 from monai_pipeline.training import train
 
 logger = logging.getLogger(__name__)
@@ -74,18 +74,14 @@ def scan_detections(scans: list[dict], classifier: dict | None = None) -> list[S
     """:func:`validation_candidates`' scans as :class:`ScanDetections`, each candidate scored by ``classifier``
     (a stored :class:`~monai_pipeline.postprocess.candidates.CandidateClassifier`) or, without one, by the
     network's score."""
+    clf = CandidateClassifier.from_dict(classifier) if classifier else None
     out = []
     for scan in scans:
         cands = scan["candidates"]
-        scores = rescore(cands, classifier) if classifier else cands
+        scores = clf.predict(cands) if clf else [c["network_score"] for c in cands]
         det = ScanDetections(scan["case_id"], [None] * scan["n_nodules"])
-        for c, scored in zip(cands, scores, strict=True):
-            score = float(scored["score"] if classifier else c["network_score"])
-            if c["hit"] < 0:
-                det.fp_scores.append(score)
-            else:
-                prev = det.nodule_scores[c["hit"]]
-                det.nodule_scores[c["hit"]] = score if prev is None else max(prev, score)
+        for c, score in zip(cands, scores, strict=True):
+            det.record(None if c["hit"] < 0 else c["hit"], score)
         out.append(det)
     return out
 
@@ -173,8 +169,9 @@ def stored_detections(points: list[dict | None]) -> list[ScanDetections] | None:
     """The validation detections of ``points`` (``operating_point`` dicts as model files store them), pooled and
     scored by the network: from their stored candidates, or from older model files' stored detections; None when
     there are none or one of them stored neither (calibration off)."""
-    if points and all(_has(point, "candidates") for point in points):
-        return scan_detections([scan for point in points for scan in point["candidates"]])
+    candidates = _pooled_candidates(points)
+    if candidates is not None:
+        return scan_detections(candidates)
     if not points or not all(_has(point, "detections") for point in points):
         return None
     return [ScanDetections(**d) for point in points for d in point["detections"]]
@@ -186,12 +183,19 @@ def pooled_point(points: list[dict | None], fp_per_scan: float, fp_reduction: bo
     second stage is fitted on the pooled candidates and the threshold chosen on its out-of-sample scores
     (:func:`second_stage_point`); otherwise on the network's scores (:func:`stored_detections`), ``classifier``
     None. None when one of them stored nothing."""
-    if fp_reduction and points and all(_has(point, "candidates") for point in points):
-        candidates = [scan for point in points for scan in point["candidates"]]
+    candidates = _pooled_candidates(points)
+    if fp_reduction and candidates is not None:
         classifier, scans = second_stage_point(candidates, fp_per_scan)
     else:
         classifier, scans = None, stored_detections(points)
     return None if scans is None else {**_json_safe(choose_threshold(scans, fp_per_scan)), "classifier": classifier}
+
+
+def _pooled_candidates(points: list[dict | None]) -> list[dict] | None:
+    """Every point's stored validation candidates (scans), pooled; None unless every point stored them."""
+    if not points or not all(_has(point, "candidates") for point in points):
+        return None
+    return [scan for point in points for scan in point["candidates"]]
 
 
 def _has(point: dict | None, key: str) -> bool:

@@ -52,6 +52,15 @@ class ScanDetections:
     fp_scores: list[float] = field(default_factory=list)
     ignored: int = 0
 
+    def record(self, nodule: int | None, score: float) -> None:
+        """A candidate scoring ``score`` that hits reference nodule ``nodule`` (its best hit counts) or, for None,
+        a false positive."""
+        if nodule is None:
+            self.fp_scores.append(float(score))
+        else:
+            prev = self.nodule_scores[nodule]
+            self.nodule_scores[nodule] = float(score) if prev is None else max(prev, float(score))
+
 
 def hit_nodule(centre: Sequence[float], nodules: Sequence[Finding]) -> int | None:
     """The index of the reference nodule a candidate centred at ``centre`` (mm) hits by the module docstring's
@@ -74,13 +83,10 @@ def match_scan(case_id: str, candidates: Sequence[tuple[Sequence[float], float]]
     for centre, score in candidates:
         c = np.asarray(centre, dtype=np.float64)
         k = hit_nodule(c, nodules)
-        if k is not None:
-            prev = out.nodule_scores[k]
-            out.nodule_scores[k] = float(score) if prev is None else max(prev, float(score))
-        elif len(irad) and np.any(np.linalg.norm(icent - c, axis=1) <= irad):
+        if k is None and len(irad) and np.any(np.linalg.norm(icent - c, axis=1) <= irad):
             out.ignored += 1
         else:
-            out.fp_scores.append(float(score))
+            out.record(k, score)
     return out
 
 

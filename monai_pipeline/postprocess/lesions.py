@@ -80,6 +80,7 @@ def lesion_table(mask: np.ndarray, geometry: Geometry, hu: np.ndarray | None = N
         comp = lab[sl] == i
         idx = np.argwhere(comp) + [s.start for s in sl] + origin
         vol = len(idx) * vox
+        s = float(score(idx)) if score is not None else ""
         centroid = lps[:3, :3] @ idx.mean(axis=0) + lps[:3, 3]
         rows.append({
             "lesion": len(rows) + 1, "volume_mm3": round(vol, 3),
@@ -91,9 +92,8 @@ def lesion_table(mask: np.ndarray, geometry: Geometry, hu: np.ndarray | None = N
             "mean_hu": round(float(hu_box[sl][comp].mean()), 2) if hu_box is not None else float("nan"),
             "max_hu": round(float(hu_box[sl][comp].max()), 2) if hu_box is not None else float("nan"),
             "n_voxels": int(len(idx)),
-            "score": float(score(idx)) if score is not None else "",  # unrounded: it ranks
+            "score": s, "network_score": s,  # unrounded: it ranks; a second stage may replace only ``score``
         })
-        rows[-1]["network_score"] = rows[-1]["score"]  # a second stage may re-score; this stays the network's
     if not return_labels:
         return rows
     labels = np.zeros(full.shape, np.int32)
