@@ -4,6 +4,7 @@ fold models: on the LIDC-shaped studies over several training seeds, and on the 
     make lidc-demo                                                 # lidc_demo_output/: the studies
     python benchmarks/bench_fp_reduction.py --lidc-demo lidc_demo_output --seeds 3 --out fpr   # about 35 min
     python benchmarks/bench_fp_reduction.py --rank fpr/seed_0/on fpr/seed_1/on fpr/seed_2/on  # ranking only
+    python benchmarks/bench_fp_reduction.py --recalibrate fpr/seed_0/on fpr/seed_1/on --out fpr_new  # no training
     monai-pipeline demo --out demo1                                # seed 0's demo model
     python benchmarks/bench_fp_reduction.py --demo demo1 --out fpr_demo                       # about 3 min
 
@@ -22,6 +23,13 @@ the second stage on their out-of-sample scores, :func:`monai_pipeline.calibratio
 per CV and as mean and standard deviation over the CVs: CPM, sensitivity at 1 and 4 false positives per scan
 (every candidate ranked), and sensitivity and false positives per scan at the cross-fitted threshold (counted on
 the candidates with the hit rule, so they differ slightly from ``cv``'s lesion counts on the masks).
+
+``--recalibrate CV [CV ...]``: fold models trained earlier (``monai-pipeline cv`` folders, e.g. the seeds of
+``--lidc-demo``), rescored by this version's inference without retraining: each fold model is copied to
+``OUT/cv_<i>/on``, calibrated again on its fold's validation cases (second stage on; the stored candidates are
+then this version's), and scored on and off as under ``--lidc-demo``. For a change to inference that leaves the
+weights valid (the sliding window's padding, 2026-12-07); the fold models' checkpoint choice still reflects the
+inference they were trained with. Resumable.
 
 ``--demo DEMO``: the demo's model (``DEMO/run/model.pt``) recalibrated on its validation cases with the second
 stage off and on (copies in ``OUT/off``, ``OUT/on``), each scored on the demo's test cases and on the real CT
@@ -94,27 +102,56 @@ def cv_figures(summary: dict) -> dict[str, float]:
             "fp_per_scan": summary["lesion_false_positives_per_scan"], "cpm": summary["detection"]["cpm"]}
 
 
-def train_seeds(lidc_demo: Path, seeds: int, out: Path) -> dict[int, dict[str, dict]]:
-    """Seed -> {"on": figures, "off": figures} (see ``--lidc-demo`` in the module docstring)."""
+def on_and_off(root: Path, manifest: Path, seed: int) -> dict[str, dict]:
+    """Cross-validate ``lidc-demo``'s configuration (consensus labels, ``seed``) in ``root/on`` with the second
+    stage on, then score the same fold models again with it off in ``root/off`` (copies); fold models already in
+    ``root/on`` are used as they are. Returns {"on": figures, "off": figures}."""
     import shutil
 
     from monai_pipeline.crossval import cross_validate
     from monai_pipeline.lidc.lidc_demo import lidc_demo_config
 
+    figures = {}
+    for mode, on in (("on", True), ("off", False)):
+        if mode == "off":
+            for fold in sorted((root / "on").glob("fold_*")):
+                (root / "off" / fold.name).mkdir(parents=True, exist_ok=True)
+                shutil.copy(fold / "model.pt", root / "off" / fold.name / "model.pt")
+        cfg = lidc_demo_config(False).merged(
+            {"training": {"label_mode": "consensus", "seed": seed, "fp_reduction": on}})
+        figures[mode] = cv_figures(cross_validate(manifest, root / mode, cfg, device="cpu", progress=False))
+    return figures
+
+
+def train_seeds(lidc_demo: Path, seeds: int, out: Path) -> dict[int, dict[str, dict]]:
+    """Seed -> {"on": figures, "off": figures} (see ``--lidc-demo`` in the module docstring)."""
     manifest = lidc_demo / "converted" / "manifest.json"
+    return {seed: on_and_off(out / f"seed_{seed}", manifest, seed) for seed in range(seeds)}
+
+
+def recalibrate(cvs: list[Path], out: Path) -> dict[int, dict[str, dict]]:
+    """Index -> {"on", "off"} figures of already trained ``cv`` folders, scored by this version's inference (see
+    ``--recalibrate`` in the module docstring)."""
+    import shutil
+
+    from monai_pipeline.calibration import calibrate_model
+    from monai_pipeline.data.manifest import split_for_fold
+
     result = {}
-    for seed in range(seeds):
-        root = out / f"seed_{seed}"
-        figures = {}
-        for mode, on in (("on", True), ("off", False)):
-            if mode == "off":
-                for fold in sorted((root / "on").glob("fold_*")):
-                    (root / "off" / fold.name).mkdir(parents=True, exist_ok=True)
-                    shutil.copy(fold / "model.pt", root / "off" / fold.name / "model.pt")
-            cfg = lidc_demo_config(False).merged(
-                {"training": {"label_mode": "consensus", "seed": seed, "fp_reduction": on}})
-            figures[mode] = cv_figures(cross_validate(manifest, root / mode, cfg, device="cpu", progress=False))
-        result[seed] = figures
+    for i, cv in enumerate(cvs):
+        manifest = Path(json.loads((cv / "cv.json").read_text())["manifest"])
+        root = out / f"cv_{i}"
+        for model in sorted(cv.glob("fold_*/model.pt")):
+            dst = root / "on" / model.parent.name / "model.pt"
+            if (dst.parent / "recalibrated").is_file():
+                continue
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(model, dst)
+            _, val_files = split_for_fold(manifest, int(model.parent.name.split("_")[1]))
+            calibrate_model(dst, val_files, 1.0, "cpu", fp_reduction=True)
+            (dst.parent / "recalibrated").write_text(f"{model}\n")
+        result[i] = on_and_off(root, manifest, seed=0)
+        print(f"cv_{i} = {cv}", flush=True)
     return result
 
 
@@ -182,9 +219,11 @@ def main(argv: list[str] | None = None) -> None:
     mode.add_argument("--rank", type=Path, nargs="+", metavar="CV", help="monai-pipeline cv folders to rank")
     mode.add_argument("--lidc-demo", type=Path, help="lidc-demo's output folder: train --seeds cross-validations")
     mode.add_argument("--demo", type=Path, help="a demo output folder (its run/model.pt and data/)")
+    mode.add_argument("--recalibrate", type=Path, nargs="+", metavar="CV",
+                      help="trained cv folders: recalibrate copies of their fold models and score them")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--fp-per-scan", type=float, default=1.0, help="operating point (training.operating_fp_per_scan)")
-    ap.add_argument("--out", type=Path, help="output folder (--lidc-demo, --demo) or JSON file (--rank)")
+    ap.add_argument("--out", type=Path, help="output folder (--lidc-demo, --demo, --recalibrate) or JSON file (--rank)")
     args = ap.parse_args(argv)
     if args.rank:
         runs = {str(cv): paired(cv, args.fp_per_scan) for cv in args.rank}
@@ -193,11 +232,15 @@ def main(argv: list[str] | None = None) -> None:
             args.out.write_text(json.dumps(runs, indent=1))
         return
     if args.out is None:
-        ap.error("--out is needed with --lidc-demo and --demo")
+        ap.error("--out is needed with --lidc-demo, --demo and --recalibrate")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.demo:
         result = demo_pair(args.demo, args.out)
         print(json.dumps(result, indent=1))
+    elif args.recalibrate:
+        result = recalibrate(args.recalibrate, args.out)
+        print_seeds(result)
+        print_rank({f"cv_{i}": paired(args.out / f"cv_{i}" / "on", args.fp_per_scan) for i in result})
     else:
         result = train_seeds(args.lidc_demo, args.seeds, args.out)
         print_seeds(result)

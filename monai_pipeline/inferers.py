@@ -26,6 +26,7 @@ from scipy import ndimage
 
 from monai_pipeline.config import PipelineConfig
 from monai_pipeline.networks import inference_form
+from monai_pipeline.transforms.pipeline import PATCH_PADDING
 
 
 def mirrorings(axes: tuple[int, ...]) -> list[tuple[int, ...]]:
@@ -62,11 +63,20 @@ def autocast_context(device: torch.device, bf16: bool | str, amp: bool = True):
     return nullcontext()
 
 
+#: how a window pads an input smaller than it (MONAI ``SlidingWindowInferer``'s ``padding_mode``): the edge voxels
+#: repeated, as training pads its patches (:data:`~monai_pipeline.transforms.pipeline.PATCH_PADDING`). MONAI's
+#: default, a constant 0, is air under the HU window: a chest scan of 14-40 slices then showed the network a slab
+#: of body between two layers of air, which training never showed it, and the LIDC-shaped fold models marked
+#: all soft tissue of such scans as nodule (docs/recipe.md, "Padding").
+WINDOW_PADDING = PATCH_PADDING
+
+
 def build_sliding_window(cfg: PipelineConfig, sw_device: str | torch.device | None = None,
                          device: str | torch.device | None = None,
                          roi_size: tuple[int,
                                          ...] | None = None, sw_batch_size: int | None = None) -> SlidingWindowInferer:
-    """The configured ``SlidingWindowInferer`` (weights of the gaussian computed once at construction).
+    """The configured ``SlidingWindowInferer`` (weights of the gaussian computed once at construction; an input
+    smaller than the window padded by :data:`WINDOW_PADDING`).
 
     ``sw_device`` runs the windows (the network's device); ``device`` accumulates the full-volume output
     (``"cpu"`` lets a GPU infer volumes whose outputs would not fit in its memory); ``roi_size`` (voxels) and
@@ -75,7 +85,7 @@ def build_sliding_window(cfg: PipelineConfig, sw_device: str | torch.device | No
     inf = cfg.inference
     return SlidingWindowInferer(roi_size=roi_size or inf.roi_size, sw_batch_size=sw_batch_size or inf.sw_batch_size,
                                 overlap=inf.overlap, mode=inf.mode, sigma_scale=inf.sigma_scale, sw_device=sw_device,
-                                device=device, progress=False)
+                                device=device, padding_mode=WINDOW_PADDING, progress=False)
 
 
 class AutocastInferer(Inferer):

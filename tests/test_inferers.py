@@ -144,3 +144,58 @@ def test_every_door_runs_the_network_in_its_inference_form():
     assert [id(p) for p in net.parameters()] == params
     assert torch.allclose(out, before, atol=1e-5)
     assert inferer.prepare(net) is net and torch.allclose(inferer(x, net), out)
+
+
+class _Spy(torch.nn.Module):
+    """Records the windows it is given; background everywhere."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.clone())
+        return torch.cat([torch.ones_like(x), torch.zeros_like(x)], dim=1)
+
+
+def _z_ramp(shape: tuple[int, int, int]) -> torch.Tensor:
+    """A (1, X, Y, Z) volume whose slice k holds (k + 1) / Z: every slice distinct, none of them 0 (air)."""
+    z = shape[2]
+    return ((torch.arange(z, dtype=torch.float32) + 1) / z).view(1, 1, 1, z).expand(1, *shape).clone()
+
+
+def _edge_padded(x: torch.Tensor, before: int, after: int) -> None:
+    """Assert that the last axis of ``x`` is its inner part with the end slices repeated ``before``/``after`` times."""
+    z = x.shape[-1]
+    inner = x[..., before:z - after]
+    assert torch.unique(inner[0, 0, 0]).numel() == inner.shape[-1], "the volume's own slices come through"
+    assert torch.equal(x[..., :before], inner[..., :1].expand(*inner.shape[:-1], before))
+    assert torch.equal(x[..., z - after:], inner[..., -1:].expand(*inner.shape[:-1], after))
+
+
+def test_thin_volumes_are_padded_by_their_edge_slices_in_training_and_in_the_window() -> None:
+    """A scan thinner than the patch (training) or the window (inference) is padded the same way, by repeating
+    its end slices, never with 0 (air under the HU window): the network meets at inference what it trained on."""
+    from monai.data import MetaTensor
+    from monai.transforms import Compose
+
+    from monai_pipeline.transforms.pipeline import augmentation_transforms, sampling_index_transforms
+
+    off = {"affine_prob": 0.0, "flip_prob": 0.0, "rotate90_prob": 0.0, "intensity_scale": 0.0,
+           "intensity_shift": 0.0, "noise_prob": 0.0}
+    cfg = load_config({"patch": {"size": [16, 16, 16], "num_samples": 2}, "augmentation": off,
+                       "inference": {"roi_size": [16, 16, 16], "bf16": False, "tta": False}})
+    image = _z_ramp((24, 24, 10))
+    label = torch.zeros_like(image, dtype=torch.uint8)
+    label[0, 10:13, 10:13, 4:6] = 1
+    chain = Compose([*sampling_index_transforms(cfg), *augmentation_transforms(cfg)])
+    patches = chain({"image": MetaTensor(image), "label": MetaTensor(label)})
+    for p in patches:
+        assert tuple(p["image"].shape) == (1, 16, 16, 16)
+        _edge_padded(p["image"][None], 3, 3)
+
+    spy = _Spy()
+    build_sliding_window(cfg)(image[None], spy)
+    assert spy.seen and all(tuple(w.shape[2:]) == (16, 16, 16) for w in spy.seen)
+    for w in spy.seen:
+        _edge_padded(w, 3, 3)

@@ -29,6 +29,7 @@ from monai.transforms import (
     RandScaleIntensityd,
     RandShiftIntensityd,
     ScaleIntensityRanged,
+    SpatialPadd,
 )
 
 from monai_pipeline.config import PipelineConfig
@@ -95,6 +96,10 @@ def normalization_transform(cfg: PipelineConfig, key: str = "image"):
 
 
 MAX_LESION_CLASSES = 8
+#: how a patch of a volume smaller than ``patch.size`` is padded up to it: its edge voxels repeated (a thin
+#: scan's end slices continued). The sliding window pads a volume smaller than its window the same way
+#: (``monai_pipeline.inferers.WINDOW_PADDING``), so the network meets at inference only what it was trained on.
+PATCH_PADDING = "replicate"
 
 
 def sampling_index_transforms(cfg: PipelineConfig) -> list:
@@ -125,10 +130,11 @@ def patch_sampler(cfg: PipelineConfig, keys: list[str]):
 
 
 def augmentation_transforms(cfg: PipelineConfig, keys: tuple[str, ...] = ("image", "label")) -> list:
-    """Random patch sampling (indices precomputed) and augmentation, all on the patch."""
+    """Random patch sampling (indices precomputed; a patch of a volume smaller than ``patch.size`` padded up to
+    it by :data:`PATCH_PADDING`) and augmentation, all on the patch."""
     a = cfg.augmentation
     k = list(keys)
-    out: list = [patch_sampler(cfg, k)]
+    out: list = [patch_sampler(cfg, k), SpatialPadd(keys=k, spatial_size=cfg.patch.size, mode=PATCH_PADDING)]
     if a.affine_prob > 0:
         rr = math.radians(a.rotate_range_deg)
         out.append(RandAffined(keys=k, prob=a.affine_prob, rotate_range=(rr, rr, rr),
