@@ -34,7 +34,7 @@ import torch
 from monai_pipeline.config import PipelineConfig
 from monai_pipeline.data.manifest import split_for_fold
 from monai_pipeline.evaluation.detection import ScanDetections, froc_curve, hit_nodule
-from monai_pipeline.evaluation.evaluate import read_binary_label, reference_lesions
+from monai_pipeline.evaluation.evaluate import read_binary_label, reference_lesions, split_reference
 from monai_pipeline.inference.predictor import Predictor
 from monai_pipeline.io.geometry import sitk_to_xyz_array
 from monai_pipeline.io.writer import atomic_path
@@ -53,18 +53,23 @@ def validation_candidates(model: Path, val_files: list[dict], device: str | torc
     """Every validation case predicted with all candidates kept: per scan its ``case_id``, ``n_nodules`` (reference
     nodules) and ``candidates``, each the lesion-table columns the second stage reads
     (:data:`~monai_pipeline.postprocess.candidates.FEATURE_COLUMNS`), its ``centre`` (mm, LPS) and ``hit``: the
-    index of the reference nodule it hits by LUNA16's rule, or -1 (a false positive). ``inference`` overrides the
-    model's inference settings (e.g. ``lesion_score``)."""
+    index of the reference nodule it hits by LUNA16's rule, or -1 (a false positive); a candidate on a reference
+    component below the reference standard's size (:func:`~monai_pipeline.evaluation.evaluate.split_reference`)
+    is left out, as evaluation ignores it. ``inference`` overrides the model's inference settings (e.g.
+    ``lesion_score``)."""
     predictor = Predictor(model, device=str(device), inference={**(inference or {}), "min_lesion_score": 0.0})
     scans = []
     for e in val_files:
         pred = predictor.predict(e["image"], e["case_id"])
         ref = read_binary_label(e["label"])
-        _, nodules = reference_lesions(pred.mask, sitk_to_xyz_array(ref.image), ref.geometry)
+        standard, _, small = split_reference(sitk_to_xyz_array(ref.image), ref.geometry)
+        _, nodules = reference_lesions(pred.mask, standard, ref.geometry)
         cands = []
         for r in pred.lesions:
             centre = [r["centroid_x_mm"], r["centroid_y_mm"], r["centroid_z_mm"]]
             hit = hit_nodule(centre, nodules)
+            if hit is None and hit_nodule(centre, small) is not None:
+                continue
             cands.append({**{k: r[k] for k in FEATURE_COLUMNS}, "centre": centre, "hit": -1 if hit is None else hit})
         scans.append({"case_id": e["case_id"], "n_nodules": len(nodules), "candidates": cands})
     return scans

@@ -103,6 +103,13 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def _non_negative_float(text: str) -> float:
+    v = float(text)
+    if not v >= 0 or v == float("inf"):
+        raise ValueError(f"must be a number >= 0, got {text}")
+    return v
+
+
 def _shard(text: str) -> tuple[int, int]:
     try:
         i, n = (int(v) for v in text.split("/"))
@@ -154,6 +161,7 @@ def _device(text: str) -> str:
 
 positive_int = _type(_positive, "positive integer")
 positive_float = _type(_positive_float, "positive number")
+non_negative_float = _type(_non_negative_float, "non-negative number")
 shard = _type(_shard, "shard")
 overlap = _type(_overlap, "overlap")
 fraction = _type(_fraction, "fraction")

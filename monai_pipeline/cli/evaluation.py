@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from monai_pipeline.cli.args import Verb, fraction, path_argument, sections
+from monai_pipeline.cli.args import Verb, fraction, non_negative_float, path_argument, sections
 
 
 def add_evaluate(p: argparse.ArgumentParser) -> None:
@@ -18,6 +18,9 @@ def add_evaluate(p: argparse.ArgumentParser) -> None:
                    help="score cases the predicting model was trained on, and select the training section too when "
                         "--sections/--fold are not given (default: refuse such cases, exit 2)")
     p.add_argument("--min-overlap", type=fraction, default=0.0, help="fraction of a lesion to cover to detect it")
+    p.add_argument("--min-nodule-mm", type=non_negative_float, default=3.0,
+                   help="reference components with a smaller longest axial diameter are no nodules: left out of every "
+                        "figure, candidates on them ignored (LUNA16; default 3; 0 counts every component)")
     p.add_argument("--allow-missing", action="store_true",
                    help="score the selected cases that have a prediction (default: refuse, naming those without)")
 
@@ -27,7 +30,7 @@ def run_evaluate(a: argparse.Namespace) -> int:
 
     res = evaluate_folder(a.pred, a.manifest, a.out, sections=a.sections, fold=a.fold,
                           include_training=a.include_training, min_overlap=a.min_overlap,
-                          allow_missing=a.allow_missing)
+                          allow_missing=a.allow_missing, min_nodule_mm=a.min_nodule_mm)
     print(format_table(res))
     print(headline(res))
     return 0

@@ -9,6 +9,9 @@ trained on unless ``include_training``. It then writes into ``out``:
 * ``froc.csv``, ``froc.png``, ``candidates.csv`` (LUNA16 format) -- detection (:mod:`.detection`);
 * ``readers.csv`` -- per nodule, when reader masks exist (:mod:`.readers`);
 * ``summary.json`` (strict JSON: ``null`` where undefined), ``dice.png``.
+
+The reference standard is each label's nodules of at least :data:`MIN_NODULE_MM` (:func:`split_reference`):
+smaller components leave the reference for every figure, and candidates on them are ignored (LUNA16).
 """
 
 from __future__ import annotations
@@ -52,6 +55,11 @@ logger = logging.getLogger(__name__)
 SIZE_BUCKETS = ((0.0, 6.0, "<6"), (6.0, 10.0, "6-10"), (10.0, 20.0, "10-20"), (20.0, float("inf"), ">=20"))
 DEFAULT_SECTIONS = ("validation", "test")
 IRRELEVANT_FILE = "irrelevant_findings.csv"
+#: the reference standard's smallest nodule (longest axial diameter, mm): LIDC's readers outline nodules of 3 mm
+#: and more, and LUNA16 counts a smaller reference finding as irrelevant. A reference component below it (a
+#: consensus mask's stray voxel, a label's fragment cut off its nodule) is no nodule: it leaves the reference,
+#: and a candidate on it counts neither as a hit nor as a false positive.
+MIN_NODULE_MM = 3.0
 
 
 def read_binary_label(path: str | Path):
@@ -142,6 +150,38 @@ def load_irrelevant(folder: Path) -> dict[str, list[Finding]]:
     return out
 
 
+def split_reference(ref: np.ndarray, geometry, min_nodule_mm: float = MIN_NODULE_MM
+                    ) -> tuple[np.ndarray, np.ndarray, list[Finding]]:
+    """The reference standard of a label (x, y, z): its components (26-connected) whose longest axial diameter
+    is at least ``min_nodule_mm`` as a bool mask; the smaller ones as a bool mask and as irrelevant findings
+    (centre mm, LPS; radius half their diameter, at least :data:`POINT_FINDING_RADIUS_MM`). ``min_nodule_mm`` 0
+    keeps every component."""
+    ref_b = np.asarray(ref) > 0
+    none = np.zeros_like(ref_b)
+    if min_nodule_mm <= 0 or not ref_b.any():
+        return ref_b, none, []
+    rows, labels = lesion_table(ref_b, geometry, return_labels=True)
+    small = [r for r in rows if float(r["longest_axial_diameter_mm"]) < min_nodule_mm]
+    if not small:
+        return ref_b, none, []
+    below = np.isin(labels, [r["lesion"] for r in small])
+    return ref_b & ~below, below, [Finding((r["centroid_x_mm"], r["centroid_y_mm"], r["centroid_z_mm"]),
+                                           max(float(r["longest_axial_diameter_mm"]) / 2, POINT_FINDING_RADIUS_MM),
+                                           f"reference component below {min_nodule_mm:g} mm") for r in small]
+
+
+def without_ignored(pred: np.ndarray, standard: np.ndarray, below: np.ndarray) -> np.ndarray:
+    """``pred`` (x, y, z) without its components (26-connected) that touch a reference component below the
+    standard (``below``) and no nodule of it (``standard``): on the masks, what detection scoring does with a
+    candidate on an irrelevant finding."""
+    pred_b = np.asarray(pred) > 0
+    if not below.any():
+        return pred_b
+    labels, _ = label_components(pred_b, 26)
+    drop = np.setdiff1d(np.unique(labels[below]), np.unique(labels[standard]))
+    return pred_b & ~np.isin(labels, drop[drop > 0])
+
+
 def reference_lesions(pred: np.ndarray, ref: np.ndarray, geometry) -> tuple[list[dict], list[Finding]]:
     """Per reference nodule: longest axial and equivalent diameter (mm), detected (any predicted voxel on it),
     lesion Dice (against the predicted components that touch it), size bucket; and the nodules as findings
@@ -187,10 +227,12 @@ def by_size(lesions: list[dict]) -> dict:
 def evaluate_folder(pred_dir: str | Path, manifest: str | Path, out: str | Path | None = None,
                     sections: Sequence[str] | None = None, min_overlap: float = 0.0, plot: bool = True,
                     base_dir: str | Path | None = None, fold: int | Sequence[int] | None = None,
-                    include_training: bool = False, allow_missing: bool = True) -> dict:
+                    include_training: bool = False, allow_missing: bool = True,
+                    min_nodule_mm: float = MIN_NODULE_MM) -> dict:
     """Evaluate the selected manifest cases that have ``PRED_DIR/<case_id>.nii.gz`` (see the module docstring);
     returns the summary with the per-case ``rows``. ``include_training`` without ``sections`` or ``fold`` selects
-    the training section as well as the default ones."""
+    the training section as well as the default ones. Every figure is against the reference standard of
+    :func:`split_reference` (components of at least ``min_nodule_mm``)."""
 
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
@@ -213,19 +255,21 @@ def evaluate_folder(pred_dir: str | Path, manifest: str | Path, out: str | Path 
         logger.warning("%d selected case(s) have no prediction in %s: %s", len(missing), pred_dir, ", ".join(missing))
     data_root = Path(base_dir) if base_dir is not None else Path(manifest).parent
     irrelevant = load_irrelevant(data_root)
-    rows, lesions, scans, cand_rows, agreement = [], [], [], [], []
+    rows, lesions, scans, cand_rows, agreement, n_small = [], [], [], [], [], 0
     for e in present:
         cid = e["case_id"]
         pv, rv = read_binary_label(layout.mask(cid)), read_binary_label(e["label"])
         if not pv.geometry.matches(rv.geometry):
             raise InputError(layout.mask(cid), f"grid differs from the reference label {e['label']} "
                              f"(size {pv.geometry.size} vs {rv.geometry.size})")
-        pred, ref = sitk_to_xyz_array(pv.image), sitk_to_xyz_array(rv.image)
+        ref, below, small = split_reference(sitk_to_xyz_array(rv.image), rv.geometry, min_nodule_mm)
+        pred = without_ignored(sitk_to_xyz_array(pv.image), ref, below)
+        n_small += len(small)
         rows.append({"case_id": cid, **case_metrics(pred, ref, rv.geometry.spacing, min_overlap)})
         les, nodules = reference_lesions(pred, ref, rv.geometry)
         lesions += [{"case_id": cid, **r} for r in les]
         cands = load_candidates(pred_dir, cid)
-        scans.append(match_scan(cid, cands, nodules, irrelevant.get(cid, [])))
+        scans.append(match_scan(cid, cands, nodules, irrelevant.get(cid, []) + small))
         uid = e.get("series_instance_uid") or cid
         cand_rows += [(uid, c, s) for c, s in cands]
         readers = reader_files(data_root / "readers", cid)
@@ -233,6 +277,7 @@ def evaluate_folder(pred_dir: str | Path, manifest: str | Path, out: str | Path 
             masks = [sitk_to_xyz_array(read_binary_label(p).image) for p in readers]
             agreement += [{"case_id": cid, **r} for r in nodule_agreement(pred, ref, masks)]
     summary = _summary(rows, lesions, scans, agreement, provenance, missing, min_overlap, sections, fold)
+    summary["reference_standard"] = {"min_nodule_mm": min_nodule_mm, "components_below_ignored": n_small}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics.csv", _csv(rows, ["case_id", *METRICS]))
     atomic_write_text(out / "reference_lesions.csv", _csv(lesions, ["case_id", "lesion", "diameter_mm",

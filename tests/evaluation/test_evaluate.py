@@ -91,3 +91,66 @@ def test_second_infer_with_another_model_into_the_same_folder_exits_2(tiny_datas
     assert r.returncode == 2 and "inference.overlap" in r.stderr
     r = run_cli("infer", "--model", second, "--input", image, "--out", out, "--device", "cpu", "--overwrite")
     assert r.returncode == 0, r.stderr
+
+
+def _write(array, path, spacing=(1.0, 1.0, 1.0)):
+    """``array`` (x, y, z) as a NIfTI file (SimpleITK's z, y, x order) at the origin, LPS axes."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(array, (2, 1, 0))))
+    img.SetSpacing(spacing)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(img, str(path))
+
+
+def test_reference_components_below_3_mm_are_no_nodules(tmp_path):
+    """A 6 mm nodule and two 1-voxel fragments of the label (a consensus mask's stray voxels): by default only the
+    nodule is the reference; the predicted component and candidate on one fragment count neither way, the missed
+    other fragment is not a missed nodule. ``min_nodule_mm=0`` counts all three as nodules."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from monai_pipeline.evaluation import evaluate_folder
+    from monai_pipeline.evaluation.evaluate import split_reference
+    from monai_pipeline.io.geometry import Geometry
+
+    shape = (40, 40, 30)
+    ct = np.full(shape, -800, np.int16)
+    label = np.zeros(shape, np.uint8)
+    label[10:16, 10:16, 10:16] = 1  # the nodule: 6 mm across
+    label[30, 30, 20] = 1  # fragment F1: predicted
+    label[5, 33, 25] = 1  # fragment F2: missed
+    ct[label > 0] = 40
+    pred = np.zeros(shape, np.uint8)
+    pred[10:16, 10:16, 10:16] = 1
+    pred[30, 30, 20] = 1
+    _write(ct, tmp_path / "images" / "c.nii.gz")
+    _write(label, tmp_path / "labels" / "c.nii.gz")
+    _write(pred, tmp_path / "pred" / "c.nii.gz")
+    # candidates in mm, LPS: the grid's identity direction makes index (i, j, k) the point (i, j, k) mm
+    (tmp_path / "pred" / "c_lesions.csv").write_text(
+        "lesion,centroid_x_mm,centroid_y_mm,centroid_z_mm,score\n1,12.5,12.5,12.5,0.9\n2,30,30,20,0.95\n")
+    (tmp_path / "manifest.json").write_text(json.dumps(
+        {"test": [{"case_id": "c", "image": "images/c.nii.gz", "label": "labels/c.nii.gz"}]}))
+
+    geometry = Geometry.from_sitk(sitk.ReadImage(str(tmp_path / "labels" / "c.nii.gz")))
+    standard, below, small = split_reference(label, geometry)
+    assert standard.sum() == 216 and below.sum() == 2 and len(small) == 2
+    assert all(f.radius_mm == 3.0 for f in small), "a point-sized finding gets the point radius"
+    assert split_reference(label, geometry, 0.0)[0].sum() == 218
+
+    res = evaluate_folder(tmp_path / "pred", tmp_path / "manifest.json", tmp_path / "rep", plot=False)
+    assert res["reference_standard"] == {"min_nodule_mm": 3.0, "components_below_ignored": 2}
+    det = res["detection"]
+    assert det["n_nodules"] == 1 and det["n_ignored_candidates"] == 1 and det["n_candidates"] == 1
+    assert res["lesion_sensitivity_pooled"] == 1.0 and res["lesion_false_positives_per_scan"] == 0.0
+    assert res["metrics"]["dice"]["mean"] == 1.0
+    with open(tmp_path / "rep" / "reference_lesions.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 1
+
+    every = evaluate_folder(tmp_path / "pred", tmp_path / "manifest.json", tmp_path / "all", plot=False,
+                            min_nodule_mm=0.0)
+    assert every["detection"]["n_nodules"] == 3 and every["detection"]["n_ignored_candidates"] == 0
+    assert every["lesion_sensitivity_pooled"] == 2 / 3
+    assert every["metrics"]["dice"]["mean"] < 1.0
