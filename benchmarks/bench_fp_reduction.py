@@ -155,7 +155,7 @@ def recalibrate(cvs: list[Path], out: Path) -> dict[int, dict[str, dict]]:
     return result
 
 
-def print_seeds(result: dict[int, dict[str, dict]]) -> None:
+def print_seeds(result: dict[int, dict[str, dict]], label: str = "seed ") -> None:
     import numpy as np
 
     print("| out of fold | second stage off | second stage on | paired difference |")
@@ -164,7 +164,7 @@ def print_seeds(result: dict[int, dict[str, dict]]) -> None:
         off, on = ([result[s][m][key] for s in result] for m in ("off", "on"))
         print(f"| {key} | {mean_sd(off)} | {mean_sd(on)} | {mean_sd(list(np.subtract(on, off)))} |")
     for s, r in result.items():
-        print(f"seed {s}: " + ", ".join(f"{k} {r['off'][k]:.3f} -> {r['on'][k]:.3f}" for k in FIGURES))
+        print(f"{label}{s}: " + ", ".join(f"{k} {r['off'][k]:.3f} -> {r['on'][k]:.3f}" for k in FIGURES))
 
 
 def demo_pair(demo: Path, out: Path) -> dict[str, dict]:
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(result, indent=1))
     elif args.recalibrate:
         result = recalibrate(args.recalibrate, args.out)
-        print_seeds(result)
+        print_seeds(result, "cv_")
         print_rank({f"cv_{i}": paired(args.out / f"cv_{i}" / "on", args.fp_per_scan) for i in result})
     else:
         result = train_seeds(args.lidc_demo, args.seeds, args.out)
