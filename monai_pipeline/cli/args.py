@@ -96,17 +96,10 @@ def _positive(text: str) -> int:
     return v
 
 
-def _positive_float(text: str) -> float:
+def _finite(text: str, zero_allowed: bool) -> float:
     v = float(text)
-    if not v > 0 or v == float("inf"):
-        raise ValueError(f"must be a number > 0, got {text}")
-    return v
-
-
-def _non_negative_float(text: str) -> float:
-    v = float(text)
-    if not v >= 0 or v == float("inf"):
-        raise ValueError(f"must be a number >= 0, got {text}")
+    if not (v >= 0 if zero_allowed else v > 0) or v == float("inf"):
+        raise ValueError(f"must be a number {'>=' if zero_allowed else '>'} 0, got {text}")
     return v
 
 
@@ -160,8 +153,8 @@ def _device(text: str) -> str:
 
 
 positive_int = _type(_positive, "positive integer")
-positive_float = _type(_positive_float, "positive number")
-non_negative_float = _type(_non_negative_float, "non-negative number")
+positive_float = _type(lambda t: _finite(t, False), "positive number")
+non_negative_float = _type(lambda t: _finite(t, True), "non-negative number")
 shard = _type(_shard, "shard")
 overlap = _type(_overlap, "overlap")
 fraction = _type(_fraction, "fraction")
