@@ -17,9 +17,9 @@ Resumable: fold models already there are not trained again.
 ``--rank CV [CV ...]``: each ``CV`` is a ``monai-pipeline cv`` folder whose fold models stored their validation
 candidates (calibrated by this version; ``training.fp_reduction`` on or off does not matter, the candidates are
 the network's). For every fold k, fold k's candidates (its model on its own held-out cases) are scored twice: by
-the network (the maximum foreground probability) and by the second-stage classifier fitted on the *other* folds'
-candidates. Each fold's threshold is chosen on the other folds at ``--fp-per-scan``, as ``cv`` chooses it (for
-the second stage on their out-of-sample scores, :func:`monai_pipeline.calibration.second_stage_point`). Printed
+the network (the maximum foreground probability) and by the second-stage classifier, each group of a fold's scans
+at the point ``cv`` chooses for it: fitted and chosen at ``--fp-per-scan`` on every other group's candidates
+(:func:`monai_pipeline.calibration.cross_fitted_groups`; for the second stage on out-of-sample scores). Printed
 per CV and as mean and standard deviation over the CVs: CPM, sensitivity at 1 and 4 false positives per scan
 (every candidate ranked), and sensitivity and false positives per scan at the cross-fitted threshold (counted on
 the candidates with the hit rule, so they differ slightly from ``cv``'s lesion counts on the masks).
@@ -67,24 +67,23 @@ def fold_candidates(cv: Path) -> dict[int, list[dict]]:
 
 def paired(cv: Path, fp_per_scan: float) -> dict[str, dict]:
     """Both scorers' out-of-fold figures for one cross-validation (see the module docstring)."""
-    from monai_pipeline.calibration import choose_threshold, scan_detections, second_stage_point
+    from monai_pipeline.calibration import cross_fitted_groups, scan_detections
     from monai_pipeline.evaluation.detection import cpm, froc_curve, sensitivity_at
 
     folds = fold_candidates(cv)
     out = {}
     for name in SCORERS:
-        ranked, kept_hits, kept_fp, n_nodules, n_scans = [], 0, 0, 0, 0
+        groups = cross_fitted_groups({k: {"candidates": v} for k, v in folds.items()}, fp_per_scan,
+                                     fp_reduction=name == "second stage")
+        ranked, kept_hits, kept_fp = [], 0, 0
         for k, scans in folds.items():
-            others = [scan for j, v in folds.items() if j != k for scan in v]
-            clf, chosen_on = second_stage_point(others, fp_per_scan) if name == "second stage" else \
-                (None, scan_detections(others))
-            threshold = choose_threshold(chosen_on, fp_per_scan)["threshold"] or 0.0
-            dets = scan_detections(scans, clf)
-            ranked += dets
-            kept_hits += sum(s is not None and s >= threshold for d in dets for s in d.nodule_scores)
-            kept_fp += sum(s >= threshold for d in dets for s in d.fp_scores)
-            n_nodules += sum(len(d.nodule_scores) for d in dets)
-            n_scans += len(dets)
+            for part in groups[k]:
+                threshold = part["threshold"] or 0.0
+                dets = scan_detections([s for s in scans if s["case_id"] in part["cases"]], part["classifier"])
+                ranked += dets
+                kept_hits += sum(s is not None and s >= threshold for d in dets for s in d.nodule_scores)
+                kept_fp += sum(s >= threshold for d in dets for s in d.fp_scores)
+        n_nodules, n_scans = sum(len(d.nodule_scores) for d in ranked), len(ranked)
         at1, at4 = sensitivity_at(froc_curve(ranked), [1.0, 4.0])
         out[name] = {"cpm": round(cpm(ranked) or 0.0, 3), "sensitivity_at_1fp": round(at1, 3),
                      "sensitivity_at_4fp": round(at4, 3), "threshold_sensitivity": round(kept_hits / n_nodules, 3),

@@ -9,14 +9,16 @@ is the lowest score at which the validation false positives per scan stay at or 
 operating point it was chosen at (``operating_point``: threshold, false positives per scan, sensitivity, cases);
 ``infer --min-score`` overrides it. When no threshold keeps a detected nodule (scores that do not separate), none
 is set and a warning says so. The validation detections (per scan: each reference nodule's best hit score, the
-false-positive scores) are stored with the point, so that cross-validation can score each fold at a threshold
-chosen on the *other* folds' validation cases (:func:`cross_fitted_points`) rather than on its own.
+false-positive scores) are stored with the point, so that cross-validation can score each held-out case at a
+threshold chosen without it: on the other folds' validation cases and the rest of its own fold's
+(:func:`cross_fitted_groups`; :func:`cross_fitted_points`, the other folds alone, for model files without stored
+candidates).
 
 With ``training.fp_reduction`` a second stage comes first: a classifier of the validation candidates (size,
 shape, HU and network score; :mod:`monai_pipeline.postprocess.candidates`) is fitted on them, stored as
 ``inference.candidate_classifier``, and the threshold is chosen on its scores, each validation scan scored by a
 classifier fitted without it (5 groups of scans), since in-sample scores would set the threshold too low.
-Cross-validation fits each fold's second stage on the other folds' candidates (stored with the point as
+Cross-validation fits each group's second stage on the other groups' candidates (stored with the point as
 ``candidates``), so its out-of-fold figures never see a classifier fitted on the scan it scores.
 """
 
@@ -46,6 +48,9 @@ logger = logging.getLogger(__name__)
 
 #: groups of validation scans over which the second stage's threshold is chosen on out-of-sample scores
 THRESHOLD_GROUPS = 5
+#: under cv, each fold's held-out scans are dealt into this many groups, each scored at an operating point chosen
+#: on all the other groups (:func:`cross_fitted_groups`)
+GROUPS_PER_FOLD = 2
 
 
 def validation_candidates(model: Path, val_files: list[dict], device: str | torch.device,
@@ -190,10 +195,17 @@ def pooled_point(points: list[dict | None], fp_per_scan: float, fp_reduction: bo
     None. None when one of them stored nothing."""
     candidates = _pooled_candidates(points)
     if fp_reduction and candidates is not None:
-        classifier, scans = second_stage_point(candidates, fp_per_scan)
-    else:
-        classifier, scans = None, stored_detections(points)
-    return None if scans is None else {**_json_safe(choose_threshold(scans, fp_per_scan)), "classifier": classifier}
+        return candidates_point(candidates, fp_per_scan, fp_reduction)
+    scans = stored_detections(points)
+    return None if scans is None else {**_json_safe(choose_threshold(scans, fp_per_scan)), "classifier": None}
+
+
+def candidates_point(scans: list[dict], fp_per_scan: float, fp_reduction: bool = False) -> dict:
+    """The operating point chosen on validation candidates (:func:`validation_candidates`' scans): with
+    ``fp_reduction`` on the second stage's out-of-sample scores (:func:`second_stage_point`), else on the network's
+    scores; as :func:`pooled_point` returns it."""
+    classifier, dets = second_stage_point(scans, fp_per_scan) if fp_reduction else (None, scan_detections(scans))
+    return {**_json_safe(choose_threshold(dets, fp_per_scan)), "classifier": classifier}
 
 
 def _pooled_candidates(points: list[dict | None]) -> list[dict] | None:
@@ -222,6 +234,32 @@ def cross_fitted_points(points: dict[int, dict | None], fp_per_scan: float,
                            "cases it is scored on) stands", k)
             continue
         out[k] = {**pooled_point([points[j] for j in others], fp_per_scan, fp_reduction), "chosen_on_folds": others}
+    return out
+
+
+def cross_fitted_groups(points: dict[int, dict | None], fp_per_scan: float, fp_reduction: bool = False,
+                        groups: int = GROUPS_PER_FOLD) -> dict[int, list[dict]] | None:
+    """For each fold k of ``points`` (fold -> the ``operating_point`` its model file stores), one operating point
+    per group of its held-out scans (the stored candidates' scans, dealt ``scans[g::groups]``), each chosen
+    (:func:`candidates_point`) on the candidates of every *other* group of every fold: the other folds' models on
+    their held-out cases and fold k's own model on the rest of its own. Each point carries ``cases`` (its group's
+    case ids) and ``chosen_on_scans``. None unless every fold stored candidates (then :func:`cross_fitted_points`).
+
+    Why not the other folds alone: fold models can differ widely. The 480-epoch LIDC-shaped fold models made 5.1
+    and 29.4 candidates per held-out scan; a threshold for 1 false positive per scan chosen on one fold's landed at
+    17.5 on the other's. With fold k's own model's other scans in the pool, every fold landed at 0.95-1.30
+    (docs/recipe.md, "Choosing the operating point under cv")."""
+    if len(points) < 2 or not all(_has(point, "candidates") for point in points.values()):
+        return None
+    out: dict[int, list[dict]] = {}
+    for k, point in points.items():
+        out[k] = []
+        for g in range(min(groups, len(point["candidates"]))):
+            rest = [scan for j, other in points.items() for i, scan in enumerate(other["candidates"])
+                    if j != k or i % groups != g]  # every other group, in the stored order
+            out[k].append({**candidates_point(rest, fp_per_scan, fp_reduction),
+                           "cases": [scan["case_id"] for scan in point["candidates"][g::groups]],
+                           "chosen_on_scans": len(rest)})
     return out
 
 

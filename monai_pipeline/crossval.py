@@ -9,12 +9,14 @@ the ensemble (the folds' probabilities averaged) to new data, at the threshold c
 held-out detections pooled (``ensemble_operating_point``, with its second-stage classifier when
 ``training.fp_reduction`` is on).
 
-Every fold is trained before any is predicted, because each fold's cases are scored at a lesion-score threshold
-chosen on the *other* folds' held-out cases (:func:`~monai_pipeline.calibration.cross_fitted_points`; the folds'
-thresholds and where they were chosen are in ``CV/cv.json``): a threshold chosen at ``training.
+Every fold is trained before any is predicted, because each held-out case is scored at a lesion-score threshold
+chosen without it: each fold's cases are dealt into two groups, and each group is scored at the operating point
+chosen on every other group's held-out candidates, the other folds' and the other half of its own fold's
+(:func:`~monai_pipeline.calibration.cross_fitted_groups`; the points, the cases each scored and how many scans
+they were chosen on are in ``CV/cv.json``'s ``operating_points``). A threshold chosen at ``training.
 operating_fp_per_scan`` on the very cases it is then scored on would meet its false-positive rate by
-construction. With ``training.fp_reduction``, fold k's second-stage classifier is likewise fitted on the other
-folds' validation candidates. Each fold's best checkpoint is still chosen on that fold's own cases (its
+construction. With ``training.fp_reduction``, each group's second-stage classifier is likewise fitted on the other
+groups' candidates. Each fold's best checkpoint is still chosen on that fold's own cases (its
 validation set), as nnU-Net validates on its fold; the out-of-fold figures share that milder optimism.
 """
 
@@ -24,7 +26,7 @@ import json
 import logging
 from pathlib import Path
 
-from monai_pipeline.calibration import cross_fitted_points, pooled_point, train_model
+from monai_pipeline.calibration import cross_fitted_groups, cross_fitted_points, pooled_point, train_model
 from monai_pipeline.config import PipelineConfig
 from monai_pipeline.data.manifest import load_manifest
 from monai_pipeline.errors import InputError
@@ -71,16 +73,19 @@ def cross_validate(manifest: str | Path, out: str | Path, cfg: PipelineConfig, f
         models[str(k)] = f"fold_{k}/model.pt"
     fp = cfg.training.operating_fp_per_scan
     stored = {k: read_model_file(out / f"fold_{k}" / "model.pt").get("operating_point") for k in folds}
-    points = fold_thresholds(stored, fp, cfg.training.fp_reduction)
+    fold_cases = {k: [e["case_id"] for e in training if int(e.get("fold", 0)) == k] for k in folds}
+    points = fold_points(stored, fp, cfg.training.fp_reduction, fold_cases)
     for k in folds:
-        inference = {"min_lesion_score": points[k]["threshold"] or 0.0,
-                     "candidate_classifier": points[k]["classifier"]} if k in points else None
         cases = [Case(e["case_id"], e["image"]) for e in training if int(e.get("fold", 0)) == k]
-        summary = run_batch(Predictor(out / models[str(k)], device=device, inference=inference), cases,
-                            out / "predictions", progress=progress)
-        if summary.failed:
-            raise InputError(out / "predictions", f"fold {k}: {summary.failed} case(s) failed (see failures.csv)")
-    index = {"format": "monai-pipeline-cv/1", "folds": models, "manifest": str(Path(manifest).resolve()),
+        for part in points.get(k) or [None]:
+            inference = None if part is None else {"min_lesion_score": part["threshold"] or 0.0,
+                                                   "candidate_classifier": part["classifier"]}
+            mine = [c for c in cases if part is None or c.case_id in part["cases"]]
+            summary = run_batch(Predictor(out / models[str(k)], device=device, inference=inference), mine,
+                                out / "predictions", progress=progress)
+            if summary.failed:
+                raise InputError(out / "predictions", f"fold {k}: {summary.failed} case(s) failed (see failures.csv)")
+    index = {"format": "monai-pipeline-cv/2", "folds": models, "manifest": str(Path(manifest).resolve()),
              "operating_points": {str(k): p for k, p in points.items()}}
     if fp > 0:
         index["ensemble_operating_point"] = pooled_point(list(stored.values()), fp, cfg.training.fp_reduction)
@@ -88,19 +93,31 @@ def cross_validate(manifest: str | Path, out: str | Path, cfg: PipelineConfig, f
     return evaluate_folder(out / "predictions", manifest, out, fold=folds)
 
 
-def fold_thresholds(stored: dict[int, dict | None], fp_per_scan: float,
-                    fp_reduction: bool = False) -> dict[int, dict]:
-    """Each fold's cross-fitted operating point (chosen on the other folds' validation results, with
-    ``fp_reduction`` after fitting the second stage on them; ``stored``: fold -> its model file's
-    ``operating_point``), logged; empty when calibration is off (``fp_per_scan`` 0)."""
+def fold_points(stored: dict[int, dict | None], fp_per_scan: float, fp_reduction: bool,
+                fold_cases: dict[int, list[str]]) -> dict[int, list[dict]]:
+    """Each fold's cross-fitted operating points (``stored``: fold -> its model file's ``operating_point``;
+    ``fold_cases``: fold -> its held-out case ids): one per group of its cases, chosen on every other group's
+    validation candidates (:func:`~monai_pipeline.calibration.cross_fitted_groups`), each with the ``cases`` it
+    scores; for model files without stored candidates, or whose stored cases are not their fold's, one per fold
+    chosen on the other folds (:func:`~monai_pipeline.calibration.cross_fitted_points`). Logged; empty when
+    calibration is off (``fp_per_scan`` 0)."""
     if fp_per_scan <= 0:
         return {}
-    points = cross_fitted_points(stored, fp_per_scan, fp_reduction)
-    for k, p in points.items():
-        logger.info("fold %d: scored at lesion score >= %s, chosen on folds %s (%.2f false positives per scan, "
-                    "sensitivity %.2f there)", k, p["threshold"], p["chosen_on_folds"], p["fp_per_scan"],
-                    p["sensitivity"])
-    return points
+    groups = cross_fitted_groups(stored, fp_per_scan, fp_reduction)
+    if groups is not None and any(sorted(c for p in groups[k] for c in p["cases"]) != sorted(fold_cases[k])
+                                  for k in groups):
+        logger.warning("the fold models' stored validation cases are not their folds' cases: each fold is scored "
+                       "at an operating point chosen on the other folds alone")
+        groups = None
+    if groups is None:
+        groups = {k: [{**p, "cases": fold_cases[k]}] for k, p in
+                  cross_fitted_points(stored, fp_per_scan, fp_reduction).items()}
+    for k, parts in groups.items():
+        for p in parts:
+            logger.info("fold %d, %d case(s): scored at lesion score >= %s (%.2f false positives per scan, "
+                        "sensitivity %.2f where it was chosen)", k, len(p["cases"]), p["threshold"], p["fp_per_scan"],
+                        p["sensitivity"])
+    return groups
 
 
 def cross_validate_seeds(manifest: str | Path, out: str | Path, cfg: PipelineConfig, seeds: int,

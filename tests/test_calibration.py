@@ -12,7 +12,9 @@ import torch
 
 from monai_pipeline.calibration import (
     calibrate_model,
+    candidates_point,
     choose_threshold,
+    cross_fitted_groups,
     cross_fitted_points,
     fit_second_stage,
     out_of_sample_detections,
@@ -77,6 +79,27 @@ def test_each_fold_gets_the_second_stage_fitted_on_the_other_folds():
         # the network ties nodules with false positives; the second stage separates them on these folds
         assert got[k]["sensitivity"] > choose_threshold(scan_detections(others), 1.0)["sensitivity"]
     assert cross_fitted_points(points, 1.0)[0]["classifier"] is None  # second stage off: the network's scores
+
+
+def test_each_group_of_a_fold_is_scored_at_the_point_chosen_on_every_other_group():
+    """Cross-fitting under cv: a fold's held-out scans in two groups; each group's point (threshold and second
+    stage) comes from the other folds' candidates and the other group of its own fold, never from its own scans."""
+    rng = np.random.default_rng(2)
+    cands = {k: [_scan(rng, f"{k}{i}", 2, 4 + 3 * k) for i in range(5)] for k in range(2)}
+    points = {k: {"candidates": v} for k, v in cands.items()}
+    for on in (False, True):
+        got = cross_fitted_groups(points, 1.0, fp_reduction=on)
+        for k in range(2):
+            assert [p["cases"] for p in got[k]] == [[s["case_id"] for s in cands[k][g::2]] for g in range(2)]
+            for part in got[k]:
+                mine = set(part["cases"])
+                rest = [s for j in range(2) for s in cands[j] if s["case_id"] not in mine]
+                assert part["chosen_on_scans"] == len(rest) == 10 - len(mine)
+                expect = candidates_point(rest, 1.0, on)
+                assert part["threshold"] == expect["threshold"] and part["classifier"] == expect["classifier"]
+                assert (part["classifier"] is not None) == on
+    # model files without stored candidates: the other folds alone (cross_fitted_points)
+    assert cross_fitted_groups({0: points[0], 1: {"detections": []}}, 1.0) is None
 
 
 def _lesions(folder, case_id):

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 import torch
 import yaml
 
-from monai_pipeline.calibration import choose_threshold
+from monai_pipeline.calibration import choose_threshold, scan_detections
 from monai_pipeline.evaluation.detection import ScanDetections
 from tests.helpers import TINY_OVERLAY, run_cli
 
@@ -40,21 +40,24 @@ def test_cv_out_of_fold_and_ensemble(tiny_dataset, tmp_path):
         marker = json.loads((cv / "predictions" / ".done" / f"{e['case_id']}.json").read_text())
         fold_model = torch.load(cv / f"fold_{e['fold']}" / "model.pt", weights_only=True)
         assert e["case_id"] not in fold_model["trained_on"] and e["case_id"] not in marker["provenance"]["trained_on"]
-    # each fold is scored at the threshold chosen on the other fold's held-out cases, never on its own
+    # each group of a fold's held-out cases is scored at the threshold chosen on every other group's candidates
+    # (the other fold's and the rest of its own), never on its own cases
     index = json.loads((cv / "cv.json").read_text())
     points = index["operating_points"]
-    pooled = [torch.load(cv / f"fold_{k}" / "model.pt", weights_only=True)["operating_point"] for k in use]
-    expect_all = choose_threshold([ScanDetections(**d) for p in pooled for d in p["detections"]], 1.0)
+    stored = {k: torch.load(cv / f"fold_{k}" / "model.pt", weights_only=True)["operating_point"] for k in use}
+    expect_all = choose_threshold([ScanDetections(**d) for p in stored.values() for d in p["detections"]], 1.0)
     assert index["ensemble_operating_point"]["threshold"] == expect_all["threshold"]  # what infer --model CV uses
     for k in use:
-        (other,) = [j for j in use if j != k]
-        assert points[str(k)]["chosen_on_folds"] == [other]
-        stored = torch.load(cv / f"fold_{other}" / "model.pt", weights_only=True)["operating_point"]
-        expect = choose_threshold([ScanDetections(**d) for d in stored["detections"]], 1.0)["threshold"]
-        assert points[str(k)]["threshold"] == expect
-        for e in data["training"]:
-            if e["fold"] == k:
-                with open(cv / "predictions" / f"{e['case_id']}_lesions.csv") as fh:
+        fold_ids = sorted(e["case_id"] for e in data["training"] if e["fold"] == k)
+        assert sorted(c for part in points[str(k)] for c in part["cases"]) == fold_ids
+        for part in points[str(k)]:
+            rest = [scan for j in use for scan in stored[j]["candidates"]
+                    if not (j == k and scan["case_id"] in part["cases"])]
+            assert part["chosen_on_scans"] == len(rest) and not set(part["cases"]) & {s["case_id"] for s in rest}
+            expect = choose_threshold(scan_detections(rest), 1.0)["threshold"]
+            assert part["threshold"] == expect
+            for cid in part["cases"]:
+                with open(cv / "predictions" / f"{cid}_lesions.csv") as fh:
                     assert all(float(r["score"]) >= (expect or 0.0) for r in csv.DictReader(fh))
     # a second run resumes: nothing retrained, nothing predicted again
     stamps = {k: (cv / f"fold_{k}" / "model.pt").stat().st_mtime_ns for k in use}
