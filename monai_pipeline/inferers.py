@@ -67,7 +67,7 @@ def autocast_context(device: torch.device, bf16: bool | str, amp: bool = True):
 #: repeated, as training pads its patches (:data:`~monai_pipeline.transforms.pipeline.PATCH_PADDING`). MONAI's
 #: default, a constant 0, is air under the HU window: a chest scan of 14-40 slices then showed the network a slab
 #: of body between two layers of air, which training never showed it, and the LIDC-shaped fold models marked
-#: all soft tissue of such scans as nodule (docs/recipe.md, "Padding").
+#: all soft tissue of such scans as nodule (docs/recipe.md, "Thin scans").
 WINDOW_PADDING = PATCH_PADDING
 
 
