@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from monai_pipeline.config import PipelineConfig
+from monai_pipeline.config import PipelineConfig, config_from_model_dict
 from monai_pipeline.data.manifest import split_for_fold
 from monai_pipeline.evaluation.detection import ScanDetections, froc_curve, hit_nodule
 from monai_pipeline.evaluation.evaluate import read_binary_label, reference_lesions, split_reference
@@ -277,6 +277,21 @@ def calibrate_model(model: str | Path, val_files: list[dict], fp_per_scan: float
     with atomic_path(model) as tmp:
         torch.save(blob, tmp)
     return point
+
+
+def recalibrate(model: str | Path, manifest: str | Path, fold: int | None = None, fp_per_scan: float | None = None,
+                fp_reduction: bool | None = None, device: str | None = None) -> dict:
+    """Choose a trained model's operating point again, as training chose it: on the validation cases of
+    ``manifest`` (fold ``fold``'s cases, else its ``validation`` section, as ``train --fold`` splits it), at
+    ``fp_per_scan`` false positives per scan (default: the model's ``training.operating_fp_per_scan``), after
+    fitting the second stage when ``fp_reduction`` (default: the model's ``training.fp_reduction``). For a model
+    trained before a change to inference or evaluation, whose stored point was chosen with the old one. Written
+    into ``model`` (atomically); returns the point."""
+    training = config_from_model_dict(read_model_file(model)["config"]).training
+    _, val_files = split_for_fold(manifest, fold)
+    return calibrate_model(model, val_files, training.operating_fp_per_scan if fp_per_scan is None else fp_per_scan,
+                           device or ("cuda" if torch.cuda.is_available() else "cpu"),
+                           training.fp_reduction if fp_reduction is None else fp_reduction)
 
 
 def train_model(manifest: str | Path, run: str | Path, cfg: PipelineConfig, fold: int | None = None,

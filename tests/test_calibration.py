@@ -173,3 +173,31 @@ def test_second_stage_scores_what_infer_writes(trained_tiny_model, tiny_dataset,
     r = run_cli("infer", "--model", model, "--input", test[0]["image"], "--out", tmp_path / "bad", "--device", "cpu",
                 "--no-progress")
     assert r.returncode == 2 and "candidate_classifier" in r.stderr and not (tmp_path / "bad").exists()
+
+
+def test_calibrate_verb_chooses_the_point_again(trained_tiny_model, tiny_dataset, tmp_path):
+    """``monai-pipeline calibrate`` chooses the point again on the validation cases at the rate and with the
+    second stage asked for (the library's choice on the detections it stores); a fold the manifest lacks is one
+    line, exit 2, and the model file untouched."""
+    model = tmp_path / "model.pt"
+    shutil.copy(trained_tiny_model, model)
+    manifest = tiny_dataset / "manifest.json"
+    for rate, extra in (("1000", []), ("0.5", ["--no-fp-reduction"])):
+        r = run_cli("calibrate", "--model", model, "--manifest", manifest, "--fp-per-scan", rate, *extra,
+                    "--device", "cpu")
+        assert r.returncode == 0, r.stderr[-2000:]
+        blob = torch.load(model, weights_only=True)
+        point = blob["operating_point"]
+        scans = [ScanDetections(**d) for d in point["detections"]]
+        assert point["target_fp_per_scan"] == float(rate) and point["fp_per_scan"] <= float(rate)
+        assert point["threshold"] == choose_threshold(scans, float(rate))["threshold"]
+        assert len(scans) == len(load_manifest(manifest, "validation"))
+        if point["threshold"] is not None:
+            assert blob["config"]["inference"]["min_lesion_score"] == point["threshold"]
+        assert r.stdout.startswith("operating point: ") and str(model) in r.stdout
+    assert point["classifier"] is None  # --no-fp-reduction
+
+    before = model.read_bytes()
+    r = run_cli("calibrate", "--model", model, "--manifest", manifest, "--fold", "99", "--device", "cpu")
+    assert r.returncode == 2 and "fold must be one of" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert model.read_bytes() == before

@@ -1,4 +1,4 @@
-"""Verbs that train: ``train`` and ``cv`` (library imports deferred: see :mod:`.args`)."""
+"""Verbs that train: ``plan``, ``train``, ``cv`` and ``calibrate`` (library imports deferred: see :mod:`.args`)."""
 
 from __future__ import annotations
 
@@ -102,10 +102,36 @@ def run_plan(a: argparse.Namespace) -> int:
     return 0
 
 
+def add_calibrate(p: argparse.ArgumentParser) -> None:
+    path_argument(p, "--model", check="input", required=True, help="a model file written by train (model.pt)")
+    path_argument(p, "--manifest", check="input", required=True, help="the manifest holding its validation cases")
+    p.add_argument("--fold", type=int, help="the fold that validated it (train --fold); default: the manifest's "
+                   "validation section")
+    p.add_argument("--fp-per-scan", type=positive_float,
+                   help="false positives per validation scan at the operating point (default: the model's "
+                        "training.operating_fp_per_scan)")
+    p.add_argument("--fp-reduction", action=argparse.BooleanOptionalAction, default=None,
+                   help="fit the second stage first (default: as the model was trained)")
+    add_device(p)
+
+
+def run_calibrate(a: argparse.Namespace) -> int:
+    from monai_pipeline.calibration import recalibrate
+
+    point = recalibrate(a.model, a.manifest, a.fold, a.fp_per_scan, a.fp_reduction, device_or_none(a.device))
+    at = "none (no threshold keeps a nodule)" if point["threshold"] is None else f"lesion score >= {point['threshold']}"
+    print(f"operating point: {at} ({point['fp_per_scan']:.2f} false positives per scan, sensitivity "
+          f"{point['sensitivity']:.2f}, second stage {'on' if point['classifier'] else 'off'})")
+    print(f"model: {a.model}")
+    return 0
+
+
 VERBS = [
     Verb("plan", "plan a configuration from a dataset fingerprint (spacing, patch, network, epochs for a budget)",
          add_plan, run_plan),
     Verb("train", "train a 3D segmentation network on a manifest", add_train, run_train),
     Verb("cv", "k-fold cross-validation: train each fold, predict its held-out cases, out-of-fold summary; the "
          "folder is then an ensemble model", add_cv, run_cv),
+    Verb("calibrate", "choose a trained model's operating point again on its validation cases (after an upgrade, "
+         "or at another false-positive rate)", add_calibrate, run_calibrate),
 ]
