@@ -32,7 +32,9 @@ from monai_pipeline.data.manifest import load_manifest
 from monai_pipeline.errors import InputError
 from monai_pipeline.evaluation import evaluate_folder
 from monai_pipeline.inference import Case, Predictor, run_batch
+from monai_pipeline.inference.batch import write_batch_lesions
 from monai_pipeline.inference.predictor import CV_FILE
+from monai_pipeline.io.layout import PredictionLayout
 from monai_pipeline.io.writer import atomic_write_text
 from monai_pipeline.model_file import read_model_file
 from monai_pipeline.seeds import headline_figures, seed_folder, write_seeds
@@ -85,6 +87,9 @@ def cross_validate(manifest: str | Path, out: str | Path, cfg: PipelineConfig, f
                                 out / "predictions", progress=progress)
             if summary.failed:
                 raise InputError(out / "predictions", f"fold {k}: {summary.failed} case(s) failed (see failures.csv)")
+    # each call above wrote the batch's lesion table for its own cases: one table for every out-of-fold case
+    write_batch_lesions(out / "predictions", [c for k in folds for c in fold_cases[k]],
+                        PredictionLayout(out / "predictions").batch_file("lesions"))
     index = {"format": "monai-pipeline-cv/2", "folds": models, "manifest": str(Path(manifest).resolve()),
              "operating_points": {str(k): p for k, p in points.items()}}
     if fp > 0:

@@ -19,6 +19,11 @@ from tests.helpers import TINY_OVERLAY, run_cli
 pytestmark = pytest.mark.slow  # end to end: subprocesses, training or real CT
 
 
+def _lesion_rows(folder, case_id):
+    with open(folder / f"{case_id}_lesions.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
 def test_cv_out_of_fold_and_ensemble(tiny_dataset, tmp_path):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump({**TINY_OVERLAY, "training": {**TINY_OVERLAY["training"], "epochs": 2,
@@ -59,6 +64,10 @@ def test_cv_out_of_fold_and_ensemble(tiny_dataset, tmp_path):
             for cid in part["cases"]:
                 with open(cv / "predictions" / f"{cid}_lesions.csv") as fh:
                     assert all(float(r["score"]) >= (expect or 0.0) for r in csv.DictReader(fh))
+    # the batch lesion table holds every out-of-fold case's lesions, not only the last prediction call's
+    with open(cv / "predictions" / "lesions.csv") as fh:
+        table = [r["case_id"] for r in csv.DictReader(fh)]
+    assert sorted(table) == sorted(cid for cid in oof for _ in _lesion_rows(cv / "predictions", cid))
     # a second run resumes: nothing retrained, nothing predicted again
     stamps = {k: (cv / f"fold_{k}" / "model.pt").stat().st_mtime_ns for k in use}
     r = run_cli("cv", "--manifest", manifest, "--out", cv, "--folds", ",".join(map(str, use)), "--config", cfg,
