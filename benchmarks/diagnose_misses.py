@@ -40,8 +40,7 @@ COLUMNS = ("fold", "case_id", "nodule", "voxels", "diameter_mm", "max_probabilit
 
 def nodule_rows(predictor, entry: dict, fold: int) -> list[dict]:
     """The rows of one held-out case (see the module docstring)."""
-    from scipy import ndimage
-
+    from monai_pipeline.arrays import label_components
     from monai_pipeline.evaluation.evaluate import read_binary_label, split_reference
     from monai_pipeline.inference.export import export_prediction
     from monai_pipeline.io.geometry import sitk_to_xyz_array
@@ -61,14 +60,14 @@ def nodule_rows(predictor, entry: dict, fold: int) -> list[dict]:
     region = lung_region(np.asarray(data["original"][0]), label.geometry.spacing,
                          predictor.cfg.preprocessing.body_threshold_hu, float(lung["lung_closing_mm"]),
                          LUNG_FILTER_RESOLUTION_MM, axis=axial_axis(label.geometry.direction))
-    components, _ = ndimage.label(raw.mask > 0, np.ones((3, 3, 3)))
+    components, _ = label_components(raw.mask > 0, 26)
+    voxels = np.bincount(components.ravel())  # component -> size
     table, nodules = lesion_table(standard, label.geometry, return_labels=True)
     rows = []
     for row in table:
         nodule = nodules == row["lesion"]
-        ids, counts = np.unique(components[nodule], return_counts=True)
-        touching = ids[ids > 0]
-        sizes = {int(i): int((components == i).sum()) for i in touching}
+        touching = np.unique(components[nodule])
+        sizes = {int(i): int(voxels[i]) for i in touching if i > 0}
         biggest = max(sizes, key=sizes.get) if sizes else None
         verdict = ("kept" if post.mask[nodule].any() else "removed" if biggest is not None else "no voxel > 0.5")
         rows.append({"fold": fold, "case_id": entry["case_id"], "nodule": row["lesion"], "voxels": int(nodule.sum()),

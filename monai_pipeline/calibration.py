@@ -157,8 +157,7 @@ def operating_point(model: str | Path, val_files: list[dict], fp_per_scan: float
     validation candidates and detections it was chosen on are kept (``candidates``, ``detections``).
     ``inference`` overrides the model's inference settings."""
     candidates = validation_candidates(Path(model), val_files, device, inference)
-    classifier, scans = second_stage_point(candidates, fp_per_scan) if fp_reduction else \
-        (None, scan_detections(candidates))
+    classifier, scans = scored_detections(candidates, fp_per_scan, fp_reduction)
     point = choose_threshold(scans, fp_per_scan)
     if point["threshold"] is None:
         logger.warning("operating point: no lesion-score threshold keeps a detected validation nodule at <= %g "
@@ -194,17 +193,24 @@ def pooled_point(points: list[dict | None], fp_per_scan: float, fp_reduction: bo
     (:func:`second_stage_point`); otherwise on the network's scores (:func:`stored_detections`), ``classifier``
     None. None when one of them stored nothing."""
     candidates = _pooled_candidates(points)
-    if fp_reduction and candidates is not None:
+    if candidates is not None:
         return candidates_point(candidates, fp_per_scan, fp_reduction)
-    scans = stored_detections(points)
+    scans = stored_detections(points)  # older model files: detections only, the network's scores
     return None if scans is None else {**_json_safe(choose_threshold(scans, fp_per_scan)), "classifier": None}
 
 
+def scored_detections(scans: list[dict], fp_per_scan: float, fp_reduction: bool = False
+                      ) -> tuple[dict | None, list[ScanDetections]]:
+    """The detections a threshold is chosen on, from validation candidates (:func:`validation_candidates`' scans):
+    with ``fp_reduction`` the second stage and its out-of-sample scores (:func:`second_stage_point`), else no
+    classifier and the network's scores."""
+    return second_stage_point(scans, fp_per_scan) if fp_reduction else (None, scan_detections(scans))
+
+
 def candidates_point(scans: list[dict], fp_per_scan: float, fp_reduction: bool = False) -> dict:
-    """The operating point chosen on validation candidates (:func:`validation_candidates`' scans): with
-    ``fp_reduction`` on the second stage's out-of-sample scores (:func:`second_stage_point`), else on the network's
-    scores; as :func:`pooled_point` returns it."""
-    classifier, dets = second_stage_point(scans, fp_per_scan) if fp_reduction else (None, scan_detections(scans))
+    """The operating point chosen on validation candidates (:func:`scored_detections`), as :func:`pooled_point`
+    returns it."""
+    classifier, dets = scored_detections(scans, fp_per_scan, fp_reduction)
     return {**_json_safe(choose_threshold(dets, fp_per_scan)), "classifier": classifier}
 
 
