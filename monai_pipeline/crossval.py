@@ -18,15 +18,23 @@ operating_fp_per_scan`` on the very cases it is then scored on would meet its fa
 construction. With ``training.fp_reduction``, each group's second-stage classifier is likewise fitted on the other
 groups' candidates. Each fold's best checkpoint is still chosen on that fold's own cases (its
 validation set), as nnU-Net validates on its fold; the out-of-fold figures share that milder optimism.
+
+``cv --recalibrate`` trains nothing: each fold model's operating point is chosen again on its own fold's cases
+(as ``calibrate --fold k``, at the configuration's ``training.operating_fp_per_scan`` and ``fp_reduction``), the
+old predictions are removed, and the held-out cases are predicted and evaluated afresh as above. It brings a
+cross-validation trained by an earlier version up to this version's inference and evaluation, or moves it to
+another false-positive rate.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 from monai_pipeline.calibration import cross_fitted_groups, cross_fitted_points, pooled_point, train_model
+from monai_pipeline.calibration import recalibrate as recalibrate_model
 from monai_pipeline.config import PipelineConfig
 from monai_pipeline.data.manifest import load_manifest
 from monai_pipeline.errors import InputError
@@ -53,8 +61,11 @@ def manifest_folds(manifest: str | Path) -> list[int]:
 
 
 def cross_validate(manifest: str | Path, out: str | Path, cfg: PipelineConfig, folds: list[int] | None = None,
-                   epochs: int | None = None, device: str | None = None, progress: bool = True) -> dict:
-    """Train, predict and evaluate every fold (see the module docstring); returns the out-of-fold summary."""
+                   epochs: int | None = None, device: str | None = None, progress: bool = True,
+                   recalibrate: bool = False) -> dict:
+    """Train, predict and evaluate every fold (see the module docstring); returns the out-of-fold summary. With
+    ``recalibrate`` nothing is trained: :func:`recalibrate_folds` first, then the held-out cases are predicted and
+    evaluated afresh."""
 
     out = Path(out)
     available = manifest_folds(manifest)
@@ -64,6 +75,8 @@ def cross_validate(manifest: str | Path, out: str | Path, cfg: PipelineConfig, f
         raise InputError(manifest, f"fold must be one of {available}, got {bad[0]}")
     if len(available) < 2:
         raise InputError(manifest, "needs at least 2 folds to cross-validate")
+    if recalibrate:
+        recalibrate_folds(manifest, out, cfg, folds, device)
     training = load_manifest(manifest, "training")
     models: dict[str, str] = {}
     for k in folds:
@@ -98,6 +111,32 @@ def cross_validate(manifest: str | Path, out: str | Path, cfg: PipelineConfig, f
     return evaluate_folder(out / "predictions", manifest, out, fold=folds)
 
 
+def recalibrate_folds(manifest: str | Path, out: Path, cfg: PipelineConfig, folds: list[int],
+                      device: str | None = None) -> None:
+    """Choose every fold model's operating point again on its own fold's cases, as training chose it
+    (:func:`~monai_pipeline.calibration.recalibrate`, at ``cfg``'s ``training.operating_fp_per_scan`` and
+    ``training.fp_reduction``), and remove ``out/predictions``, which the models as they were made. For fold
+    models trained before a change to inference or evaluation, or to move a cross-validation to another
+    false-positive rate, without training again. Every fold model must exist (checked before any work)."""
+    require_fold_models(out, folds)
+    for k in folds:
+        point = recalibrate_model(out / f"fold_{k}" / "model.pt", manifest, k, cfg.training.operating_fp_per_scan,
+                            cfg.training.fp_reduction, device)
+        logger.info("fold %d recalibrated: lesion score >= %s (%.2f false positives per scan on its %d cases)", k,
+                    point["threshold"], point["fp_per_scan"], point["n_scans"])
+    if (out / "predictions").exists():
+        logger.warning("removing %s: the fold models that made it were recalibrated", out / "predictions")
+        shutil.rmtree(out / "predictions")
+
+
+def require_fold_models(out: Path, folds: list[int]) -> None:
+    """Refuse (InputError) when a fold model of ``out`` is missing: there is nothing to recalibrate."""
+    missing = [out / f"fold_{k}" / "model.pt" for k in folds if not (out / f"fold_{k}" / "model.pt").is_file()]
+    if missing:
+        raise InputError(missing[0], "does not exist: there is no trained fold model to recalibrate",
+                         hint="run cv without --recalibrate to train it")
+
+
 def fold_points(stored: dict[int, dict | None], fp_per_scan: float, fp_reduction: bool,
                 fold_cases: dict[int, list[str]]) -> dict[int, list[dict]]:
     """Each fold's cross-fitted operating points (``stored``: fold -> its model file's ``operating_point``;
@@ -127,14 +166,17 @@ def fold_points(stored: dict[int, dict | None], fp_per_scan: float, fp_reduction
 
 def cross_validate_seeds(manifest: str | Path, out: str | Path, cfg: PipelineConfig, seeds: int,
                          folds: list[int] | None = None, epochs: int | None = None, device: str | None = None,
-                         progress: bool = True) -> dict:
+                         progress: bool = True, recalibrate: bool = False) -> dict:
     """:func:`cross_validate` once per training seed 0..``seeds``-1, each in ``OUT/seed_<s>/`` (resumable), and
     the out-of-fold figures' mean and standard deviation in ``OUT/seeds.json`` (:mod:`monai_pipeline.seeds`)."""
+    if recalibrate:  # every seed's models, before any is recalibrated
+        for s in range(seeds):
+            require_fold_models(seed_folder(Path(out), s), folds or manifest_folds(manifest))
     per_seed = {}
     for s in range(seeds):
         logger.info("cross-validation with training seed %d of 0..%d", s, seeds - 1)
         res = cross_validate(manifest, seed_folder(Path(out), s), cfg.merged({"training": {"seed": s}}), folds,
-                             epochs, device, progress)
+                             epochs, device, progress, recalibrate)
         per_seed[s] = headline_figures(res)
     return write_seeds(Path(out), per_seed)
 

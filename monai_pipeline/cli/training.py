@@ -50,6 +50,10 @@ def add_cv(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=positive_int, default=1,
                    help="repeat with training seeds 0..N-1 (OUT/seed_<s>/) and report mean and standard deviation "
                         "(OUT/seeds.json)")
+    p.add_argument("--recalibrate", action="store_true",
+                   help="train nothing: choose every fold model's operating point again on its fold's cases (at "
+                        "the configuration's operating_fp_per_scan), then predict and evaluate afresh (after an "
+                        "upgrade, or at another false-positive rate)")
 
 
 def run_cv(a: argparse.Namespace) -> int:
@@ -60,11 +64,12 @@ def run_cv(a: argparse.Namespace) -> int:
 
     if a.seeds > 1:
         result = cross_validate_seeds(a.manifest, a.out, load_config(a.config), a.seeds, folds=a.folds,
-                                      epochs=a.epochs, device=device_or_none(a.device), progress=not a.no_progress)
+                                      epochs=a.epochs, device=device_or_none(a.device), progress=not a.no_progress,
+                                      recalibrate=a.recalibrate)
         print(f"out-of-fold over {a.seeds} training seeds:\n{format_seeds(result)}")
         return 0
     res = cross_validate(a.manifest, a.out, load_config(a.config), folds=a.folds, epochs=a.epochs,
-                         device=device_or_none(a.device), progress=not a.no_progress)
+                         device=device_or_none(a.device), progress=not a.no_progress, recalibrate=a.recalibrate)
     print(f"out-of-fold: {headline(res)}")
     print(f"ensemble model for new data: monai-pipeline infer --model {a.out} --input CT --out DIR")
     return 0

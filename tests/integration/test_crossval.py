@@ -4,6 +4,7 @@ it, the summary over out-of-fold predictions only, and the folder usable as an e
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 
 import numpy as np
@@ -76,6 +77,34 @@ def test_cv_out_of_fold_and_ensemble(tiny_dataset, tmp_path):
     assert stamps == {k: (cv / f"fold_{k}" / "model.pt").stat().st_mtime_ns for k in use}
     last = json.loads((cv / "predictions" / "summary.json").read_text())
     assert last["done"] == 0 and last["skipped"] == sum(e["fold"] == use[-1] for e in data["training"])
+    # --recalibrate at another rate: nothing trained, each fold model's point chosen again on its own fold's
+    # cases at the configuration's rate, the old predictions replaced by ones at the new cross-fitted points
+    before = {k: torch.load(cv / f"fold_{k}" / "model.pt", weights_only=True) for k in use}
+    cfg4 = tmp_path / "tiny4.yaml"
+    cfg4.write_text(yaml.safe_dump({**TINY_OVERLAY, "training": {**TINY_OVERLAY["training"], "epochs": 2,
+                                                                 "val_interval": 1, "operating_fp_per_scan": 4.0}}))
+    r = run_cli("cv", "--manifest", manifest, "--out", cv, "--folds", ",".join(map(str, use)), "--config", cfg4,
+                "--device", "cpu", "--no-progress", "--recalibrate")
+    assert r.returncode == 0, r.stderr[-3000:]
+    after = {k: torch.load(cv / f"fold_{k}" / "model.pt", weights_only=True) for k in use}
+    for k in use:
+        assert after[k]["epochs_trained"] == before[k]["epochs_trained"]
+        torch.testing.assert_close(after[k]["state_dict"], before[k]["state_dict"])
+        assert after[k]["operating_point"]["target_fp_per_scan"] == 4.0
+        assert before[k]["operating_point"]["target_fp_per_scan"] == 1.0
+    points = json.loads((cv / "cv.json").read_text())["operating_points"]
+    for k in use:
+        for part in points[str(k)]:
+            rest = [scan for j in use for scan in after[j]["operating_point"]["candidates"]
+                    if not (j == k and scan["case_id"] in part["cases"])]
+            assert part["threshold"] == choose_threshold(scan_detections(rest), 4.0)["threshold"]
+    made = {json.loads(p.read_text())["provenance"]["model_sha256"] for p in (cv / "predictions" / ".done").glob("*")}
+    assert made == {hashlib.sha256((cv / f"fold_{k}" / "model.pt").read_bytes()).hexdigest() for k in use}
+    assert sorted(json.loads((cv / "summary.json").read_text())["cases"]) == oof
+    # nothing to recalibrate: one line, exit 2, nothing written
+    r = run_cli("cv", "--manifest", manifest, "--out", tmp_path / "none", "--config", cfg4, "--recalibrate")
+    assert r.returncode == 2 and "fold_" in r.stderr and "no trained fold model" in r.stderr, r.stderr
+    assert not (tmp_path / "none").exists()
     # the folder is an ensemble: its mask is the one from the averaged fold probabilities
     test_image = tiny_dataset / data["test"][0]["image"]
     r = run_cli("infer", "--model", cv, "--input", test_image, "--out", tmp_path / "ens", "--device", "cpu")
