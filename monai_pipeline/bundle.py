@@ -46,17 +46,19 @@ def save_model_config(cfg: PipelineConfig, bundle_root: str | Path) -> Path:
 
 def finish_training(network: torch.nn.Module, cfg: PipelineConfig, bundle_root: str | Path,
                     val_files: list[dict] | None = None, device: str | torch.device = "cpu") -> Path:
-    """The end of the bundle's training, as ``monai-pipeline train`` ends: ``models/model.pt`` holds the best
-    validation weights (saved by the evaluator's checkpoint saver); when no validation ran (fewer epochs than
-    ``training.val_interval``), the last weights are saved instead. Then the configuration beside them
+    """The end of the bundle's training, as ``monai-pipeline train`` ends: ``models/model.pt`` holds the weights
+    ``training.keep`` names: the network as the last epoch left it (``final``), or the best validation weights
+    (``best``: saved by the evaluator's checkpoint saver; the last ones when no validation ran, with fewer epochs
+    than ``training.val_interval``). Then the configuration beside them
     (``models/pipeline.yaml``) and, with ``val_files`` (the validation datalist) and
     ``training.operating_fp_per_scan`` > 0, the operating point chosen on them, as ``train`` chooses it
     (:func:`~monai_pipeline.calibration.operating_point`): ``inference.min_lesion_score`` (and, with
     ``training.fp_reduction``, ``inference.candidate_classifier``) in the configuration and
     ``models/operating_point.json``."""
     path = Path(bundle_root) / "models" / "model.pt"
-    if not path.is_file():
-        logger.info("no validation ran: %s holds the last weights", path)
+    if cfg.training.keep == "final" or not path.is_file():
+        reason = "training.keep is final" if cfg.training.keep == "final" else "no validation ran"
+        logger.info("%s: %s holds the last epoch's weights", reason, path)
         with atomic_path(path) as tmp:
             torch.save(unwrap(network).state_dict(), tmp)
     written = save_model_config(cfg, bundle_root)
@@ -86,7 +88,8 @@ def export_to_bundle(model_path: str | Path, bundle_root: str | Path) -> Path:
     save_model_config(config_from_model_dict(blob["config"]), root)
     card = {"training_data": blob.get("training_data"), "summary": describe_training_data(blob),
             "n_trained_on": len(blob.get("trained_on", [])), "validated_on": blob.get("validated_on", []),
-            "epochs_trained": blob.get("epochs_trained"), "best_val_mean_dice": blob.get("best_val_mean_dice")}
+            "epochs_trained": blob.get("epochs_trained"), "weights": blob.get("weights", "best"),
+            "best_val_mean_dice": blob.get("best_val_mean_dice")}
     atomic_write_text(root / "models" / "model_card.json", json.dumps(card, indent=1))
     return root / "models" / "model.pt"
 

@@ -37,6 +37,10 @@ OPTIMIZERS = ("adamw", "sgd")
 #: or the union of the readers' masks (training.label_mode)
 LABEL_MODES = ("consensus", "soft", "any-reader")
 SCHEDULERS = ("cosine", "poly", "none")
+#: which weights a run's model file holds (training.keep): those after the last epoch, or the validation's best
+KEEPS = ("final", "best")
+#: what a model file written before a key existed did, where today's default differs (config_from_model_dict)
+FORMER_DEFAULTS = {"training": {"keep": "best"}}
 NETWORKS = ("UNet", "SegResNet", "DynUNet", "BasicUNet")
 SAMPLINGS = ("posneg", "lesion")
 RESAMPLE_MODES = ("linear", "nearest")
@@ -171,6 +175,7 @@ class TrainingConfig:
     scheduler: str
     val_interval: int  # epochs
     early_stopping_patience: int  # validations without improvement; 0 = off
+    keep: str  # final | best: the weights model.pt holds (see KEEPS)
     amp: bool  # CUDA AMP
     bf16: bool | str  # CPU bf16 autocast: true, false or "auto"
     seed: int
@@ -193,6 +198,7 @@ class TrainingConfig:
         _need(self.val_interval >= 1, f"training.val_interval must be >= 1, got {self.val_interval}")
         _need(self.early_stopping_patience >= 0,
               f"training.early_stopping_patience must be >= 0, got {self.early_stopping_patience}")
+        _one_of("training.keep", self.keep, KEEPS)
         _one_of("training.bf16", self.bf16, (True, False, "auto"))
         _one_of("training.cache", self.cache, CACHES)
         _need(self.num_workers >= 0, f"training.num_workers must be >= 0, got {self.num_workers}")
@@ -460,8 +466,9 @@ def load_config(*sources: str | Path | dict | None) -> PipelineConfig:
 
 
 def config_from_model_dict(stored: dict) -> PipelineConfig:
-    """The configuration stored in a model file, merged over today's defaults (keys added since fill in)."""
-    return from_dict(deep_merge(default_dict(), upgrade(stored)))
+    """The configuration stored in a model file, merged over today's defaults (keys added since fill in, with
+    what the file's version did where today's default differs: :data:`FORMER_DEFAULTS`)."""
+    return from_dict(deep_merge(deep_merge(default_dict(), FORMER_DEFAULTS), upgrade(stored)))
 
 
 def bundle_config(bundle_root: str | Path) -> PipelineConfig:

@@ -4,8 +4,8 @@ A plain dict of tensors and primitives, loadable with ``torch.load(path, weights
 ``format`` (:data:`MODEL_FORMAT`), the weights (``state_dict``), the network spec (``{"name", "kwargs"}``), the
 whole pipeline configuration (preprocessing, inference, post-processing), label names, the versions of the
 software that made it, and what training adds (``trained_on``, ``validated_on``, ``training_data``,
-``epochs_trained``, best validation Dice and epoch). A MONAI bundle's ``models/model.pt`` (a bare state dict)
-loads too, with the network and configuration of its bundle.
+``epochs_trained``, which ``weights`` it holds: ``final`` or ``best``, with the best validation Dice and epoch).
+A MONAI bundle's ``models/model.pt`` (a bare state dict) loads too, with the network and configuration of its bundle.
 """
 
 from __future__ import annotations

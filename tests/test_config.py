@@ -99,6 +99,20 @@ def test_old_model_dicts_missing_a_new_key_still_load():
     assert config_from_model_dict(stored).postprocess == load_config().postprocess
 
 
+def test_model_files_from_before_training_keep_say_they_kept_the_best_checkpoint():
+    """A model file written before ``training.keep`` existed held its best validation checkpoint: its stored
+    configuration loads with ``keep: best``; a configuration today defaults to the final weights."""
+    from monai_pipeline.config import config_from_model_dict
+
+    stored = load_config().to_dict()
+    del stored["training"]["keep"]
+    assert config_from_model_dict(stored).training.keep == "best"
+    assert load_config().training.keep == "final"
+    assert config_from_model_dict(load_config().to_dict()).training.keep == "final"
+    with pytest.raises(ConfigError, match="training.keep"):
+        load_config({"training": {"keep": "latest"}})
+
+
 def test_flat_postprocess_keys_of_older_configurations_move_into_their_steps():
     """Model files and overlays of 0.1.x name post-processing settings flat; they load and mean the same."""
     from monai_pipeline.config import config_from_model_dict

@@ -112,15 +112,18 @@ class BestCheckpoint:
 
 def save_final_model(run: Path, network, cfg: PipelineConfig, evaluator, epochs: int, dev: torch.device,
                      train_files: list[dict], val_files: list[dict]) -> Path:
-    """``RUN/model.pt``: the best validation checkpoint when there is one, else the last weights; records the
-    case ids trained on (``evaluate`` refuses to score them) and those used for model selection."""
+    """``RUN/model.pt``: the weights ``training.keep`` names (``final``: the network as the last epoch left it;
+    ``best``: the best validation checkpoint, when a validation ran); records which (``weights``, and the best
+    score and epoch for ``best``), the case ids trained on (``evaluate`` refuses to score them) and those used for
+    model selection."""
     best = run / "checkpoints" / BEST_NAME
     extra = {"epochs_trained": epochs, "trained_on": sorted(f["case_id"] for f in train_files),
              "validated_on": sorted(f["case_id"] for f in val_files),
-             "training_data": training_data_card(train_files)}
-    if best.exists():
+             "training_data": training_data_card(train_files), "weights": "final"}
+    if cfg.training.keep == "best" and best.exists():
         unwrap(network).load_state_dict(torch.load(best, map_location=dev, weights_only=True))
         record = BestCheckpoint(run, network).best()
+        extra["weights"] = "best"
         extra["best_val_mean_dice"] = float(record["score"]) if record else None
         extra["best_epoch"] = int(record["epoch"]) if record else None
     path = save_model_file(run / "model.pt", network, cfg, extra)

@@ -95,3 +95,18 @@ def test_bundle_without_a_validation_keeps_the_last_weights(tmp_path):
     saved = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert all(torch.equal(saved[k], v) for k, v in net.state_dict().items())
     assert (Path(tmp_path) / "models" / "pipeline.yaml").is_file()
+
+
+def test_bundle_keeps_the_weights_training_keep_names(tmp_path):
+    """The checkpoint saver wrote a best model.pt during training: ``keep: best`` leaves it, ``keep: final``
+    (the default) replaces it with the network's last weights."""
+    from monai_pipeline.bundle import finish_training
+
+    (tmp_path / "models").mkdir()
+    net = build_network(TINY_NET)
+    saver_wrote = {k: v + 1 if v.is_floating_point() else v for k, v in net.state_dict().items()}
+    for keep, expected in (("best", saver_wrote), ("final", net.state_dict())):
+        torch.save(saver_wrote, tmp_path / "models" / "model.pt")
+        finish_training(net, load_config({"training": {"keep": keep}}), tmp_path)
+        saved = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+        assert all(torch.equal(saved[k], v) for k, v in expected.items()), keep

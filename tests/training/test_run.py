@@ -129,7 +129,7 @@ def test_best_checkpoint_survives_a_resume(tiny_dataset, tmp_path):
     replace best_network.pt; model.pt records the run's best score and its epoch."""
     import json
 
-    cfg = load_config(TINY_OVERLAY, {"training": {"epochs": 2, "val_interval": 1}})
+    cfg = load_config(TINY_OVERLAY, {"training": {"epochs": 2, "val_interval": 1, "keep": "best"}})
     run = tmp_path / "run"
     train(tiny_dataset / "manifest.json", run, cfg, device="cpu", progress=False)
     record = json.loads((run / "checkpoints" / "best.json").read_text())
@@ -140,6 +140,23 @@ def test_best_checkpoint_survives_a_resume(tiny_dataset, tmp_path):
     assert (run / "checkpoints" / "best_network.pt").read_bytes() == before
     blob = torch.load(run / "model.pt", weights_only=True)
     assert blob["best_val_mean_dice"] == 0.999 and blob["best_epoch"] == record["epoch"] and blob["epochs_trained"] == 4
+    assert blob["weights"] == "best"
+    best = torch.load(run / "checkpoints" / "best_network.pt", weights_only=True)
+    assert all(torch.equal(blob["state_dict"][k], v) for k, v in best.items())
+
+
+def test_model_file_holds_the_final_weights_by_default(tiny_dataset, tmp_path):
+    """``training.keep: final`` (the default): model.pt holds the network as the last epoch left it, the same
+    tensors as the last checkpoint, whatever the validations scored; the best checkpoint is still kept beside."""
+    cfg = load_config(TINY_OVERLAY, {"training": {"epochs": 3, "val_interval": 1}})
+    run = tmp_path / "run"
+    model = train(tiny_dataset / "manifest.json", run, cfg, device="cpu", progress=False)
+    blob = torch.load(model, weights_only=True)
+    last = torch.load(run / "checkpoints" / "last_checkpoint_epoch=3.pt", weights_only=True)["network"]
+    assert blob["weights"] == "final" and "best_epoch" not in blob
+    assert set(blob["state_dict"]) == set(last)
+    assert all(torch.equal(blob["state_dict"][k], v) for k, v in last.items())
+    assert (run / "checkpoints" / "best_network.pt").is_file()
 
 
 def test_latest_checkpoint_skips_a_truncated_one(tmp_path):
