@@ -36,10 +36,11 @@ def at_threshold(scans, threshold: float | None) -> tuple[float, float]:
 
 
 def matched_scans(pred_dir: Path, entries: list[dict]) -> tuple[list, dict[str, list[float]]]:
-    """Each test case's candidates matched to its reference nodules (LUNA16 hit rule), and the elongation of the
-    candidates that hit a nodule ("hit") and of those that do not ("miss")."""
+    """Each test case's candidates matched to its reference nodules (LUNA16 hit rule; the reference standard of
+    ``evaluate``: components of 3 mm and more, candidates on smaller ones ignored), and the elongation of the
+    candidates that hit a nodule ("hit") and of those that do not ("miss", ignored ones included)."""
     from monai_pipeline.evaluation.detection import match_scan
-    from monai_pipeline.evaluation.evaluate import read_binary_label, reference_lesions
+    from monai_pipeline.evaluation.evaluate import read_binary_label, reference_lesions, split_reference
     from monai_pipeline.io.geometry import sitk_to_xyz_array
 
     scans, shape = [], {"hit": [], "miss": []}
@@ -48,13 +49,15 @@ def matched_scans(pred_dir: Path, entries: list[dict]) -> tuple[list, dict[str, 
             rows = list(csv.DictReader(fh))
         ref = read_binary_label(e["label"])
         pred = sitk_to_xyz_array(read_binary_label(pred_dir / f"{e['case_id']}.nii.gz").image)
-        _, nodules = reference_lesions(pred, sitk_to_xyz_array(ref.image), ref.geometry)
+        standard, _, irrelevant = split_reference(sitk_to_xyz_array(ref.image), ref.geometry)
+        _, nodules = reference_lesions(pred, standard, ref.geometry)
         cands = [((float(r["centroid_x_mm"]), float(r["centroid_y_mm"]), float(r["centroid_z_mm"])),
                   float(r["score"])) for r in rows]
-        scans.append(match_scan(e["case_id"], cands, nodules))
+        scans.append(match_scan(e["case_id"], cands, nodules, irrelevant))
         for c, r in zip(cands, rows, strict=True):
-            alone = match_scan(e["case_id"], [c], nodules)
-            shape["miss" if alone.fp_scores else "hit"].append(float(r["elongation"]))
+            alone = match_scan(e["case_id"], [c], nodules, irrelevant)
+            hit = any(v is not None for v in alone.nodule_scores)
+            shape["hit" if hit else "miss"].append(float(r["elongation"]))
     return scans, shape
 
 

@@ -48,3 +48,35 @@ def test_counts_at_a_threshold():
     scans = [ScanDetections("a", [0.9, None], [0.95, 0.5]), ScanDetections("b", [0.6], [0.7, 0.3])]
     assert _bench().at_threshold(scans, 0.6) == (1.0, pytest.approx(2 / 3))
     assert _bench().at_threshold(scans, None) == (2.0, pytest.approx(2 / 3))
+
+
+def test_fragments_under_3mm_are_neither_nodules_nor_false_positives(tiny_dataset, tmp_path):
+    """The reference standard is evaluate's: a one-voxel label fragment is no nodule, and a candidate on it is
+    ignored, not counted as a false positive."""
+    import SimpleITK as sitk
+
+    from monai_pipeline.data.manifest import load_manifest
+    from monai_pipeline.evaluation.evaluate import read_binary_label
+    from monai_pipeline.io.geometry import sitk_to_xyz_array
+    from monai_pipeline.postprocess import lesion_table, write_lesion_csv
+
+    entry = load_manifest(tiny_dataset / "manifest.json", "test")[0]
+    label = sitk.ReadImage(entry["label"])
+    arr = sitk.GetArrayFromImage(label)
+    assert not arr[:4, :4, :4].any()
+    n_nodules = len(lesion_table(sitk_to_xyz_array(read_binary_label(entry["label"]).image),
+                                 read_binary_label(entry["label"]).geometry))
+    arr[2, 2, 2] = 1  # a fragment of one voxel in a corner
+    fragmented = sitk.GetImageFromArray(arr)
+    fragmented.CopyInformation(label)
+    sitk.WriteImage(fragmented, tmp_path / "label.nii.gz")
+    ref = read_binary_label(tmp_path / "label.nii.gz")
+    rows = lesion_table(sitk_to_xyz_array(ref.image), ref.geometry)
+    assert len(rows) == n_nodules + 1
+    fragment = min(rows, key=lambda r: r["volume_mm3"])
+    preds = tmp_path / "pred"
+    preds.mkdir()
+    shutil.copy(entry["label"], preds / f"{entry['case_id']}.nii.gz")
+    write_lesion_csv([{**fragment, "score": 0.99}], preds / f"{entry['case_id']}_lesions.csv")
+    (scan,), _ = _bench().matched_scans(preds, [{**entry, "label": str(tmp_path / "label.nii.gz")}])
+    assert len(scan.nodule_scores) == n_nodules and scan.fp_scores == [] and scan.ignored == 1
