@@ -33,7 +33,7 @@ from monai_pipeline.inference import prediction_provenance
 from monai_pipeline.io.paths import case_id_from_path
 from monai_pipeline.io.reader import is_image_path
 from monai_pipeline.io.writer import atomic_path, atomic_write_text
-from monai_pipeline.model_file import describe_training_data, load_model_file
+from monai_pipeline.model_file import describe_training_data, kept_weights, load_model_file
 from monai_pipeline.networks import unwrap
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def export_to_bundle(model_path: str | Path, bundle_root: str | Path) -> Path:
     save_model_config(config_from_model_dict(blob["config"]), root)
     card = {"training_data": blob.get("training_data"), "summary": describe_training_data(blob),
             "n_trained_on": len(blob.get("trained_on", [])), "validated_on": blob.get("validated_on", []),
-            "epochs_trained": blob.get("epochs_trained"), "weights": blob.get("weights", "best"),
+            "epochs_trained": blob.get("epochs_trained"), "weights": kept_weights(blob),
             "best_val_mean_dice": blob.get("best_val_mean_dice")}
     atomic_write_text(root / "models" / "model_card.json", json.dumps(card, indent=1))
     return root / "models" / "model.pt"

@@ -119,3 +119,12 @@ def describe_training_data(blob: dict) -> str:
         return "training data not recorded in this model file"
     parts = ", ".join(f"{n} {src}" for src, n in card["sources"].items())
     return f"trained on {card['n_cases']} case(s): {parts}"
+
+
+def kept_weights(blob: dict) -> str:
+    """Which weights the model file ``blob`` holds: ``"final"`` (the last epoch's) or ``"best"`` (the best
+    validation checkpoint). Files from before ``training.keep`` do not say: they held the best checkpoint when a
+    validation ran (they record its epoch), else the last weights."""
+    if blob.get("weights") in ("final", "best"):
+        return blob["weights"]
+    return "best" if blob.get("best_epoch") is not None else "final"
