@@ -190,7 +190,8 @@ def test_ctrl_c_stops_a_batch_with_helper_processes_cleanly(tiny_dataset, tmp_pa
     reported as failed for it, no process left behind; the next run finishes the rest."""
     model = tiny_model_file(tmp_path / "model.pt")
     out = tmp_path / "out"
-    manifest = _repeated_manifest(tiny_dataset / "manifest.json", tmp_path / "manifest.json", copies=6)
+    # 120 cases: under the full suite's load a 36-case batch once finished before the interrupt arrived (exit 0)
+    manifest = _repeated_manifest(tiny_dataset / "manifest.json", tmp_path / "manifest.json", copies=20)
     proc = subprocess.Popen(_infer_args(model, manifest, out, "--workers", "2"), env={**ENV, "OMP_NUM_THREADS": "2"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 300
