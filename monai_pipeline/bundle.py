@@ -56,9 +56,10 @@ def finish_training(network: torch.nn.Module, cfg: PipelineConfig, bundle_root: 
     ``training.fp_reduction``, ``inference.candidate_classifier``) in the configuration and
     ``models/operating_point.json``."""
     path = Path(bundle_root) / "models" / "model.pt"
-    if cfg.training.keep == "final" or not path.is_file():
-        reason = "training.keep is final" if cfg.training.keep == "final" else "no validation ran"
-        logger.info("%s: %s holds the last epoch's weights", reason, path)
+    final = cfg.training.keep == "final"
+    if final or not path.is_file():
+        logger.info("%s: %s holds the last epoch's weights", "training.keep is final" if final else
+                    "no validation ran", path)
         with atomic_path(path) as tmp:
             torch.save(unwrap(network).state_dict(), tmp)
     written = save_model_config(cfg, bundle_root)

@@ -21,7 +21,7 @@ import SimpleITK
 import torch
 
 from monai_pipeline import __version__
-from monai_pipeline.config import PipelineConfig, bundle_config, config_from_model_dict, is_bundle_checkpoint
+from monai_pipeline.config import KEEPS, PipelineConfig, bundle_config, config_from_model_dict, is_bundle_checkpoint
 from monai_pipeline.environment import source_revision
 from monai_pipeline.errors import InputError
 from monai_pipeline.io.writer import atomic_path
@@ -125,6 +125,6 @@ def kept_weights(blob: dict) -> str:
     """Which weights the model file ``blob`` holds: ``"final"`` (the last epoch's) or ``"best"`` (the best
     validation checkpoint). Files from before ``training.keep`` do not say: they held the best checkpoint when a
     validation ran (they record its epoch), else the last weights."""
-    if blob.get("weights") in ("final", "best"):
+    if blob.get("weights") in KEEPS:
         return blob["weights"]
     return "best" if blob.get("best_epoch") is not None else "final"
