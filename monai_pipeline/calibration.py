@@ -270,12 +270,15 @@ def cross_fitted_groups(points: dict[int, dict | None], fp_per_scan: float, fp_r
 
 
 def calibrate_model(model: str | Path, val_files: list[dict], fp_per_scan: float,
-                    device: str | torch.device = "cpu", fp_reduction: bool = False) -> dict:
+                    device: str | torch.device = "cpu", fp_reduction: bool = False,
+                    inference: dict | None = None) -> dict:
     """Choose the operating point (with ``fp_reduction``, after fitting the second stage) on ``val_files`` and
-    write it into ``model`` (see the module docstring)."""
+    write it into ``model`` (see the module docstring); ``inference`` overrides the model's inference settings
+    for the choice and is stored with it (e.g. ``{"foreground_threshold": 0.3}``)."""
     model = Path(model)
-    point = operating_point(model, val_files, fp_per_scan, device, fp_reduction=fp_reduction)
+    point = operating_point(model, val_files, fp_per_scan, device, inference=inference, fp_reduction=fp_reduction)
     blob = read_model_file(model)
+    blob["config"]["inference"].update(inference or {})
     blob["config"]["inference"]["candidate_classifier"] = point["classifier"]
     if point["threshold"] is not None:
         blob["config"]["inference"]["min_lesion_score"] = point["threshold"]
@@ -285,19 +288,34 @@ def calibrate_model(model: str | Path, val_files: list[dict], fp_per_scan: float
     return point
 
 
+#: the inference settings that decide what a candidate is and how it scores: a recalibration takes them from the
+#: configuration (the sliding window's size, precision and the like stay the model's)
+DECISION_KEYS = ("foreground_threshold", "lesion_score", "tta", "tta_axes", "tta_scope")
+
+
+def recalibration_inference(cfg: PipelineConfig) -> dict:
+    """The inference settings a recalibration with ``cfg`` gives a model (``cv --recalibrate``): ``cfg``'s
+    :data:`DECISION_KEYS`, so that the point is chosen, and the model then predicts, with them (e.g. another
+    ``foreground_threshold``)."""
+    inference = cfg.to_dict()["inference"]
+    return {k: inference[k] for k in DECISION_KEYS}
+
+
 def recalibrate(model: str | Path, manifest: str | Path, fold: int | None = None, fp_per_scan: float | None = None,
-                fp_reduction: bool | None = None, device: str | None = None) -> dict:
+                fp_reduction: bool | None = None, device: str | None = None,
+                inference: dict | None = None) -> dict:
     """Choose a trained model's operating point again, as training chose it: on the validation cases of
     ``manifest`` (fold ``fold``'s cases, else its ``validation`` section, as ``train --fold`` splits it), at
     ``fp_per_scan`` false positives per scan (default: the model's ``training.operating_fp_per_scan``), after
-    fitting the second stage when ``fp_reduction`` (default: the model's ``training.fp_reduction``). For a model
-    trained before a change to inference or evaluation, whose stored point was chosen with the old one. Written
-    into ``model`` (atomically); returns the point."""
+    fitting the second stage when ``fp_reduction`` (default: the model's ``training.fp_reduction``), with the
+    model's inference settings overridden by ``inference`` (stored with the point). For a model trained before a
+    change to inference or evaluation, whose stored point was chosen with the old one. Written into ``model``
+    (atomically); returns the point."""
     training = config_from_model_dict(read_model_file(model)["config"]).training
     _, val_files = split_for_fold(manifest, fold)
     return calibrate_model(model, val_files, training.operating_fp_per_scan if fp_per_scan is None else fp_per_scan,
                            device or ("cuda" if torch.cuda.is_available() else "cpu"),
-                           training.fp_reduction if fp_reduction is None else fp_reduction)
+                           training.fp_reduction if fp_reduction is None else fp_reduction, inference)
 
 
 def train_model(manifest: str | Path, run: str | Path, cfg: PipelineConfig, fold: int | None = None,

@@ -219,6 +219,7 @@ class InferenceConfig:
     resample: str  # linear: foreground probability resampled (around candidates), then decided | nearest: label
     channels_last: bool  # run the network in channels-last 3D memory format
     subpixel_upsampling: bool | str  # few-output-channel transposed convolutions as convolution + shuffle (auto: CPU)
+    foreground_threshold: float  # a voxel is foreground where p(foreground) > this (0.5: the argmax)
     min_lesion_score: float  # lesions scoring below this are dropped (0: keep all); train sets it on validation
     lesion_score: str  # a lesion's score: max | mean foreground probability over its network-grid voxels
     seg_segments: str  # DICOM SEG output: single (one segment for all lesions) | lesion (segment k = lesion k)
@@ -227,6 +228,8 @@ class InferenceConfig:
 
     def __post_init__(self) -> None:
         _positive_triple("inference.roi_size", self.roi_size)
+        _need(0 < self.foreground_threshold < 1,
+              f"inference.foreground_threshold must be > 0 and < 1, got {self.foreground_threshold}")
         _need(0 <= self.min_lesion_score <= 1,
               f"inference.min_lesion_score must be in [0, 1], got {self.min_lesion_score}")
         _one_of("inference.resample", self.resample, RESAMPLE_MODES)

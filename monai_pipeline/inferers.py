@@ -102,10 +102,9 @@ class AutocastInferer(Inferer):
         return out.float()
 
 
-#: TTA with ``tta_scope: candidates``: the plain pass's components (foreground probability above this) are what
-#: the mirrored passes re-decide
-TTA_CANDIDATE_PROBABILITY = 0.5
-#: ... together with their edge: the voxels within this many voxels (network grid) of a component
+#: TTA with ``tta_scope: candidates``: the plain pass's components (foreground probability above
+#: ``inference.foreground_threshold``) are what the mirrored passes re-decide, together with their edge: the
+#: voxels within this many voxels (network grid) of a component
 TTA_EDGE_VOXELS = 2
 #: ... each mirrored on a crop holding the region and this much context around it (voxels of the network grid)
 TTA_CONTEXT_VOXELS = 12
@@ -128,7 +127,7 @@ def _grow(box: tuple[slice, ...], margin: int, multiple: int, shape: tuple[int, 
     return tuple(out)
 
 
-def tta_crops(fg: torch.Tensor, threshold: float = TTA_CANDIDATE_PROBABILITY, edge: int = TTA_EDGE_VOXELS,
+def tta_crops(fg: torch.Tensor, threshold: float, edge: int = TTA_EDGE_VOXELS,
               context: int = TTA_CONTEXT_VOXELS, multiple: int = TTA_SIZE_MULTIPLE) -> list:
     """Where mirroring TTA runs, from the plain pass's foreground probability ``fg`` ``(X, Y, Z)``: the candidates
     (``fg`` > ``threshold``) widened by ``edge`` voxels (a cube) form regions, each with a crop of its bounding box
@@ -157,7 +156,7 @@ class ProbabilityInferer(Inferer):
 
     ``tta_scope: volume`` mirrors the whole volume (2^n full passes). ``candidates`` runs the plain pass over
     the whole volume and the mirrored passes only on :func:`tta_crops`: each component the plain pass found
-    (foreground probability above :data:`TTA_CANDIDATE_PROBABILITY`) and its edge (:data:`TTA_EDGE_VOXELS`) are
+    (foreground probability above ``inference.foreground_threshold``) and its edge (:data:`TTA_EDGE_VOXELS`) are
     re-decided by the mean of all 2^n passes, each mirrored pass run on a crop with :data:`TTA_CONTEXT_VOXELS`
     of context (windows no larger than the crop); everywhere else the plain pass decides. Measured against the
     truth in ``docs/performance.md``, at a fraction of the cost of mirroring the whole volume: as accurate as it
@@ -247,7 +246,7 @@ class ProbabilityInferer(Inferer):
             out = plain.clone()
             fraction = 0.0
             for b in range(x.shape[0]):
-                crops = tta_crops(plain[b, 1:].sum(0))
+                crops = tta_crops(plain[b, 1:].sum(0), self.cfg.inference.foreground_threshold)
                 covered = sum(r.numel() for _, r in crops) / float(x[0, 0].numel())
                 if covered >= 1.0:  # mirror the whole volume, reusing the plain pass
                     out[b] = (plain[b] + self._mirrored_sum(x[b:b + 1], network, self.flips[1:])[0]) / n

@@ -32,6 +32,7 @@ def test_defaults_validate_and_overlay_merges(tmp_path):
     ({"preprocessing": {"crop": "liver"}}, "preprocessing.crop must be one of"),
     ({"network": {"name": "ResNet"}}, "network.name must be one of"),
     ({"inference": {"overlap": 1.0}}, "inference.overlap must be >= 0 and < 1, got 1.0"),
+    ({"inference": {"foreground_threshold": 1.0}}, "inference.foreground_threshold must be > 0 and < 1, got 1.0"),
     ({"training": {"cache": "gpu"}}, "training.cache must be one of"),
     ({"postprocess": {"connectivity": 4}}, "postprocess.connectivity must be one of 6, 18, 26; got 4"),
 ])

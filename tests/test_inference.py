@@ -89,6 +89,41 @@ def test_tta_and_probability_map(tmp_path):
     assert len(p.lesions) == 3
 
 
+class SoftOracle(Oracle):
+    """The oracle with a gentle slope: probabilities fall from 1 to 0 over a few mm at the spheres' edges."""
+
+    def forward(self, x):
+        return super().forward(x) / 8
+
+
+def test_foreground_threshold_widens_the_mask_to_the_probability_it_names(tmp_path):
+    """``inference.foreground_threshold``: the raw mask on the input grid is the resampled foreground
+    probability above the threshold (through the Python API), nested as the threshold falls; ``infer
+    --foreground-threshold`` gives the same rule from the command line."""
+    _phantom(tmp_path / "phantom.nii.gz")
+    model = tiny_model_file(tmp_path / "model.pt", {"preprocessing": {"target_spacing": [1.0, 1.0, 1.5]}})
+    masks = {}
+    for t in (0.2, 0.5, 0.8):
+        pred = Predictor(model, device="cpu", inference={"foreground_threshold": t}, postprocess=KEEP_WITHOUT_LUNGS)
+        pred.network = SoftOracle()
+        p = pred.predict(pred.load(tmp_path / "phantom.nii.gz"), "phantom", save_prob=True, postprocess=False)
+        prob = sitk.GetArrayFromImage(p.prob).transpose(2, 1, 0)
+        clear = np.abs(prob - t) > 1e-4
+        assert ((prob > t) == (p.mask > 0))[clear].all()
+        masks[t] = p.mask > 0
+    assert masks[0.8].sum() < masks[0.5].sum() < masks[0.2].sum()
+    assert not (masks[0.8] & ~masks[0.5]).any() and not (masks[0.5] & ~masks[0.2]).any()
+
+    r = run_cli("infer", "--model", model, "--input", tmp_path / "phantom.nii.gz", "--out", tmp_path / "cli",
+                "--device", "cpu", "--no-progress", "--save-prob", "--no-postprocess", "--foreground-threshold", "0.3")
+    assert r.returncode == 0, r.stderr
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "cli" / "phantom.nii.gz"))) > 0
+    prob = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "cli" / "phantom_prob.nii.gz")))
+    clear = np.abs(prob - 0.3) > 1e-4
+    assert ((prob > 0.3) == mask)[clear].all()
+    assert 0 < (prob > 0.3).sum() < prob.size  # the untrained network's probabilities straddle 0.3 somewhere
+
+
 def test_infer_cli_on_dicom_series_matches_series_geometry(tmp_path):
     from monai_pipeline.data.synthetic import SynthConfig, generate_case
     from monai_pipeline.io import Geometry, read_ct

@@ -62,7 +62,7 @@ def test_candidate_tta_is_the_mean_of_all_passes_on_each_crop_and_plain_elsewher
     out = inferer(x, net)
     assert 0 < inferer.last_tta_fraction < 1
     plain = ProbabilityInferer(cfg.merged({"inference": {"tta": False}}), "cpu")(x, net)
-    crops = tta_crops(plain[0, 1])
+    crops = tta_crops(plain[0, 1], 0.5)
     assert len(crops) == 2
     covered = torch.zeros(x.shape[2:], dtype=torch.bool)
     for crop, region in crops:
@@ -86,7 +86,7 @@ def test_overlapping_crops_each_decide_their_own_region() -> None:
     net = _Blob()
     out = ProbabilityInferer(cfg, "cpu")(x, net)
     plain = ProbabilityInferer(cfg.merged({"inference": {"tta": False}}), "cpu")(x, net)
-    crops = tta_crops(plain[0, 1])
+    crops = tta_crops(plain[0, 1], 0.5)
     assert len(crops) == 2
     (a, ra), (b, rb) = crops
     assert all(p.start < q.stop and q.start < p.stop for p, q in zip(a, b, strict=True)), "crops should overlap"

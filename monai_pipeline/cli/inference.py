@@ -86,9 +86,10 @@ def add_infer(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-prob", action="store_true", help="also write <case>_prob.nii.gz (foreground probability)")
     p.add_argument("--postprocess", action=argparse.BooleanOptionalAction, default=True,
                    help="apply the model's post-processing (default); --no-postprocess writes the raw decision")
-    p.add_argument("--min-score", type=fraction, default=None,
-                   help="drop lesions scoring below this (0 keeps all; default: the model's operating point, "
-                        "inference.min_lesion_score, chosen by train on its validation cases)")
+    p.add_argument("--min-score", type=fraction, default=None, help="drop lesions scoring below this (0 keeps "
+                   "all; default: the model's operating point, chosen by train on its validation cases)")
+    p.add_argument("--foreground-threshold", type=fraction, default=None, help="foreground where its probability "
+                   "is above this (default: the model's inference.foreground_threshold, 0.5 = the argmax)")
     p.add_argument("--keep-without-lungs", action="store_true",
                    help="a scan where no lungs are found keeps its candidates (default: an empty mask, warned)")
     p.add_argument("--overwrite", action="store_true",
@@ -126,7 +127,8 @@ def run_infer(a: argparse.Namespace) -> int:
     check_format_inputs(a.format, [c.path for c in cases])
     overrides = {"overlap": a.overlap, "sw_batch_size": a.sw_batch_size, "tta": a.tta, "resample": a.resample,
                  "bf16": a.bf16, "amp": a.amp, "tta_axes": a.tta_axes, "tta_scope": a.tta_scope,
-                 "min_lesion_score": a.min_score, "seg_segments": a.seg_segments}
+                 "min_lesion_score": a.min_score, "seg_segments": a.seg_segments,
+                 "foreground_threshold": a.foreground_threshold}
     post = {"steps": {"lung_filter": {"keep_without_lungs": True}}} if a.keep_without_lungs else None
     predictor = Predictor(a.model, device=device_or_none(a.device), inference=overrides, postprocess=post,
                           read_options=read_options(a), stitch_device=a.stitch_device)

@@ -52,8 +52,8 @@ def add_cv(p: argparse.ArgumentParser) -> None:
                         "(OUT/seeds.json)")
     p.add_argument("--recalibrate", action="store_true",
                    help="train nothing: choose every fold model's operating point again on its fold's cases (at "
-                        "the configuration's operating_fp_per_scan), then predict and evaluate afresh (after an "
-                        "upgrade, or at another false-positive rate)")
+                        "the configuration's operating_fp_per_scan, foreground_threshold, lesion_score and TTA), "
+                        "then predict and evaluate afresh (after an upgrade, or at another operating point)")
 
 
 def run_cv(a: argparse.Namespace) -> int:

@@ -6,7 +6,8 @@ so the same model gives the same mask through every door:
 
 1. back onto the input grid, inverting orientation, spacing and crop in one SimpleITK resampling:
    ``inference.resample: linear`` (default, two classes) resamples the decision margin ``p(foreground) -
-   p(background)`` linearly and decides there (as nnU-Net and MONAI's ``Invertd`` recipes invert probabilities),
+   p(background)`` linearly and decides there (as nnU-Net and MONAI's ``Invertd`` recipes invert probabilities;
+   foreground where ``p(foreground)`` > ``inference.foreground_threshold``, 0.5 by default),
    but only inside the boxes around the network-grid candidates (:func:`invert_foreground`), which gives exactly
    the whole-volume result at a fraction of its cost; ``nearest`` decides on the network grid and resamples the
    uint8 label (also the rule for more than two classes);
@@ -71,10 +72,20 @@ class Prediction:
         return self._labels
 
 
-def decide(probs: torch.Tensor) -> np.ndarray:
-    """Label (uint8, network grid) from class probabilities ``(C, X, Y, Z)``. Two classes: a comparison, about
-    10x cheaper than an argmax over the channel axis of a large volume (ties go to background either way)."""
-    label = (probs[1] > probs[0]) if probs.shape[0] == 2 else torch.argmax(probs, dim=0)
+def margin_offset(threshold: float) -> float:
+    """The decision margin ``p(fg) - p(bg)`` at which ``p(fg)`` equals ``threshold`` (two classes, summing to 1):
+    ``p(fg) > threshold`` exactly where ``p(fg) - p(bg) > 2 threshold - 1``; 0 for the argmax's 0.5."""
+    return 2.0 * threshold - 1.0
+
+
+def decide(probs: torch.Tensor, threshold: float = 0.5) -> np.ndarray:
+    """Label (uint8, network grid) from class probabilities ``(C, X, Y, Z)``. Two classes: foreground where its
+    probability is above ``threshold`` (as a margin comparison, about 10x cheaper than an argmax over the channel
+    axis of a large volume; at 0.5 ties go to background, as the argmax's do). More classes: the argmax."""
+    if probs.shape[0] == 2:
+        label = (probs[1] - probs[0]) > margin_offset(threshold)
+    else:
+        label = torch.argmax(probs, dim=0)
     return label.to(torch.uint8).cpu().numpy()
 
 
@@ -111,7 +122,8 @@ MAX_CANDIDATE_BOXES = 64
 
 def invert_foreground(margin_net: np.ndarray, affine_ras: np.ndarray, geometry: Geometry) -> np.ndarray:
     """Foreground mask (uint8, (x, y, z)) on ``geometry``'s grid: the network-grid decision margin ``margin_net``
-    (x, y, z; ``p(fg) - p(bg)``, voxel-to-RAS ``affine_ras``) resampled linearly, foreground where it is > 0.
+    (x, y, z; ``p(fg) - p(bg)`` less :func:`margin_offset`, voxel-to-RAS ``affine_ras``) resampled linearly,
+    foreground where it is > 0.
 
     Linear interpolation is a convex combination of its 8 neighbours, so an input voxel can only be foreground
     within one network voxel of a network voxel that is. Each connected candidate on the network grid is
@@ -197,18 +209,19 @@ def export_prediction(probs: torch.Tensor, affine_ras: np.ndarray, original, cfg
     hu = original[0].numpy() if isinstance(original, torch.Tensor) else np.asarray(original)[0]
     fg_net = probs[1:].sum(0).float().cpu().numpy()
     bg_net = probs[0].float().cpu().numpy()
+    threshold = cfg.inference.foreground_threshold
     if cfg.inference.resample == "linear" and probs.shape[0] == 2:
-        mask = invert_foreground(fg_net - bg_net, affine_ras, geometry)
+        mask = invert_foreground(fg_net - bg_net - margin_offset(threshold), affine_ras, geometry)
     else:
-        mask = sitk_to_xyz_array(resample_to_grid(decide(probs), affine_ras, geometry))
+        mask = sitk_to_xyz_array(resample_to_grid(decide(probs, threshold), affine_ras, geometry))
     if postprocess:
         mask = postprocess_case(mask, hu, geometry, cfg)
     score = probability_score(bg_net, affine_ras, geometry, cfg.inference.lesion_score)
     lesions, labels = lesion_table(mask, geometry, hu, cfg.postprocess.connectivity, score=score, return_labels=True)
     lesions = rescore(lesions, cfg.inference.candidate_classifier)
-    threshold = cfg.inference.min_lesion_score
-    if postprocess and threshold > 0 and any(r["score"] < threshold for r in lesions):
-        mask = np.isin(labels, [r["lesion"] for r in lesions if r["score"] >= threshold]).astype(np.uint8)
+    min_score = cfg.inference.min_lesion_score
+    if postprocess and min_score > 0 and any(r["score"] < min_score for r in lesions):
+        mask = np.isin(labels, [r["lesion"] for r in lesions if r["score"] >= min_score]).astype(np.uint8)
         lesions = rescore(lesion_table(mask, geometry, hu, cfg.postprocess.connectivity, score=score),
                           cfg.inference.candidate_classifier)
     prob_img = None

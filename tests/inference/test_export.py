@@ -128,3 +128,34 @@ def test_lesion_scores_rank_where_the_foreground_probability_saturates(kind) -> 
     assert weak < strong < 1.0
     assert 1.0 - weak == pytest.approx(np.exp(-20.0), rel=1e-5) and 1.0 - strong == pytest.approx(np.exp(-25.0),
                                                                                                  rel=1e-5)
+
+
+@pytest.mark.parametrize("threshold", [0.2, 0.5, 0.7])
+def test_decision_threshold_is_a_foreground_probability(threshold: float) -> None:
+    """``inference.foreground_threshold``: on the network grid (``decide``) and after linear resampling
+    (``invert_foreground`` of the offset margin) a voxel is foreground where p(foreground) > threshold, checked
+    against the softmax probabilities themselves and against SimpleITK resampling of p(foreground) alone."""
+    from monai_pipeline.inference.export import decide, margin_offset
+
+    logits = torch.from_numpy(np.stack([np.zeros((48, 44, 30), np.float32), 6 * _margin_map((48, 44, 30), 5)]))
+    probs = torch.softmax(logits, dim=0)
+    assert 0.002 < float((probs[1] > threshold).float().mean()) < 0.5
+    np.testing.assert_array_equal(decide(probs, threshold).astype(bool), (probs[1] > threshold).numpy())
+    if threshold == 0.5:
+        np.testing.assert_array_equal(decide(probs, threshold).astype(bool), (probs[1] > probs[0]).numpy())
+
+    direction, spacing, size = CASES[1]
+    affine_ras = np.diag([1.0, 1.0, 1.5, 1.0])
+    affine_ras[:3, 3] = (-20.0, -18.0, -20.0)
+    d = np.asarray(direction, dtype=np.float64)
+    origin = np.array([-4.0, -4.0, 2.5]) - d @ (np.asarray(size) / 2.0 * np.asarray(spacing))
+    geometry = Geometry(size, spacing, tuple(origin), tuple(d.reshape(-1)))
+    fg, bg = probs[1].numpy(), probs[0].numpy()
+    mask = invert_foreground(fg - bg - margin_offset(threshold), affine_ras, geometry).astype(bool)
+    fg_in = sitk_to_xyz_array(resample_to_grid(fg, affine_ras, geometry, sitk.sitkLinear, sitk.sitkFloat32))
+    inside = sitk_to_xyz_array(resample_to_grid(np.ones_like(fg), affine_ras, geometry, sitk.sitkLinear,
+                                                sitk.sitkFloat32)) > 0.999
+    expected = (fg_in > threshold) & inside
+    clear = np.abs(fg_in - threshold) > 1e-5  # float32 rounding decides exact ties either way
+    assert expected.sum() > 50
+    np.testing.assert_array_equal(mask[clear], expected[clear])
