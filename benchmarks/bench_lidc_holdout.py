@@ -29,6 +29,20 @@ from pathlib import Path
 FIGURES = ("nodule_dice", "sensitivity", "fp_per_scan", "cpm", "case_dice")
 
 
+def fresh_reads(candidates: list, patients: set[str], patient_of, n: int) -> list:
+    """The first ``n`` of ``candidates`` (reads, in order) whose patient (``patient_of(read)``) is neither in
+    ``patients`` nor taken by an earlier one: one study per patient, none of the demo's patients."""
+    taken, out = set(patients), []
+    for read in candidates:
+        if len(out) == n:
+            break
+        pid = patient_of(read)
+        if pid not in taken:
+            out.append(read)
+            taken.add(pid)
+    return out
+
+
 def make_studies(lidc_demo: Path, out: Path, n: int) -> Path:
     """Synthesize and convert ``n`` studies from the reads after the demo's (see the module docstring); returns
     the manifest, with every case under ``test``. Done once: an existing manifest is reused."""
@@ -46,15 +60,8 @@ def make_studies(lidc_demo: Path, out: Path, n: int) -> Path:
     metadata = SHARED_LIDC / METADATA
     meta = load_metadata(metadata)
     patients = {plan_layout(parse_read(xml_root / r), meta).patient_id for r in demo["reads"]}
-    reads = [r for r in select_reads(xml_root, len(used) + 3 * n, meta) if str(r.resolve()) not in used]
-    fresh = []
-    for r in reads:
-        pid = plan_layout(parse_read(r), meta).patient_id
-        if pid not in patients:
-            fresh.append(r)
-            patients.add(pid)
-        if len(fresh) == n:
-            break
+    candidates = [r for r in select_reads(xml_root, len(used) + 3 * n, meta) if str(r.resolve()) not in used]
+    fresh = fresh_reads(candidates, patients, lambda r: plan_layout(parse_read(r), meta).patient_id, n)
     synthesize_lidc(fresh, out / "tcia", metadata=metadata, seed=2027, progress=False)
     conv = convert_lidc(out / "tcia" / "LIDC-IDRI", out / "converted", per_reader=True, n_folds=2, progress=False)
     if conv["failed"]:
