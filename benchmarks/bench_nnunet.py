@@ -64,7 +64,7 @@ def convert(manifest: Path, raw: Path, scored: tuple[str, ...]) -> dict[str, lis
             if kind != "test":
                 _link(Path(e["label"]), folder / "labelsTr" / f"{cid}.nii.gz")
     dataset_json = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "nodule": 1},
-                    "numTraining": len(split["train"]) + len(split["val"]), "file_ending": ".nii.gz",
+                    "numTraining": len(set(split["train"]) | set(split["val"])), "file_ending": ".nii.gz",
                     "name": "monai-pipeline bench", "description": f"converted from {manifest}"}
     (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=1))
     return split

@@ -25,6 +25,9 @@ The rules, in order (axes x, y, z of the RAS array; spacings in mm, sizes in vox
 8. false-positive reduction (``training.fp_reduction``): on when a validation fold (a fifth of the cases, as in
    5-fold cross-validation) holds at least 10 lesions, so that the second-stage classifier's 7 weights are fitted
    on at least 10 hits; otherwise the default (off).
+9. prediction: mirroring test-time augmentation on (``inference.tta``), as nnU-Net predicts by default; on the
+   candidates' crops it costs about 2.5 times the plain prediction on a CPU, and it raised nodule Dice on
+   LIDC-shaped studies no setting was chosen on from 0.31 to 0.40 (docs/recipe.md, "The decision threshold").
 
 Training memory is estimated as ``BYTES_PER_ACTIVATION`` bytes per feature-map element summed over levels per
 patch: 3-5 times the 7-10 bytes measured for MONAI's UNet (forward and backward, fp32, AdamW) on this project's
@@ -230,6 +233,7 @@ def plan(fingerprint: dict, device: str = "cpu", memory_gb: float = 4.0, time_bu
             f"least {MIN_FEATURE_VOXELS} voxels, spacings evened out), features {channels[0]}..{channels[-1]}; "
             "instance norm, as nnU-Net")
     out.add("inference.roi_size", patch, "the training patch (nnU-Net)")
+    out.add("inference.tta", True, "mirroring at prediction, as nnU-Net predicts (rule 9)")
     steps_per_epoch = max(1, math.ceil(fp["n_cases"] / (patches // 2)))
     if epochs is None:
         if time_budget_min is None:
