@@ -22,6 +22,7 @@ from monai_pipeline.calibration import (
 )
 from monai_pipeline.data.manifest import load_manifest
 from monai_pipeline.evaluation.detection import ScanDetections
+from monai_pipeline.evaluation.evaluate import load_candidates
 from monai_pipeline.postprocess.candidates import CandidateClassifier
 from tests.helpers import run_cli
 
@@ -141,6 +142,12 @@ def test_calibrated_model_drops_the_lesions_below_its_threshold(trained_tiny_mod
         cut = _lesions(tmp_path / "cut", e["case_id"])
         assert sorted(float(r["score"]) for r in cut) == sorted(float(r["score"]) for r in kept
                                                                    if float(r["score"]) >= threshold)
+        # every candidate stays in the candidate table, marked kept or not: what evaluate's FROC ranks
+        with open(tmp_path / "cut" / f"{e['case_id']}_candidates.csv") as fh:
+            cands = list(csv.DictReader(fh))
+        assert sorted(float(r["score"]) for r in cands) == sorted(float(r["score"]) for r in kept)
+        assert all((r["kept"] == "1") == (float(r["score"]) >= threshold) for r in cands)
+        assert [load_candidates(tmp_path / "cut", e["case_id"])] == [load_candidates(tmp_path / "all", e["case_id"])]
 
 
 def test_second_stage_scores_what_infer_writes(trained_tiny_model, tiny_dataset, tmp_path):

@@ -126,8 +126,13 @@ def check_held_out(pred_dir: Path, case_ids: list[str], include_training: bool) 
 
 
 def load_candidates(pred_dir: Path, case_id: str) -> list[tuple[tuple[float, float, float], float]]:
-    """Candidates of a case from ``<case_id>_lesions.csv``: (centre mm LPS, score); a blank score counts 1.0."""
-    path = PredictionLayout(pred_dir).lesions(case_id)
+    """Candidates of a case, (centre mm LPS, score); a blank score counts 1.0. From ``<case_id>_candidates.csv``,
+    every candidate with the ones the operating point dropped (what LUNA16's FROC ranks), or, for predictions
+    written without it (before it existed, or by another tool), from ``<case_id>_lesions.csv``: the kept ones."""
+    layout = PredictionLayout(pred_dir)
+    path = layout.candidates(case_id)
+    if not path.is_file():
+        path = layout.lesions(case_id)
     if not path.is_file():
         return []
     with open(path) as fh:

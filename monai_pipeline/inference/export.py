@@ -19,7 +19,9 @@ so the same model gives the same mask through every door:
    chose on its validation cases) leave the mask and the table. A model calibrated with a second stage
    (``inference.candidate_classifier``, :mod:`monai_pipeline.postprocess.candidates`) scores each lesion by that
    classifier's nodule probability instead, from the lesion's size, shape, HU and network score;
-5. :func:`write_prediction`: mask, lesion table, optional probability map and the done-marker, atomically.
+5. :func:`write_prediction`: mask, lesion table, the table of every candidate (those the operating point
+   dropped too, with their scores: what LUNA16's FROC ranks), optional probability map and the done-marker,
+   atomically.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from monai_pipeline.io.paths import case_id_from_path
 from monai_pipeline.io.writer import atomic_write_text, dumps_strict, write_image
 from monai_pipeline.postprocess import lesion_table, postprocess_case, write_lesion_csv
 from monai_pipeline.postprocess.candidates import rescore
-from monai_pipeline.postprocess.lesions import ScoreFn
+from monai_pipeline.postprocess.lesions import ScoreFn, write_candidate_csv
 
 
 @dataclass
@@ -55,6 +57,10 @@ class Prediction:
     mask: np.ndarray
     geometry: Geometry
     lesions: list[dict] = field(default_factory=list)
+    #: every candidate lesion before the operating point's cut (lesion-table rows) and whether the mask kept it;
+    #: None: the lesions are every candidate (no cut was made)
+    candidates: list[dict] | None = None
+    kept: list[bool] | None = None
     prob: sitk.Image | None = None
     seconds: dict = field(default_factory=dict)
     source_files: list[str] | None = None  # a DICOM series' slice files in the order of the third axis
@@ -62,6 +68,12 @@ class Prediction:
     seg_segments: str = "single"  # DICOM SEG output: one segment, or one per lesion (inference.seg_segments)
 
     _labels: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
+
+    def candidate_rows(self) -> tuple[list[dict], list[bool]]:
+        """Every candidate (lesion-table rows) and whether the mask kept it."""
+        if self.candidates is None:
+            return self.lesions, [True] * len(self.lesions)
+        return self.candidates, list(self.kept or [True] * len(self.candidates))
 
     def lesion_labels(self) -> np.ndarray:
         """The lesion label map: uint16 (x, y, z), value k on the voxels of row k of ``lesions`` (0 elsewhere);
@@ -219,16 +231,18 @@ def export_prediction(probs: torch.Tensor, affine_ras: np.ndarray, original, cfg
     score = probability_score(bg_net, affine_ras, geometry, cfg.inference.lesion_score)
     lesions, labels = lesion_table(mask, geometry, hu, cfg.postprocess.connectivity, score=score, return_labels=True)
     lesions = rescore(lesions, cfg.inference.candidate_classifier)
+    candidates, kept = None, None
     min_score = cfg.inference.min_lesion_score
     if postprocess and min_score > 0 and any(r["score"] < min_score for r in lesions):
-        mask = np.isin(labels, [r["lesion"] for r in lesions if r["score"] >= min_score]).astype(np.uint8)
+        candidates, kept = lesions, [r["score"] >= min_score for r in lesions]
+        mask = np.isin(labels, [r["lesion"] for r, k in zip(lesions, kept, strict=True) if k]).astype(np.uint8)
         lesions = rescore(lesion_table(mask, geometry, hu, cfg.postprocess.connectivity, score=score),
                           cfg.inference.candidate_classifier)
     prob_img = None
     if save_prob:
         prob_img = resample_to_grid(fg_net.astype(np.float32), affine_ras, geometry, sitk.sitkLinear,
                                     sitk.sitkFloat32)
-    return Prediction(str(case_id), np.asarray(mask, dtype=np.uint8), geometry, lesions, prob_img,
+    return Prediction(str(case_id), np.asarray(mask, dtype=np.uint8), geometry, lesions, candidates, kept, prob_img,
                       source_files=list(source_files) if source_files else None,
                       connectivity=cfg.postprocess.connectivity, seg_segments=cfg.inference.seg_segments)
 
@@ -262,6 +276,7 @@ def write_prediction(pred: Prediction, out: str | Path, provenance: dict | None 
     paths = [MASK_FORMATS[name].write(pred, layout.mask(pred.case_id, name), provenance)
              for name in parse_formats(fmt)]
     paths.append(write_lesion_csv(pred.lesions, layout.lesions(pred.case_id)))
+    paths.append(write_candidate_csv(*pred.candidate_rows(), layout.candidates(pred.case_id)))
     paths.append(atomic_write_text(layout.stats(pred.case_id), case_statistics_json(pred, provenance)))
     if pred.prob is not None:
         paths.append(write_image(pred.prob, layout.probability(pred.case_id)))

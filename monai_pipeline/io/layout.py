@@ -1,12 +1,12 @@
 """The prediction folder: one object owns the name of every file in it and the rule for a case being done.
 
 A case ``<id>`` writes ``<id><suffix>`` for each mask format (:mod:`~monai_pipeline.io.formats`),
-``<id>_lesions.csv``, ``<id>_stats.json``, optionally ``<id>_prob.nii.gz``, ``<id>_preview.png`` and
-``png/<id>.png``, and last its done-marker ``.done/<id>.json`` (the geometry, the formats and the provenance:
-model SHA-256 and settings). A batch adds ``lesions<tag>.csv``, ``summary<tag>.json``, ``failures<tag>.csv``
-and ``timings<tag>.csv`` (``tag``: empty, ``.IofN`` for a shard, ``.rankR`` under torchrun). The inference
-writers, the batch runner's resume, ``evaluate`` and ``report`` all ask this module (MONAI's ``FolderLayout``
-plays the same part for its writers).
+``<id>_lesions.csv``, ``<id>_candidates.csv``, ``<id>_stats.json``, optionally ``<id>_prob.nii.gz``,
+``<id>_preview.png`` and ``png/<id>.png``, and last its done-marker ``.done/<id>.json`` (the geometry, the formats
+and the provenance: model SHA-256 and settings). A batch adds ``lesions<tag>.csv``, ``summary<tag>.json``,
+``failures<tag>.csv`` and ``timings<tag>.csv`` (``tag``: empty, ``.IofN`` for a shard, ``.rankR`` under torchrun).
+The inference writers, the batch runner's resume, ``evaluate`` and ``report`` all ask this module (MONAI's
+``FolderLayout`` plays the same part for its writers).
 """
 
 from __future__ import annotations
@@ -42,6 +42,10 @@ class PredictionLayout:
     def lesions(self, case_id: str) -> Path:
         return self.root / f"{case_id}_lesions.csv"
 
+    def candidates(self, case_id: str) -> Path:
+        """Every candidate lesion with its score, those the operating point dropped too (``kept`` 0/1)."""
+        return self.root / f"{case_id}_candidates.csv"
+
     def stats(self, case_id: str) -> Path:
         return self.root / f"{case_id}_stats.json"
 
@@ -64,7 +68,7 @@ class PredictionLayout:
     def case_files(self, case_id: str) -> list[Path]:
         """Every file a case may write, the done-marker last."""
         masks = [self.mask(case_id, f) for f in MASK_FORMATS]
-        return [*masks, self.lesions(case_id), self.probability(case_id), self.stats(case_id),
+        return [*masks, self.lesions(case_id), self.candidates(case_id), self.probability(case_id), self.stats(case_id),
                 self.preview(case_id), self.overlay(case_id), self.marker(case_id)]
 
     def write_marker(self, case_id: str, geometry: Geometry, formats: str, provenance: dict | None) -> Path:

@@ -101,6 +101,21 @@ def lesion_table(mask: np.ndarray, geometry: Geometry, hu: np.ndarray | None = N
     return rows, labels
 
 
+#: the columns of a case's candidate table: every candidate lesion, ``kept`` 1 where it is in the mask
+CANDIDATE_FIELDS = ("centroid_x_mm", "centroid_y_mm", "centroid_z_mm", "volume_mm3", "score", "network_score",
+                    "kept")
+
+
+def write_candidate_csv(rows: list[dict], kept: list[bool], path: str | Path) -> Path:
+    """The candidate table (:data:`CANDIDATE_FIELDS`): lesion-table ``rows`` (every candidate, before the
+    operating point's cut) with ``kept`` (1 where the candidate is in the final mask)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CANDIDATE_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    w.writerows({**r, "kept": int(k)} for r, k in zip(rows, kept, strict=True))
+    return atomic_write_text(path, buf.getvalue())
+
+
 def write_lesion_csv(rows: list[dict], path: str | Path) -> Path:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=LESION_FIELDS)

@@ -154,3 +154,16 @@ def test_reference_components_below_3_mm_are_no_nodules(tmp_path):
     assert every["detection"]["n_nodules"] == 3 and every["detection"]["n_ignored_candidates"] == 0
     assert every["lesion_sensitivity_pooled"] == 2 / 3
     assert every["metrics"]["dice"]["mean"] < 1.0
+
+
+def test_candidates_come_from_the_candidate_table_else_the_lesion_table(tmp_path):
+    """``evaluate`` ranks every candidate (``<id>_candidates.csv``, those below the operating point too); a
+    prediction written without that table (older versions, other tools) is ranked by its lesion table."""
+    from monai_pipeline.evaluation.evaluate import load_candidates
+
+    (tmp_path / "a_lesions.csv").write_text("lesion,centroid_x_mm,centroid_y_mm,centroid_z_mm,score\n1,1,2,3,0.9\n")
+    assert load_candidates(tmp_path, "a") == [((1.0, 2.0, 3.0), 0.9)]
+    (tmp_path / "a_candidates.csv").write_text("centroid_x_mm,centroid_y_mm,centroid_z_mm,volume_mm3,score,"
+                                               "network_score,kept\n1,2,3,50,0.9,0.99,1\n4,5,6,20,0.2,0.97,0\n")
+    assert load_candidates(tmp_path, "a") == [((1.0, 2.0, 3.0), 0.9), ((4.0, 5.0, 6.0), 0.2)]
+    assert load_candidates(tmp_path, "missing") == []
