@@ -90,7 +90,7 @@ def margin_offset(threshold: float) -> float:
     return 2.0 * threshold - 1.0
 
 
-def decide(probs: torch.Tensor, threshold: float = 0.5) -> np.ndarray:
+def decide(probs: torch.Tensor, threshold: float) -> np.ndarray:
     """Label (uint8, network grid) from class probabilities ``(C, X, Y, Z)``. Two classes: foreground where its
     probability is above ``threshold`` (as a margin comparison, about 10x cheaper than an argmax over the channel
     axis of a large volume; at 0.5 ties go to background, as the argmax's do). More classes: the argmax."""
