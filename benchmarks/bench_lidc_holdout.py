@@ -10,10 +10,10 @@ makes ``--studies`` more studies the same way from the *next* reads that meet th
 demo's (``OUT/tcia``, ``OUT/converted``, per-reader masks, every case in the manifest's ``test`` section), and
 scores on them each ``--cv NAME=DIR``: a ``cv`` folder, or a ``cv --seeds N`` folder (each ``seed_<s>`` scored,
 then mean and sample standard deviation). A cv folder predicts as an ensemble of its fold models at its pooled
-operating point (``infer --model DIR``), which is how it is used on new cases. Per folder: nodule Dice against
-the consensus (a missed nodule counts 0), lesion sensitivity, false positives per scan, CPM over the kept
-candidates, case Dice, from ``monai-pipeline evaluate``. Writes ``OUT/results.json`` and ``OUT/results.md``;
-predictions already made are reused (``infer`` skips finished cases).
+operating point (``infer --model DIR``), which is how it is used on new cases. Per folder: nodule Dice against the
+consensus (a missed nodule counts 0), lesion sensitivity, false positives per scan, CPM (over every candidate, from
+each case's candidate table), case Dice, from ``monai-pipeline evaluate``. Writes ``OUT/results.json`` and
+``OUT/results.md``; predictions already made are reused (``infer`` skips finished cases).
 """
 
 from __future__ import annotations

@@ -57,10 +57,9 @@ class Prediction:
     mask: np.ndarray
     geometry: Geometry
     lesions: list[dict] = field(default_factory=list)
-    #: every candidate lesion before the operating point's cut (lesion-table rows) and whether the mask kept it;
-    #: None: the lesions are every candidate (no cut was made)
+    #: every candidate lesion before the operating point's cut: lesion-table rows with ``kept`` (in the mask or
+    #: not); None: the lesions are every candidate (no cut was made)
     candidates: list[dict] | None = None
-    kept: list[bool] | None = None
     prob: sitk.Image | None = None
     seconds: dict = field(default_factory=dict)
     source_files: list[str] | None = None  # a DICOM series' slice files in the order of the third axis
@@ -69,11 +68,11 @@ class Prediction:
 
     _labels: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
-    def candidate_rows(self) -> tuple[list[dict], list[bool]]:
-        """Every candidate (lesion-table rows) and whether the mask kept it."""
+    def candidate_rows(self) -> list[dict]:
+        """Every candidate: lesion-table rows with ``kept`` (whether the mask kept it)."""
         if self.candidates is None:
-            return self.lesions, [True] * len(self.lesions)
-        return self.candidates, list(self.kept or [True] * len(self.candidates))
+            return [{**r, "kept": True} for r in self.lesions]
+        return self.candidates
 
     def lesion_labels(self) -> np.ndarray:
         """The lesion label map: uint16 (x, y, z), value k on the voxels of row k of ``lesions`` (0 elsewhere);
@@ -231,18 +230,18 @@ def export_prediction(probs: torch.Tensor, affine_ras: np.ndarray, original, cfg
     score = probability_score(bg_net, affine_ras, geometry, cfg.inference.lesion_score)
     lesions, labels = lesion_table(mask, geometry, hu, cfg.postprocess.connectivity, score=score, return_labels=True)
     lesions = rescore(lesions, cfg.inference.candidate_classifier)
-    candidates, kept = None, None
+    candidates = None
     min_score = cfg.inference.min_lesion_score
     if postprocess and min_score > 0 and any(r["score"] < min_score for r in lesions):
-        candidates, kept = lesions, [r["score"] >= min_score for r in lesions]
-        mask = np.isin(labels, [r["lesion"] for r, k in zip(lesions, kept, strict=True) if k]).astype(np.uint8)
+        candidates = [{**r, "kept": r["score"] >= min_score} for r in lesions]
+        mask = np.isin(labels, [r["lesion"] for r in candidates if r["kept"]]).astype(np.uint8)
         lesions = rescore(lesion_table(mask, geometry, hu, cfg.postprocess.connectivity, score=score),
                           cfg.inference.candidate_classifier)
     prob_img = None
     if save_prob:
         prob_img = resample_to_grid(fg_net.astype(np.float32), affine_ras, geometry, sitk.sitkLinear,
                                     sitk.sitkFloat32)
-    return Prediction(str(case_id), np.asarray(mask, dtype=np.uint8), geometry, lesions, candidates, kept, prob_img,
+    return Prediction(str(case_id), np.asarray(mask, dtype=np.uint8), geometry, lesions, candidates, prob_img,
                       source_files=list(source_files) if source_files else None,
                       connectivity=cfg.postprocess.connectivity, seg_segments=cfg.inference.seg_segments)
 
@@ -276,7 +275,7 @@ def write_prediction(pred: Prediction, out: str | Path, provenance: dict | None 
     paths = [MASK_FORMATS[name].write(pred, layout.mask(pred.case_id, name), provenance)
              for name in parse_formats(fmt)]
     paths.append(write_lesion_csv(pred.lesions, layout.lesions(pred.case_id)))
-    paths.append(write_candidate_csv(*pred.candidate_rows(), layout.candidates(pred.case_id)))
+    paths.append(write_candidate_csv(pred.candidate_rows(), layout.candidates(pred.case_id)))
     paths.append(atomic_write_text(layout.stats(pred.case_id), case_statistics_json(pred, provenance)))
     if pred.prob is not None:
         paths.append(write_image(pred.prob, layout.probability(pred.case_id)))

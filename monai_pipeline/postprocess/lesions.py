@@ -106,13 +106,13 @@ CANDIDATE_FIELDS = ("centroid_x_mm", "centroid_y_mm", "centroid_z_mm", "volume_m
                     "kept")
 
 
-def write_candidate_csv(rows: list[dict], kept: list[bool], path: str | Path) -> Path:
+def write_candidate_csv(rows: list[dict], path: str | Path) -> Path:
     """The candidate table (:data:`CANDIDATE_FIELDS`): lesion-table ``rows`` (every candidate, before the
-    operating point's cut) with ``kept`` (1 where the candidate is in the final mask)."""
+    operating point's cut), each with ``kept`` (true where the candidate is in the final mask; written 1/0)."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CANDIDATE_FIELDS, extrasaction="ignore")
     w.writeheader()
-    w.writerows({**r, "kept": int(k)} for r, k in zip(rows, kept, strict=True))
+    w.writerows({**r, "kept": int(r["kept"])} for r in rows)
     return atomic_write_text(path, buf.getvalue())
 
 
