@@ -19,6 +19,10 @@ construction. With ``training.fp_reduction``, each group's second-stage classifi
 groups' candidates. Each fold's best checkpoint is still chosen on that fold's own cases (its
 validation set), as nnU-Net validates on its fold; the out-of-fold figures share that milder optimism.
 
+``cv --seeds N`` repeats all of this per training seed (``CV/seed_<s>/``); with ``--ensemble`` the seeds' models
+are then averaged fold by fold and that ensemble is cross-validated the same way in ``CV/ensemble/``
+(:func:`ensemble_seeds`): nnU-Net's habit of ensembling what it trained, measured out of fold.
+
 ``cv --recalibrate`` trains nothing: each fold model's operating point is chosen again on its own fold's cases
 (as ``calibrate --fold k``, at the configuration's ``training.operating_fp_per_scan`` and ``fp_reduction``), the
 old predictions are removed, and the held-out cases are predicted and evaluated afresh as above. It brings a
@@ -30,24 +34,28 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
+
+import torch
 
 from monai_pipeline.calibration import (
     cross_fitted_groups,
     cross_fitted_points,
+    operating_point,
     pooled_point,
     recalibration_inference,
     train_model,
 )
 from monai_pipeline.calibration import recalibrate as recalibrate_model
 from monai_pipeline.config import PipelineConfig
-from monai_pipeline.data.manifest import load_manifest
+from monai_pipeline.data.manifest import load_manifest, split_for_fold
 from monai_pipeline.errors import InputError
 from monai_pipeline.evaluation import evaluate_folder
 from monai_pipeline.inference import Case, Predictor, run_batch
 from monai_pipeline.inference.batch import write_batch_lesions
-from monai_pipeline.inference.predictor import CV_FILE
+from monai_pipeline.inference.predictor import CV_FILE, file_sha256
 from monai_pipeline.io.layout import PredictionLayout
 from monai_pipeline.io.writer import atomic_write_text
 from monai_pipeline.model_file import read_model_file
@@ -83,7 +91,6 @@ def cross_validate(manifest: str | Path, out: str | Path, cfg: PipelineConfig, f
         raise InputError(manifest, "needs at least 2 folds to cross-validate")
     if recalibrate:
         recalibrate_folds(manifest, out, cfg, folds, device)
-    training = load_manifest(manifest, "training")
     models: dict[str, str] = {}
     for k in folds:
         run = out / f"fold_{k}"
@@ -92,8 +99,19 @@ def cross_validate(manifest: str | Path, out: str | Path, cfg: PipelineConfig, f
             logger.info("fold %d: %s training", k, "resuming" if resume else "starting")
             train_model(manifest, run, cfg, fold=k, epochs=epochs, device=device, resume=resume, progress=progress)
         models[str(k)] = f"fold_{k}/model.pt"
-    fp = cfg.training.operating_fp_per_scan
     stored = {k: read_model_file(out / f"fold_{k}" / "model.pt").get("operating_point") for k in folds}
+    return evaluate_out_of_fold(manifest, out, cfg, models, stored, device, progress)
+
+
+def evaluate_out_of_fold(manifest: str | Path, out: Path, cfg: PipelineConfig, models: dict[str, str],
+                         stored: dict[int, dict | None], device: str | None = None, progress: bool = True) -> dict:
+    """Predict each fold's held-out cases with its model (``models``: fold -> a model file or ensemble folder,
+    relative to ``out``), each group of them at its cross-fitted operating point (``stored``: fold -> the point
+    chosen on its own cases, with their candidates), into ``out/predictions``; write ``out/cv.json`` and evaluate
+    the pooled predictions into ``out`` (see the module docstring). Returns the out-of-fold summary."""
+    folds = sorted(stored)
+    training = load_manifest(manifest, "training")
+    fp = cfg.training.operating_fp_per_scan
     fold_cases = {k: [e["case_id"] for e in training if int(e.get("fold", 0)) == k] for k in folds}
     points = fold_points(stored, fp, cfg.training.fp_reduction, fold_cases)
     for k in folds:
@@ -174,17 +192,81 @@ def fold_points(stored: dict[int, dict | None], fp_per_scan: float, fp_reduction
 
 def cross_validate_seeds(manifest: str | Path, out: str | Path, cfg: PipelineConfig, seeds: int,
                          folds: list[int] | None = None, epochs: int | None = None, device: str | None = None,
-                         progress: bool = True, recalibrate: bool = False) -> dict:
+                         progress: bool = True, recalibrate: bool = False, ensemble: bool = False) -> dict:
     """:func:`cross_validate` once per training seed 0..``seeds``-1, each in ``OUT/seed_<s>/`` (resumable), and
-    the out-of-fold figures' mean and standard deviation in ``OUT/seeds.json`` (:mod:`monai_pipeline.seeds`)."""
+    the out-of-fold figures' mean and standard deviation in ``OUT/seeds.json`` (:mod:`monai_pipeline.seeds`); with
+    ``ensemble``, also the seeds' ensemble evaluated out of fold (:func:`ensemble_seeds`; its figures under
+    ``ensemble`` in ``seeds.json``)."""
+    folds = folds or manifest_folds(manifest)
     if recalibrate:  # every seed's models, before any is recalibrated
         for s in range(seeds):
-            require_fold_models(seed_folder(Path(out), s), folds or manifest_folds(manifest))
+            require_fold_models(seed_folder(Path(out), s), folds)
     per_seed = {}
     for s in range(seeds):
         logger.info("cross-validation with training seed %d of 0..%d", s, seeds - 1)
         res = cross_validate(manifest, seed_folder(Path(out), s), cfg.merged({"training": {"seed": s}}), folds,
                              epochs, device, progress, recalibrate)
         per_seed[s] = headline_figures(res)
-    return write_seeds(Path(out), per_seed)
+    together = None
+    if ensemble:
+        together = headline_figures(ensemble_seeds(manifest, out, cfg, list(range(seeds)), folds, device, progress))
+    return write_seeds(Path(out), per_seed, together)
 
+
+#: where ``cv --seeds N --ensemble`` puts the seeds' ensemble, inside the cross-validation folder
+ENSEMBLE_FOLDER = "ensemble"
+
+
+def ensemble_seeds(manifest: str | Path, out: str | Path, cfg: PipelineConfig, seeds: list[int], folds: list[int],
+                   device: str | None = None, progress: bool = True, dest: str | Path | None = None) -> dict:
+    """The cross-validations of ``seeds`` (``OUT/seed_<s>/``) as one ensemble, evaluated out of fold in ``dest``
+    (default ``OUT/ensemble/``); returns its out-of-fold summary.
+
+    Fold k's model is the average of every seed's fold-k model (``dest/fold_k/cv.json`` lists them), so it never
+    saw fold k's cases. Its operating point is chosen on fold k's cases as training chooses a model's
+    (:func:`~monai_pipeline.calibration.operating_point`, at ``cfg``'s ``training.operating_fp_per_scan`` and
+    ``fp_reduction``) and kept in that index with the members' SHA-256; it is chosen again when a member or those
+    settings change. The held-out cases are then scored as :func:`cross_validate` scores a fold's: each group at
+    a point chosen without it. ``dest`` is then an ensemble model of every seed's every fold for new data
+    (``infer --model OUT/ensemble``), at the point chosen on every fold's candidates pooled."""
+    out = Path(out)
+    dest = Path(dest) if dest is not None else out / ENSEMBLE_FOLDER
+    chosen_with = {"operating_fp_per_scan": cfg.training.operating_fp_per_scan,
+                   "fp_reduction": cfg.training.fp_reduction}
+    stored, changed = {}, False
+    for k in folds:
+        fold_dir = dest / f"fold_{k}"
+        members = [seed_folder(out, s) / f"fold_{k}" / "model.pt" for s in seeds]
+        missing = [m for m in members if not m.is_file()]
+        if missing:
+            raise InputError(missing[0], "does not exist: the seed's fold model is needed for the ensemble")
+        entry = {"format": "monai-pipeline-ensemble/1", "members": [os.path.relpath(m, fold_dir) for m in members],
+                 "member_sha256": [file_sha256(m) for m in members], "chosen_with": chosen_with}
+        index = fold_dir / CV_FILE
+        old = json.loads(index.read_text()) if index.is_file() else {}
+        if {k2: old.get(k2) for k2 in entry} == entry and "ensemble_operating_point" in old:
+            stored[k] = old["ensemble_operating_point"]
+            continue
+        changed = True
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(index, json.dumps(entry, indent=1))  # the members, before their point is chosen
+        stored[k] = ensemble_fold_point(fold_dir, manifest, k, cfg, device)
+        atomic_write_text(index, json.dumps({**entry, "ensemble_operating_point": stored[k]}, indent=1))
+    if changed and (dest / "predictions").exists():
+        logger.warning("removing %s: the ensemble that made it has changed", dest / "predictions")
+        shutil.rmtree(dest / "predictions")
+    return evaluate_out_of_fold(manifest, dest, cfg, {str(k): f"fold_{k}" for k in folds}, stored, device, progress)
+
+
+def ensemble_fold_point(fold_dir: Path, manifest: str | Path, fold: int, cfg: PipelineConfig,
+                        device: str | None = None) -> dict | None:
+    """The operating point of the ensemble in ``fold_dir`` on fold ``fold``'s cases, with their candidates
+    (None when calibration is off)."""
+    if cfg.training.operating_fp_per_scan <= 0:
+        return None
+    _, val_files = split_for_fold(manifest, fold)
+    logger.info("fold %d: choosing the seed ensemble's operating point on its %d held-out cases", fold,
+                len(val_files))
+    return operating_point(fold_dir, val_files, cfg.training.operating_fp_per_scan,
+                           device or ("cuda" if torch.cuda.is_available() else "cpu"),
+                           fp_reduction=cfg.training.fp_reduction)

@@ -37,9 +37,13 @@ def summarize_seeds(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     return {"seeds": seeds, "per_seed": {str(s): per_seed[s] for s in seeds}, "mean": mean, "std": std}
 
 
-def write_seeds(out: Path, per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """Write ``OUT/seeds.json`` and return it."""
+def write_seeds(out: Path, per_seed: dict[int, dict[str, Any]], ensemble: dict[str, Any] | None = None
+                ) -> dict[str, Any]:
+    """Write ``OUT/seeds.json`` and return it; ``ensemble``: the seeds' ensemble's figures, when it was built
+    (``cv --ensemble``)."""
     result = summarize_seeds(per_seed)
+    if ensemble is not None:
+        result["ensemble"] = ensemble
     atomic_write_text(Path(out) / SEEDS_FILE, json.dumps(result, indent=1))
     return result
 
@@ -51,4 +55,8 @@ def format_seeds(result: dict[str, Any]) -> str:
         s = result["std"][k]
         lines.append(f"{k}: {m:.3f}" + (f" +- {s:.3f}" if s is not None else "") +
                      f" over seeds {', '.join(map(str, result['seeds']))}")
+    together = result.get("ensemble")
+    if together:
+        lines.append("the seeds' ensemble: " + ", ".join(f"{k} {v:.3f}" for k, v in together.items()
+                                                          if isinstance(v, int | float)))
     return "\n".join(lines)

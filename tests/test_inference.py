@@ -183,3 +183,48 @@ def test_cv_ensemble_runs_at_its_own_threshold(tmp_path):
     tiny_model_file(cv / "fold_1" / "model.pt", {"inference": {"overlap": 0.5}})
     with pytest.raises(InputError, match="different configurations"):
         Predictor(cv, device="cpu")
+
+
+def test_seed_ensemble_folders_expand_to_every_member(tmp_path):
+    """A ``cv`` folder may list folders instead of model files: each a seed ensemble's fold (``cv --seeds N
+    --ensemble``), whose ``cv.json`` lists its ``members``. Predicting with the top folder averages every member;
+    with one fold's folder, only that fold's members, at that folder's own operating point. Members may differ in
+    the training seed only; a listed path that is missing is named."""
+    import json
+
+    import pytest
+
+    from monai_pipeline.errors import InputError
+
+    seeds = tmp_path / "cv"
+    for s in (0, 1):
+        for k in (0, 1):
+            (seeds / f"seed_{s}" / f"fold_{k}").mkdir(parents=True)
+            tiny_model_file(seeds / f"seed_{s}" / f"fold_{k}" / "model.pt",
+                            {"training": {"seed": s}, "inference": {"min_lesion_score": 0.1 * (s + k)}})
+    ens = seeds / "ensemble"
+    for k in (0, 1):
+        (ens / f"fold_{k}").mkdir(parents=True)
+        (ens / f"fold_{k}" / "cv.json").write_text(json.dumps({
+            "members": [f"../../seed_{s}/fold_{k}/model.pt" for s in (0, 1)],
+            "ensemble_operating_point": {"threshold": 0.6 + 0.1 * k}}))
+    (ens / "cv.json").write_text(json.dumps({"folds": {"0": "fold_0", "1": "fold_1"},
+                                             "ensemble_operating_point": {"threshold": 0.5}}))
+    top = Predictor(ens, device="cpu")
+    assert len(top.networks) == 4 and top.cfg.inference.min_lesion_score == 0.5
+    fold1 = Predictor(ens / "fold_1", device="cpu")
+    assert len(fold1.networks) == 2 and fold1.cfg.inference.min_lesion_score == pytest.approx(0.7)
+    image = torch.rand(1, 40, 40, 28)
+    expect = sum(Predictor(seeds / f"seed_{s}" / "fold_1" / "model.pt", device="cpu").probabilities(image)
+                 for s in (0, 1)) / 2
+    torch.testing.assert_close(fold1.probabilities(image), expect)
+    assert fold1.model_sha256 != top.model_sha256
+    (ens / "fold_1" / "cv.json").write_text(json.dumps({"members": ["../../seed_2/fold_1/model.pt"]}))
+    with pytest.raises(InputError, match="seed_2/fold_1/model.pt, which does not exist"):
+        Predictor(ens, device="cpu")
+    (ens / "fold_1" / "cv.json").write_text(json.dumps({"members": "not a list"}))
+    with pytest.raises(InputError, match="not a valid cv index"):
+        Predictor(ens / "fold_1", device="cpu")
+    tiny_model_file(seeds / "seed_1" / "fold_0" / "model.pt", {"inference": {"overlap": 0.5}})
+    with pytest.raises(InputError, match="different configurations"):
+        Predictor(ens / "fold_0", device="cpu")

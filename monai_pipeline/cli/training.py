@@ -54,19 +54,27 @@ def add_cv(p: argparse.ArgumentParser) -> None:
                    help="train nothing: choose every fold model's operating point again on its fold's cases (at "
                         "the configuration's operating_fp_per_scan, foreground_threshold, lesion_score and TTA), "
                         "then predict and evaluate afresh (after an upgrade, or at another operating point)")
+    p.add_argument("--ensemble", action="store_true",
+                   help="with --seeds: also average the seeds' models of each fold and evaluate that ensemble out of "
+                        "fold (OUT/ensemble/, then an ensemble model of every seed and fold for infer --model)")
 
 
 def run_cv(a: argparse.Namespace) -> int:
     from monai_pipeline.config import load_config
     from monai_pipeline.crossval import cross_validate, cross_validate_seeds
+    from monai_pipeline.errors import InputError
     from monai_pipeline.evaluation import headline
     from monai_pipeline.seeds import format_seeds
 
+    if a.ensemble and a.seeds < 2:
+        raise InputError(None, "--ensemble averages the models of several training seeds: give --seeds 2 or more")
     if a.seeds > 1:
         result = cross_validate_seeds(a.manifest, a.out, load_config(a.config), a.seeds, folds=a.folds,
                                       epochs=a.epochs, device=device_or_none(a.device), progress=not a.no_progress,
-                                      recalibrate=a.recalibrate)
+                                      recalibrate=a.recalibrate, ensemble=a.ensemble)
         print(f"out-of-fold over {a.seeds} training seeds:\n{format_seeds(result)}")
+        if a.ensemble:
+            print(f"ensemble model for new data: monai-pipeline infer --model {a.out}/ensemble --input CT --out DIR")
         return 0
     res = cross_validate(a.manifest, a.out, load_config(a.config), folds=a.folds, epochs=a.epochs,
                          device=device_or_none(a.device), progress=not a.no_progress, recalibrate=a.recalibrate)

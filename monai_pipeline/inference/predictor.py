@@ -68,31 +68,44 @@ CV_FILE = "cv.json"
 
 
 def ensemble_members(path: Path) -> list[Path]:
-    """The model files behind ``path``: itself, or the fold models a ``cv`` folder's ``cv.json`` lists."""
+    """The model files behind ``path``: itself, or those a folder's ``cv.json`` lists. A ``cv`` folder lists its
+    fold models under ``folds`` (fold -> path); a seed ensemble's fold (``cv --seeds N --ensemble``) lists the
+    seeds' models of that fold under ``members``. A listed folder is itself such an ensemble, expanded in turn.
+    Paths are relative to ``path``."""
     if not path.is_dir():
         return [path]
     index = path / CV_FILE
     if not index.is_file():
         raise InputError(path, f"is a folder without {CV_FILE} (not a monai-pipeline cv folder)")
     try:
-        folds = json.loads(index.read_text())["folds"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise InputError(index, "not a valid cv index (needs a 'folds' mapping)") from err
-    files = [path / rel for _, rel in sorted(folds.items(), key=lambda kv: int(kv[0]))]
-    if not files:
-        raise InputError(index, "lists no fold models")
+        listed = json.loads(index.read_text())
+        rels = (listed["members"] if "members" in listed else
+                [rel for _, rel in sorted(listed["folds"].items(), key=lambda kv: int(kv[0]))])
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as err:
+        raise InputError(index, "not a valid cv index (needs a 'folds' mapping or a 'members' list)") from err
+    if not isinstance(rels, list) or not all(isinstance(rel, str) for rel in rels):
+        raise InputError(index, "not a valid cv index (its 'folds' and 'members' name model files or folders)")
+    if not rels:
+        raise InputError(index, "lists no models")
+    files = []
+    for rel in rels:
+        member = path / rel
+        if not member.exists():
+            raise InputError(index, f"lists {rel}, which does not exist")
+        files += ensemble_members(member)
     return files
 
 
-def ensemble_calibration(path: Path) -> dict[str, Any]:
+def ensemble_calibration(path: Path, warn: bool = True) -> dict[str, Any]:
     """The lesion-score threshold and second-stage classifier of the fold ensemble a ``cv`` folder makes
     (``min_lesion_score``, ``candidate_classifier``): ``cv.json``'s ``ensemble_operating_point``, chosen on the
-    pooled out-of-fold validation results of every fold; a threshold of 0.0 (keep every candidate, warned) and
-    no classifier for a cv folder written without one."""
+    pooled out-of-fold validation results of every fold; a threshold of 0.0 (keep every candidate, warned unless
+    not ``warn``) and no classifier for a cv folder written without one."""
     point = json.loads((path / CV_FILE).read_text()).get("ensemble_operating_point")
     if point is None:
-        logger.warning("%s has no ensemble operating point (an older cv folder, or calibration off): every "
-                       "candidate is kept; set one with --min-score", path / CV_FILE)
+        if warn:
+            logger.warning("%s has no ensemble operating point (an older cv folder, or calibration off): every "
+                           "candidate is kept; set one with --min-score", path / CV_FILE)
         return {"min_lesion_score": 0.0, "candidate_classifier": None}
     return {"min_lesion_score": float(point.get("threshold") or 0.0),
             "candidate_classifier": point.get("classifier")}
@@ -103,8 +116,10 @@ CALIBRATED_SETTINGS = ("min_lesion_score", "candidate_classifier")
 
 
 def _without_calibration(config: dict) -> dict:
-    """A model file's configuration less :data:`CALIBRATED_SETTINGS`."""
-    return {**config, "inference": {k: v for k, v in config["inference"].items() if k not in CALIBRATED_SETTINGS}}
+    """A model file's configuration less :data:`CALIBRATED_SETTINGS` and the training seed (what the members of
+    an ensemble may differ in)."""
+    return {**config, "inference": {k: v for k, v in config["inference"].items() if k not in CALIBRATED_SETTINGS},
+            "training": {k: v for k, v in config["training"].items() if k != "seed"}}
 
 
 def prediction_provenance(model_path: str | Path, cfg: PipelineConfig, read_options: ReadOptions | None = None,
@@ -157,10 +172,11 @@ class Predictor:
         self.blob = loaded[0][1]
         stored = [_without_calibration(blob["config"]) for _, blob in loaded]
         if any(c != stored[0] for c in stored[1:]):
-            raise InputError(self.model_path, "the fold models were trained with different configurations")
+            raise InputError(self.model_path, "the ensemble's models were trained with different configurations")
         config = self.blob["config"]
         if self.model_path.is_dir():  # a cv folder: the ensemble's own operating point, not the first fold's
-            config = {**config, "inference": {**config["inference"], **ensemble_calibration(self.model_path)}}
+            point = ensemble_calibration(self.model_path, warn="min_lesion_score" not in overrides)
+            config = {**config, "inference": {**config["inference"], **point}}
         self.cfg: PipelineConfig = config_from_model_dict(config).merged(
             {"inference": overrides, "postprocess": dict(postprocess or {})})
         check_steps(self.cfg.postprocess)

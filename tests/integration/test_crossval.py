@@ -127,17 +127,23 @@ def test_cv_out_of_fold_and_ensemble(tiny_dataset, tmp_path):
     assert np.isin(sitk.GetArrayFromImage(mask), [0, 1]).all()
 
 
-def test_cv_over_seeds_reports_mean_and_spread(tiny_dataset, tmp_path):
-    """``cv --seeds 2``: two cross-validations whose training seeds differ, and their figures' mean and sample
-    standard deviation, recomputed here from each seed's own summary."""
+def test_cv_over_seeds_reports_mean_and_spread_and_their_ensemble(tiny_dataset, tmp_path):
+    """``cv --seeds 2 --ensemble``: two cross-validations whose training seeds differ, and their figures' mean and
+    sample standard deviation, recomputed here from each seed's own summary; then the seeds' ensemble, evaluated
+    out of fold: each fold's held-out cases predicted by that fold's seed models averaged (none trained on them),
+    at a point chosen without them, and the folder an ensemble of all four models for new data."""
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump({**TINY_OVERLAY, "training": {**TINY_OVERLAY["training"], "epochs": 2,
-                                                                "val_interval": 1}}))
+                                                                "val_interval": 1, "operating_fp_per_scan": 1.0}}))
     manifest = tiny_dataset / "manifest.json"
-    folds = sorted({e["fold"] for e in json.loads(manifest.read_text())["training"]})[:2]
+    data = json.loads(manifest.read_text())
+    folds = sorted({e["fold"] for e in data["training"]})[:2]
     out = tmp_path / "cv"
-    r = run_cli("cv", "--manifest", manifest, "--out", out, "--folds", ",".join(map(str, folds)), "--config", cfg,
-                "--device", "cpu", "--no-progress", "--seeds", 2)
+    args = ["--manifest", manifest, "--out", out, "--folds", ",".join(map(str, folds)), "--config", cfg,
+            "--device", "cpu", "--no-progress"]
+    r = run_cli("cv", *args, "--ensemble")
+    assert r.returncode == 2 and "--seeds 2 or more" in r.stderr and not out.exists(), r.stderr
+    r = run_cli("cv", *args, "--seeds", 2, "--ensemble")
     assert r.returncode == 0, r.stderr[-3000:]
     seeds = json.loads((out / "seeds.json").read_text())
     dice = [json.loads((out / f"seed_{s}" / "summary.json").read_text())["metrics"]["dice"]["mean"] for s in (0, 1)]
@@ -147,3 +153,39 @@ def test_cv_over_seeds_reports_mean_and_spread(tiny_dataset, tmp_path):
     w = [torch.load(out / f"seed_{s}" / f"fold_{folds[0]}" / "model.pt", weights_only=True) for s in (0, 1)]
     assert w[0]["config"]["training"]["seed"] == 0 and w[1]["config"]["training"]["seed"] == 1
     assert "dice_mean: " in r.stdout and "+- " in r.stdout
+    # the ensemble: out-of-fold cases only, each predicted by its fold's two seed models averaged
+    ens = out / "ensemble"
+    summary = json.loads((ens / "summary.json").read_text())
+    assert sorted(summary["cases"]) == sorted(e["case_id"] for e in data["training"] if e["fold"] in folds)
+    assert seeds["ensemble"]["dice_mean"] == pytest.approx(summary["metrics"]["dice"]["mean"])
+    assert "the seeds' ensemble: dice_mean" in r.stdout and f"--model {ens}" in r.stdout
+    from monai_pipeline.inference import Predictor
+
+    for k in folds:
+        index = json.loads((ens / f"fold_{k}" / "cv.json").read_text())
+        members = [out / f"seed_{s}" / f"fold_{k}" / "model.pt" for s in (0, 1)]
+        assert [(ens / f"fold_{k}" / m).resolve() for m in index["members"]] == [m.resolve() for m in members]
+        assert index["ensemble_operating_point"]["target_fp_per_scan"] == 1.0
+        sha = Predictor(ens / f"fold_{k}", device="cpu").model_sha256
+        for e in (e for e in data["training"] if e["fold"] == k):
+            made = json.loads((ens / "predictions" / ".done" / f"{e['case_id']}.json").read_text())["provenance"]
+            assert made["model_sha256"] == sha and e["case_id"] not in made["trained_on"]
+    # each group of a fold is scored at a point chosen on the other groups' ensemble candidates
+    points = json.loads((ens / "cv.json").read_text())["operating_points"]
+    stored = {k: json.loads((ens / f"fold_{k}" / "cv.json").read_text())["ensemble_operating_point"] for k in folds}
+    for k in folds:
+        for part in points[str(k)]:
+            rest = [scan for j in folds for scan in stored[j]["candidates"]
+                    if not (j == k and scan["case_id"] in part["cases"])]
+            assert part["threshold"] == choose_threshold(scan_detections(rest), 1.0)["threshold"]
+    # run again: the seeds' ensemble points are kept (their members did not change), nothing predicted again
+    stamps = {k: (ens / f"fold_{k}" / "cv.json").stat().st_mtime_ns for k in folds}
+    r = run_cli("cv", *args, "--seeds", 2, "--ensemble")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert stamps == {k: (ens / f"fold_{k}" / "cv.json").stat().st_mtime_ns for k in folds}
+    assert json.loads((ens / "predictions" / "summary.json").read_text())["done"] == 0
+    # new data: every seed's every fold
+    assert len(Predictor(ens, device="cpu").networks) == 2 * len(folds)
+    r = run_cli("infer", "--model", ens, "--input", tiny_dataset / data["test"][0]["image"], "--out",
+                tmp_path / "new", "--device", "cpu")
+    assert r.returncode == 0, r.stderr[-3000:]
