@@ -43,8 +43,8 @@ def nodule_rows(predictor, entry: dict, fold: int) -> list[dict]:
     from monai_pipeline.arrays import label_components
     from monai_pipeline.evaluation.evaluate import read_binary_label, split_reference
     from monai_pipeline.inference.export import export_prediction
-    from monai_pipeline.io.geometry import sitk_to_xyz_array
-    from monai_pipeline.lungs import axial_axis, lung_region
+    from monai_pipeline.io.geometry import axial_axis, sitk_to_xyz_array
+    from monai_pipeline.lungs import lung_region
     from monai_pipeline.postprocess import lesion_table
     from monai_pipeline.postprocess.steps import LUNG_FILTER_RESOLUTION_MM
 

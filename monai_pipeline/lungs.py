@@ -9,7 +9,8 @@ connected component of it is then tested (:func:`lung_air`): aerated lung is tis
 below -950 HU and medians of -784 and -802 HU; stomach and bowel gas 0.43-0.76 below -950 HU and medians of -939
 to -975 HU (small pockets, where partial volume dilutes the gas, 0.24-0.30). The thresholds below leave room for
 emphysema (a lung with 40 % of its voxels below -950 HU is very severe). The axial axis is the third one on RAS
-grids (network space); on an input grid it is found from the direction matrix (:func:`axial_axis`).
+grids (network space); on an input grid it is found from the direction matrix
+(:func:`~monai_pipeline.io.geometry.axial_axis`).
 
 Not handled: the trachea and main bronchi join the lungs' component (they count as lung); a lung collapsed or
 consolidated (median above -700 HU) is not found; a scan without lung-like air falls back to the body (crop)
@@ -56,13 +57,6 @@ class CoarseMask:
             return None
         return tuple(slice(b.start * f, min(b.stop * f, n))
                      for b, f, n in zip(small_box, self.factors, self.shape, strict=True))
-
-
-def axial_axis(direction: Sequence[float]) -> int:
-    """Index (0, 1, 2) of the array axis closest to the patient's head-foot axis; ``direction`` is the 3x3
-    LPS direction matrix (row-major, columns = index axes), as SimpleITK's ``GetDirection()``."""
-    d = np.asarray(direction, dtype=np.float64).reshape(3, 3)
-    return int(np.argmax(np.abs(d[2, :])))
 
 
 def in_slice_structure(axis: int = 2) -> np.ndarray:

@@ -97,12 +97,38 @@ def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> tup
 SYNTHETIC_SOURCES = ("synthetic", "lidc-synthetic")
 
 
-def training_data_card(train_files: list[dict]) -> dict:
+def training_data_card(train_files: list[dict], slice_spacings_mm: list[float] | None = None) -> dict:
     """What a model was trained on, for its model file: case count and cases per manifest ``source``
     (``synthetic`` from ``synth``, ``real-background`` from ``synth --background``, ``lidc`` from ``lidc-convert``,
-    ``lidc-synthetic`` from ``lidc-convert`` of ``synth --lidc-xml`` studies; ``unrecorded`` without one)."""
+    ``lidc-synthetic`` from ``lidc-convert`` of ``synth --lidc-xml`` studies; ``unrecorded`` without one), and the
+    range of the training scans' slice spacings (``slice_spacing_mm``: [min, max], mm) when they are given."""
     sources = Counter(str(f.get("source", "unrecorded")) for f in train_files)
-    return {"n_cases": len(train_files), "sources": dict(sorted(sources.items()))}
+    card = {"n_cases": len(train_files), "sources": dict(sorted(sources.items()))}
+    if slice_spacings_mm:
+        card["slice_spacing_mm"] = [float(min(slice_spacings_mm)), float(max(slice_spacings_mm))]
+    return card
+
+
+#: how far (as a factor) a scan's slice spacing may lie outside the training scans' range before ``infer`` warns
+SLICE_SPACING_TOLERANCE = 1.25
+
+
+def slice_spacing_range(blobs: list[dict]) -> tuple[float, float] | None:
+    """The slice spacings (mm) the model files ``blobs`` (an ensemble's members) were trained on, as one range;
+    None when one of them did not record it (older files)."""
+    ranges = [(blob.get("training_data") or {}).get("slice_spacing_mm") for blob in blobs]
+    if not ranges or any(r is None for r in ranges):
+        return None
+    return min(r[0] for r in ranges), max(r[1] for r in ranges)
+
+
+def outside_training_spacing(spacing_mm: float, trained: tuple[float, float] | None) -> bool:
+    """True when a scan's slice spacing (mm) lies more than :data:`SLICE_SPACING_TOLERANCE` times outside the
+    ``trained`` range (False when the range was not recorded)."""
+    if trained is None:
+        return False
+    low, high = trained
+    return spacing_mm > high * SLICE_SPACING_TOLERANCE or spacing_mm < low / SLICE_SPACING_TOLERANCE
 
 
 def synthetic_only(blob: dict) -> bool:

@@ -228,3 +228,28 @@ def test_seed_ensemble_folders_expand_to_every_member(tmp_path):
     tiny_model_file(seeds / "seed_1" / "fold_0" / "model.pt", {"inference": {"overlap": 0.5}})
     with pytest.raises(InputError, match="different configurations"):
         Predictor(ens / "fold_0", device="cpu")
+
+
+def test_a_scan_unlike_the_training_scans_slice_spacing_is_named(tmp_path, caplog):
+    """The phantom's head-foot axis is its second index axis (0.7 mm apart; the others 2.5 and 0.9 mm): a model
+    trained on 1.25-3 mm slices warns once, naming the file; one trained on 0.6-1 mm slices says nothing, and
+    neither does an older model file without the range."""
+    import logging
+
+    from monai_pipeline.io.geometry import Geometry
+
+    img = _phantom(tmp_path / "phantom.nii.gz")
+    assert Geometry.from_sitk(img).slice_spacing_mm == 0.7
+    model = tiny_model_file(tmp_path / "model.pt", {"postprocess": KEEP_WITHOUT_LUNGS})
+    blob = torch.load(model, weights_only=True)
+    for trained, warned in (([1.25, 3.0], True), ([0.6, 1.0], False), (None, False)):
+        card = {"n_cases": 4, "sources": {"lidc": 4}}
+        torch.save({**blob, "training_data": card if trained is None else {**card, "slice_spacing_mm": trained}},
+                   model)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="monai_pipeline.inference.predictor"):
+            Predictor(model, device="cpu").predict(tmp_path / "phantom.nii.gz")
+        lines = [r.getMessage() for r in caplog.records if "mm apart" in r.getMessage()]
+        assert len(lines) == int(warned), lines
+        if warned:
+            assert "phantom.nii.gz: slices 0.7 mm apart, outside the 1.25-3 mm" in lines[0]

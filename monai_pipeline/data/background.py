@@ -39,8 +39,8 @@ from monai_pipeline.data.synthetic import (
     occupancy,
 )
 from monai_pipeline.errors import InputError
-from monai_pipeline.io.geometry import Geometry, sitk_to_xyz_array, xyz_array_to_sitk
-from monai_pipeline.lungs import axial_axis, lung_air, lung_region
+from monai_pipeline.io.geometry import Geometry, axial_axis, sitk_to_xyz_array, xyz_array_to_sitk
+from monai_pipeline.lungs import lung_air, lung_region
 
 logger = logging.getLogger(__name__)
 

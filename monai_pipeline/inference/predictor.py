@@ -22,9 +22,17 @@ from monai_pipeline.config import PipelineConfig, config_from_model_dict
 from monai_pipeline.errors import InputError, PipelineError
 from monai_pipeline.inference.export import Prediction, export_prediction
 from monai_pipeline.inferers import ProbabilityInferer
+from monai_pipeline.io.geometry import Geometry
 from monai_pipeline.io.paths import case_id_from_path
 from monai_pipeline.io.reader import ReadOptions
-from monai_pipeline.model_file import describe_training_data, load_model_file, synthetic_only, versions
+from monai_pipeline.model_file import (
+    describe_training_data,
+    load_model_file,
+    outside_training_spacing,
+    slice_spacing_range,
+    synthetic_only,
+    versions,
+)
 from monai_pipeline.postprocess.candidates import check_classifier
 from monai_pipeline.postprocess.steps import check_steps
 from monai_pipeline.transforms.dictionary import SERIES_KEY
@@ -190,6 +198,8 @@ class Predictor:
         self._trained_on = sorted({c for _, blob in loaded for c in blob.get("trained_on", [])})
         self.synthetic_only = all(synthetic_only(blob) for _, blob in loaded)
         self.training_data = describe_training_data(self.blob)
+        #: the slice spacings (mm) the model's training scans span (None: not recorded in an older model file)
+        self.trained_slice_spacing = slice_spacing_range([blob for _, blob in loaded])
         self._warned_real = False
 
     @property
@@ -231,6 +241,20 @@ class Predictor:
                            "positives (vessels, bowel, bone) and check every lesion", self.model_path,
                            self.training_data, data["original"].meta.get("filename_or_obj"))
 
+    def _warn_if_unlike_training(self, data: dict) -> None:
+        """A scan whose slice spacing lies well outside the training scans' (:func:`outside_training_spacing`):
+        one warning naming it. On the LIDC-shaped studies, models trained on 1.25-3 mm scans made most of their
+        false positives on 5 mm ones (docs/recipe.md, "Ensembling the seeds")."""
+        meta = data["original"].meta
+        if self.trained_slice_spacing is None or "source_geometry" not in meta:
+            return
+        spacing = Geometry.from_dict(meta["source_geometry"]).slice_spacing_mm
+        if outside_training_spacing(spacing, self.trained_slice_spacing):
+            low, high = self.trained_slice_spacing
+            logger.warning("%s: slices %.3g mm apart, outside the %.3g-%.3g mm of the scans %s was trained on: "
+                           "expect more false positives and check every lesion",
+                           meta.get("filename_or_obj"), spacing, low, high, self.model_path)
+
     @torch.no_grad()
     def probabilities(self, image: torch.Tensor) -> torch.Tensor:
         """Class probabilities ``(C, X, Y, Z)`` of one preprocessed image ``(1, X, Y, Z)``; an ensemble averages
@@ -249,6 +273,7 @@ class Predictor:
         t0 = time.perf_counter()
         data = source if isinstance(source, dict) else self.load(source)
         self._warn_if_real(data)
+        self._warn_if_unlike_training(data)
         t1 = time.perf_counter()
         probs = self.probabilities(data["image"])
         t2 = time.perf_counter()

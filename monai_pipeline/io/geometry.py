@@ -10,6 +10,7 @@ Conventions used throughout the package:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,6 +113,19 @@ class Geometry:
     def from_dict(cls, d: dict) -> Geometry:
         return cls(tuple(int(v) for v in d["size"]), tuple(float(v) for v in d["spacing"]),
                    tuple(float(v) for v in d["origin"]), tuple(float(v) for v in d["direction"]))
+
+    @property
+    def slice_spacing_mm(self) -> float:
+        """Spacing (mm) along the index axis closest to the patient's head-foot axis: the slice spacing of an
+        axial scan (:func:`axial_axis`)."""
+        return float(self.spacing[axial_axis(self.direction)])
+
+
+def axial_axis(direction: Sequence[float]) -> int:
+    """Index (0, 1, 2) of the array axis closest to the patient's head-foot axis; ``direction`` is the 3x3
+    LPS direction matrix (row-major, columns = index axes), as SimpleITK's ``GetDirection()``."""
+    d = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+    return int(np.argmax(np.abs(d[2, :])))
 
 
 def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:

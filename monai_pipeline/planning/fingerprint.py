@@ -21,10 +21,10 @@ import numpy as np
 from monai_pipeline.arrays import bounding_box, label_components
 from monai_pipeline.data.manifest import load_manifest
 from monai_pipeline.errors import InputError
-from monai_pipeline.io.geometry import Geometry, sitk_to_xyz_array
+from monai_pipeline.io.geometry import Geometry, axial_axis, sitk_to_xyz_array
 from monai_pipeline.io.reader import read_ct, read_label
 from monai_pipeline.io.writer import atomic_write_text
-from monai_pipeline.lungs import axial_axis, lung_region_coarse
+from monai_pipeline.lungs import lung_region_coarse
 
 logger = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ import numpy as np
 from monai_pipeline.arrays import bounding_box
 from monai_pipeline.config import PipelineConfig, PostprocessConfig
 from monai_pipeline.errors import ConfigError
-from monai_pipeline.io.geometry import Geometry
-from monai_pipeline.lungs import CoarseMask, axial_axis, lung_region_coarse
+from monai_pipeline.io.geometry import Geometry, axial_axis
+from monai_pipeline.lungs import CoarseMask, lung_region_coarse
 from monai_pipeline.postprocess.ops import (
     binary_close,
     binary_open,

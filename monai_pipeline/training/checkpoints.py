@@ -18,6 +18,7 @@ from monai.handlers import CheckpointLoader, EarlyStopHandler, stopping_fn_from_
 
 from monai_pipeline.config import PipelineConfig
 from monai_pipeline.errors import InputError
+from monai_pipeline.io.geometry import header_geometry
 from monai_pipeline.io.writer import atomic_path, atomic_write_text
 from monai_pipeline.model_file import save_model_file, training_data_card
 from monai_pipeline.networks import unwrap
@@ -110,6 +111,16 @@ class BestCheckpoint:
         logger.info("best %s so far: %.4f at epoch %d", self.metric, score, evaluator.state.epoch)
 
 
+def slice_spacings(files: list[dict]) -> list[float] | None:
+    """The slice spacing (mm) of each file's ``image``, from its header; None when one cannot be read that way
+    (e.g. a DICOM folder): then the model records no range."""
+    try:
+        return [header_geometry(f["image"]).slice_spacing_mm for f in files]
+    except RuntimeError:  # SimpleITK: not a single image file
+        logger.info("slice spacings of the training scans not recorded (an image is not a single file)")
+        return None
+
+
 def save_final_model(run: Path, network, cfg: PipelineConfig, evaluator, epochs: int, dev: torch.device,
                      train_files: list[dict], val_files: list[dict]) -> Path:
     """``RUN/model.pt``: the weights ``training.keep`` names (``final``: the network as the last epoch left it;
@@ -119,7 +130,7 @@ def save_final_model(run: Path, network, cfg: PipelineConfig, evaluator, epochs:
     best = run / "checkpoints" / BEST_NAME
     extra = {"epochs_trained": epochs, "trained_on": sorted(f["case_id"] for f in train_files),
              "validated_on": sorted(f["case_id"] for f in val_files),
-             "training_data": training_data_card(train_files), "weights": "final"}
+             "training_data": training_data_card(train_files, slice_spacings(train_files)), "weights": "final"}
     if cfg.training.keep == "best" and best.exists():
         unwrap(network).load_state_dict(torch.load(best, map_location=dev, weights_only=True))
         record = BestCheckpoint(run, network).best()

@@ -153,6 +153,16 @@ def test_cv_over_seeds_reports_mean_and_spread_and_their_ensemble(tiny_dataset, 
     w = [torch.load(out / f"seed_{s}" / f"fold_{folds[0]}" / "model.pt", weights_only=True) for s in (0, 1)]
     assert w[0]["config"]["training"]["seed"] == 0 and w[1]["config"]["training"]["seed"] == 1
     assert "dice_mean: " in r.stdout and "+- " in r.stdout
+    # the model file records the slice spacings it was trained on (the scans of every other fold), read here with
+    # nibabel: the size of the voxel axis that points most along the head-foot axis
+    import nibabel as nib
+
+    slices = []
+    for e in data["training"]:
+        if e["fold"] != folds[0]:
+            affine = nib.load(str(tiny_dataset / e["image"])).affine[:3, :3]
+            slices.append(float(np.linalg.norm(affine[:, np.argmax(np.abs(affine[2]))])))
+    assert w[0]["training_data"]["slice_spacing_mm"] == pytest.approx([min(slices), max(slices)])
     # the ensemble: out-of-fold cases only, each predicted by its fold's two seed models averaged
     ens = out / "ensemble"
     summary = json.loads((ens / "summary.json").read_text())

@@ -60,7 +60,8 @@ def test_lung_filter_region_holds_the_lungs_and_no_gut(image, segmentation):
     stomach and bowel outside (a scan without lungs gives no region: the filter then keeps every candidate)."""
     from monai_pipeline.config import load_config
     from monai_pipeline.io import Geometry, sitk_to_xyz_array
-    from monai_pipeline.lungs import axial_axis, lung_region
+    from monai_pipeline.io.geometry import axial_axis
+    from monai_pipeline.lungs import lung_region
     from monai_pipeline.postprocess.steps import LUNG_FILTER_RESOLUTION_MM
 
     vol, organs = _volume_and_organs(image, segmentation)
@@ -121,7 +122,8 @@ def test_lung_region_on_synthetic_phantoms():
     """The phantoms' own lung masks (exact, from the generator) are covered as well, in every orientation."""
     from monai_pipeline.data.synthetic import ORIENTATIONS, SynthConfig, generate_case
     from monai_pipeline.io import Geometry, sitk_to_xyz_array
-    from monai_pipeline.lungs import axial_axis, lung_region
+    from monai_pipeline.io.geometry import axial_axis
+    from monai_pipeline.lungs import lung_region
     from monai_pipeline.postprocess.steps import LUNG_FILTER_RESOLUTION_MM
 
     cfg = SynthConfig(matrix=160, extent_z_mm=100.0)
@@ -270,7 +272,8 @@ def test_synth_background_inserts_labelled_nodules_into_real_lungs(tmp_path):
     import json
 
     from monai_pipeline.io import read_ct, sitk_to_xyz_array
-    from monai_pipeline.lungs import axial_axis, lung_region
+    from monai_pipeline.io.geometry import axial_axis
+    from monai_pipeline.lungs import lung_region
 
     background = REAL / "ct_thorax_abdomen_3mm.nii.gz"
     r = run_cli("synth", "--background", background, "--out", tmp_path / "bg", "--cases", "2", "--seed", "4",
