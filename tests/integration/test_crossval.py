@@ -194,6 +194,18 @@ def test_cv_over_seeds_reports_mean_and_spread_and_their_ensemble(tiny_dataset, 
     assert r.returncode == 0, r.stderr[-3000:]
     assert stamps == {k: (ens / f"fold_{k}" / "cv.json").stat().st_mtime_ns for k in folds}
     assert json.loads((ens / "predictions" / "summary.json").read_text())["done"] == 0
+    # another rate (or a recalibrated member): every fold's point is chosen again, the old predictions replaced
+    from monai_pipeline.config import load_config
+    from monai_pipeline.crossval import ensemble_seeds
+
+    ensemble_seeds(manifest, out, load_config(cfg, {"training": {"operating_fp_per_scan": 2.0}}), [0, 1], folds,
+                   "cpu", progress=False)
+    for k in folds:
+        index = json.loads((ens / f"fold_{k}" / "cv.json").read_text())
+        assert index["ensemble_operating_point"]["target_fp_per_scan"] == 2.0
+        assert index["chosen_with"]["operating_fp_per_scan"] == 2.0
+    made = json.loads((ens / "predictions" / "summary.json").read_text())
+    assert made["done"] == sum(e["fold"] == folds[-1] for e in data["training"]) and made["skipped"] == 0
     # new data: every seed's every fold
     assert len(Predictor(ens, device="cpu").networks) == 2 * len(folds)
     r = run_cli("infer", "--model", ens, "--input", tiny_dataset / data["test"][0]["image"], "--out",
