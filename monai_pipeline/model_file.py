@@ -144,7 +144,10 @@ def describe_training_data(blob: dict) -> str:
     if not card:
         return "training data not recorded in this model file"
     parts = ", ".join(f"{n} {src}" for src, n in card["sources"].items())
-    return f"trained on {card['n_cases']} case(s): {parts}"
+    slices = card.get("slice_spacing_mm")
+    spacing = "" if not slices else (f"; slices {slices[0]:.3g} mm apart" if slices[0] == slices[1] else
+                                     f"; slices {slices[0]:.3g}-{slices[1]:.3g} mm apart")
+    return f"trained on {card['n_cases']} case(s): {parts}{spacing}"
 
 
 def kept_weights(blob: dict) -> str:

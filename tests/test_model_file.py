@@ -29,3 +29,7 @@ def test_training_card_records_the_slice_spacing_range_and_ensembles_join_theirs
     assert outside_training_spacing(5.0, (1.25, 3.0))
     assert outside_training_spacing(0.6, (1.25, 3.0))
     assert not outside_training_spacing(5.0, None)
+    from monai_pipeline.model_file import describe_training_data
+
+    assert describe_training_data({"training_data": card}) == "trained on 2 case(s): 2 lidc; slices 1.25-2.5 mm apart"
+    assert describe_training_data({"training_data": other}).endswith("2 lidc; slices 3 mm apart")
