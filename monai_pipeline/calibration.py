@@ -54,15 +54,16 @@ GROUPS_PER_FOLD = 2
 
 
 def validation_candidates(model: Path, val_files: list[dict], device: str | torch.device,
-                          inference: dict | None = None) -> list[dict]:
+                          inference: dict | None = None, postprocess: dict | None = None) -> list[dict]:
     """Every validation case predicted with all candidates kept: per scan its ``case_id``, ``n_nodules`` (reference
     nodules) and ``candidates``, each the lesion-table columns the second stage reads
     (:data:`~monai_pipeline.postprocess.candidates.FEATURE_COLUMNS`), its ``centre`` (mm, LPS) and ``hit``: the
     index of the reference nodule it hits by LUNA16's rule, or -1 (a false positive); a candidate on a reference
     component below the reference standard's size (:func:`~monai_pipeline.evaluation.evaluate.split_reference`)
     is left out, as evaluation ignores it. ``inference`` overrides the model's inference settings (e.g.
-    ``lesion_score``)."""
-    predictor = Predictor(model, device=str(device), inference={**(inference or {}), "min_lesion_score": 0.0})
+    ``lesion_score``), ``postprocess`` its post-processing (e.g. ``split_necks``)."""
+    predictor = Predictor(model, device=str(device), inference={**(inference or {}), "min_lesion_score": 0.0},
+                          postprocess=postprocess)
     scans = []
     for e in val_files:
         pred = predictor.predict(e["image"], e["case_id"])
@@ -149,14 +150,14 @@ def choose_threshold(scans: list[ScanDetections], fp_per_scan: float) -> dict:
 
 def operating_point(model: str | Path, val_files: list[dict], fp_per_scan: float,
                     device: str | torch.device = "cpu", inference: dict | None = None,
-                    fp_reduction: bool = False) -> dict:
+                    fp_reduction: bool = False, postprocess: dict | None = None) -> dict:
     """The operating point of ``model`` (a model file or a bundle's ``models/model.pt``) on ``val_files``
     (dicts with ``image``, ``label``, ``case_id``), logged; infinities stored as None (JSON/YAML-safe). With
     ``fp_reduction`` the second-stage classifier is fitted on the same candidates first and the threshold applies
     to its scores, chosen on out-of-sample ones (:func:`second_stage_point`; ``classifier``, None without). The
     validation candidates and detections it was chosen on are kept (``candidates``, ``detections``).
-    ``inference`` overrides the model's inference settings."""
-    candidates = validation_candidates(Path(model), val_files, device, inference)
+    ``inference`` and ``postprocess`` override the model's settings of those sections."""
+    candidates = validation_candidates(Path(model), val_files, device, inference, postprocess)
     classifier, scans = scored_detections(candidates, fp_per_scan, fp_reduction)
     point = choose_threshold(scans, fp_per_scan)
     if point["threshold"] is None:
@@ -271,14 +272,18 @@ def cross_fitted_groups(points: dict[int, dict | None], fp_per_scan: float, fp_r
 
 def calibrate_model(model: str | Path, val_files: list[dict], fp_per_scan: float,
                     device: str | torch.device = "cpu", fp_reduction: bool = False,
-                    inference: dict | None = None) -> dict:
+                    inference: dict | None = None, postprocess: dict | None = None) -> dict:
     """Choose the operating point (with ``fp_reduction``, after fitting the second stage) on ``val_files`` and
     write it into ``model`` (see the module docstring); ``inference`` overrides the model's inference settings
-    for the choice and is stored with it (e.g. ``{"foreground_threshold": 0.3}``)."""
+    for the choice and is stored with it (e.g. ``{"foreground_threshold": 0.3}``); ``postprocess``, a whole
+    ``postprocess`` section, replaces the model's for the choice and in the file."""
     model = Path(model)
-    point = operating_point(model, val_files, fp_per_scan, device, inference=inference, fp_reduction=fp_reduction)
+    point = operating_point(model, val_files, fp_per_scan, device, inference=inference, fp_reduction=fp_reduction,
+                            postprocess=postprocess)
     blob = read_model_file(model)
     blob["config"]["inference"].update(inference or {})
+    if postprocess is not None:
+        blob["config"]["postprocess"] = postprocess
     blob["config"]["inference"]["candidate_classifier"] = point["classifier"]
     if point["threshold"] is not None:
         blob["config"]["inference"]["min_lesion_score"] = point["threshold"]
@@ -301,21 +306,28 @@ def recalibration_inference(cfg: PipelineConfig) -> dict:
     return {k: inference[k] for k in DECISION_KEYS}
 
 
+def recalibration_postprocess(cfg: PipelineConfig) -> dict:
+    """The post-processing a recalibration with ``cfg`` gives a model: ``cfg``'s whole ``postprocess`` section,
+    since its steps (``split_necks``, ``remove_small``, the lung filter) decide what a candidate is."""
+    return cfg.to_dict()["postprocess"]
+
+
 def recalibrate(model: str | Path, manifest: str | Path, fold: int | None = None, fp_per_scan: float | None = None,
                 fp_reduction: bool | None = None, device: str | None = None,
-                inference: dict | None = None) -> dict:
+                inference: dict | None = None, postprocess: dict | None = None) -> dict:
     """Choose a trained model's operating point again, as training chose it: on the validation cases of
     ``manifest`` (fold ``fold``'s cases, else its ``validation`` section, as ``train --fold`` splits it), at
     ``fp_per_scan`` false positives per scan (default: the model's ``training.operating_fp_per_scan``), after
     fitting the second stage when ``fp_reduction`` (default: the model's ``training.fp_reduction``), with the
-    model's inference settings overridden by ``inference`` (stored with the point). For a model trained before a
+    model's inference settings overridden by ``inference`` and its post-processing replaced by ``postprocess``
+    (both stored with the point). For a model trained before a
     change to inference or evaluation, whose stored point was chosen with the old one. Written into ``model``
     (atomically); returns the point."""
     training = config_from_model_dict(read_model_file(model)["config"]).training
     _, val_files = split_for_fold(manifest, fold)
     return calibrate_model(model, val_files, training.operating_fp_per_scan if fp_per_scan is None else fp_per_scan,
                            device or ("cuda" if torch.cuda.is_available() else "cpu"),
-                           training.fp_reduction if fp_reduction is None else fp_reduction, inference)
+                           training.fp_reduction if fp_reduction is None else fp_reduction, inference, postprocess)
 
 
 def train_model(manifest: str | Path, run: str | Path, cfg: PipelineConfig, fold: int | None = None,

@@ -46,6 +46,7 @@ from monai_pipeline.calibration import (
     operating_point,
     pooled_point,
     recalibration_inference,
+    recalibration_postprocess,
     train_model,
 )
 from monai_pipeline.calibration import recalibrate as recalibrate_model
@@ -139,15 +140,16 @@ def recalibrate_folds(manifest: str | Path, out: Path, cfg: PipelineConfig, fold
                       device: str | None = None) -> None:
     """Choose every fold model's operating point again on its own fold's cases, as training chose it
     (:func:`~monai_pipeline.calibration.recalibrate`, at ``cfg``'s ``training.operating_fp_per_scan`` and
-    ``training.fp_reduction``, with its inference settings stored into each model:
-    :func:`~monai_pipeline.calibration.recalibration_inference`), and remove ``out/predictions``, which the models
-    as they were made. For fold models trained before a change to inference or evaluation, or to move a
-    cross-validation to another false-positive rate, decision threshold or TTA, without training again.
-    Every fold model must exist (checked before any work)."""
+    ``training.fp_reduction``, with its decision settings and post-processing stored into each model:
+    :func:`~monai_pipeline.calibration.recalibration_inference` and ``recalibration_postprocess``), and remove
+    ``out/predictions``, which the models made as they were. For fold models trained before a change to inference
+    or evaluation, or to move a cross-validation to another false-positive rate, decision threshold, TTA or
+    post-processing, without training again. Every fold model must exist (checked before any work)."""
     require_fold_models(out, folds)
     for k in folds:
         point = recalibrate_model(out / f"fold_{k}" / "model.pt", manifest, k, cfg.training.operating_fp_per_scan,
-                                  cfg.training.fp_reduction, device, recalibration_inference(cfg))
+                                  cfg.training.fp_reduction, device, recalibration_inference(cfg),
+                                  recalibration_postprocess(cfg))
         logger.info("fold %d recalibrated: lesion score >= %s (%.2f false positives per scan on its %d cases)", k,
                     point["threshold"], point["fp_per_scan"], point["n_scans"])
     if (out / "predictions").exists():

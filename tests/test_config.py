@@ -128,7 +128,9 @@ def test_flat_postprocess_keys_of_older_configurations_move_into_their_steps():
                                           "keep_without_lungs": False},
                           "closing": {"enabled": True, "closing_mm": 2.0}, "opening": {"enabled": True,
                                                                                        "opening_mm": 1.0},
-                          "fill_holes": {"enabled": False}, "remove_small": {"enabled": True, "min_volume_mm3": 30.0},
+                          "fill_holes": {"enabled": False},
+                          "split_necks": {"enabled": False, "min_depth_mm": 1.0},  # newer: off
+                          "remove_small": {"enabled": True, "min_volume_mm3": 30.0},
                           "shape_filter": {"enabled": False, "max_elongation": 0.0},  # newer than 0.1.x: off
                           "keep_largest": {"enabled": True}}
     flat = load_config({"postprocess": {"min_volume_mm3": 5.0}}).postprocess

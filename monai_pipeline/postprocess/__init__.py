@@ -15,7 +15,7 @@ _EXPORTS = {
     "LESION_FIELDS": "lesions", "lesion_table": "lesions", "write_lesion_csv": "lesions",
     "elongation": "ops", "principal_moments": "ops", "remove_elongated_components": "ops",
     "binary_close": "ops", "binary_open": "ops", "fill_holes": "ops", "keep_components_in_region": "ops",
-    "keep_largest_component": "ops", "remove_small_components": "ops",
+    "keep_largest_component": "ops", "remove_small_components": "ops", "split_at_necks": "ops",
     "STEPS": "steps", "StepContext": "steps", "check_steps": "steps", "postprocess_array": "steps",
     "postprocess_case": "steps", "register_step": "steps",
 }

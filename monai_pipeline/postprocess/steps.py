@@ -41,6 +41,7 @@ from monai_pipeline.postprocess.ops import (
     keep_largest_component,
     remove_elongated_components,
     remove_small_components,
+    split_at_necks,
 )
 
 logger = logging.getLogger(__name__)
@@ -161,6 +162,13 @@ def opening(mask: np.ndarray, ctx: StepContext, *, opening_mm: float) -> np.ndar
 def fill_holes_step(mask: np.ndarray, ctx: StepContext) -> np.ndarray:
     """Fill cavities enclosed in 3D, each component inside its own bounding box."""
     return fill_holes(mask, ctx.connectivity)
+
+
+@register_step("split_necks")
+def split_necks(mask: np.ndarray, ctx: StepContext, *, min_depth_mm: float) -> np.ndarray:
+    """Cut components at their necks, so that a part whose inscribed radius exceeds its narrowest passage to the
+    rest by at least ``min_depth_mm`` is a lesion of its own (a nodule on a vessel); 0 = off."""
+    return split_at_necks(mask, ctx.spacing, min_depth_mm, ctx.connectivity) if min_depth_mm > 0 else mask
 
 
 @register_step("remove_small")

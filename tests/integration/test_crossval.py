@@ -77,15 +77,17 @@ def test_cv_out_of_fold_and_ensemble(tiny_dataset, tmp_path):
     assert stamps == {k: (cv / f"fold_{k}" / "model.pt").stat().st_mtime_ns for k in use}
     last = json.loads((cv / "predictions" / "summary.json").read_text())
     assert last["done"] == 0 and last["skipped"] == sum(e["fold"] == use[-1] for e in data["training"])
-    # --recalibrate at another rate and decision threshold: nothing trained, each fold model's point chosen again
-    # on its own fold's cases at the configuration's rate and threshold (stored in the model), the old
-    # predictions replaced by ones at the new cross-fitted points
+    # --recalibrate at another rate, decision threshold and post-processing: nothing trained, each fold model's
+    # point chosen again on its own fold's cases at the configuration's rate, threshold and steps (stored in the
+    # model), the old predictions replaced by ones at the new cross-fitted points
     before = {k: torch.load(cv / f"fold_{k}" / "model.pt", weights_only=True) for k in use}
     cfg4 = tmp_path / "tiny4.yaml"
     cfg4.write_text(yaml.safe_dump({**TINY_OVERLAY, "training": {**TINY_OVERLAY["training"], "epochs": 2,
                                                                  "val_interval": 1, "operating_fp_per_scan": 4.0},
                                     "inference": {**TINY_OVERLAY.get("inference", {}),
-                                                  "foreground_threshold": 0.4}}))
+                                                  "foreground_threshold": 0.4},
+                                    "postprocess": {"steps": {"split_necks": {"enabled": True,
+                                                                              "min_depth_mm": 1.5}}}}))
     r = run_cli("cv", "--manifest", manifest, "--out", cv, "--folds", ",".join(map(str, use)), "--config", cfg4,
                 "--device", "cpu", "--no-progress", "--recalibrate")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -97,6 +99,8 @@ def test_cv_out_of_fold_and_ensemble(tiny_dataset, tmp_path):
         assert before[k]["operating_point"]["target_fp_per_scan"] == 1.0
         assert after[k]["config"]["inference"]["foreground_threshold"] == 0.4
         assert before[k]["config"]["inference"]["foreground_threshold"] == 0.5
+        assert after[k]["config"]["postprocess"]["steps"]["split_necks"] == {"enabled": True, "min_depth_mm": 1.5}
+        assert not before[k]["config"]["postprocess"]["steps"]["split_necks"]["enabled"]
     points = json.loads((cv / "cv.json").read_text())["operating_points"]
     for k in use:
         for part in points[str(k)]:

@@ -17,6 +17,7 @@ from monai_pipeline.postprocess import (
     keep_largest_component,
     lesion_table,
     remove_small_components,
+    split_at_necks,
 )
 
 
@@ -168,3 +169,63 @@ def test_shape_filter_drops_tubes_and_keeps_balls():
     on = load_config({"postprocess": {"steps": {**steps, "shape_filter": {"enabled": True, "max_elongation": 2.0}}}})
     out = postprocess_array(mask, spacing, on.postprocess)
     np.testing.assert_array_equal(out.astype(bool), ball)
+
+
+def _nodule_on_vessel(spacing):
+    """A ball of radius 5 mm (a nodule) and one of 2.5 mm (a vessel's branching) joined by a 20 mm tube of radius
+    1.5 mm: one component, whose two wide parts are 3.5 and 1 mm wider than the passage between them."""
+    shape = (80, 40, 30)
+    x, y, z = (np.indices(shape).T * np.asarray(spacing)).T
+    nodule = (x - 10) ** 2 + (y - 14) ** 2 + (z - 18) ** 2 <= 5.0 ** 2
+    branch = (x - 40) ** 2 + (y - 14) ** 2 + (z - 18) ** 2 <= 2.5 ** 2
+    tube = ((y - 14) ** 2 + (z - 18) ** 2 <= 1.5 ** 2) & (x > 10) & (x < 40)
+    return nodule, branch | tube, (x, y, z)
+
+
+def test_split_necks_cuts_a_nodule_off_the_vessel_it_sits_on():
+    """A nodule on a vessel (one component) becomes two: the nodule, whole, and the vessel; only voxels where the
+    two touch are removed, the input is not modified, and the anisotropic spacing is respected."""
+    from monai_pipeline.arrays import label_components
+
+    spacing = (0.7, 0.7, 1.25)
+    nodule, vessel, _ = _nodule_on_vessel(spacing)
+    mask = nodule | vessel
+    assert label_components(mask)[1] == 1
+    before = mask.copy()
+    out = split_at_necks(mask, spacing, min_depth_mm=1.0)
+    np.testing.assert_array_equal(mask, before)
+    assert not (out & ~mask).any()
+    lab, n = label_components(out)
+    assert n == 2
+    part = lab == lab[14, 20, 14]  # the nodule's centre (9.8 mm, 14 mm, 17.5 mm)
+    assert (part & nodule).sum() >= 0.95 * nodule.sum() and (part & vessel & ~nodule).sum() <= 0.5 * vessel.sum()
+    assert lab[57, 20, 14] not in (0, lab[14, 20, 14])  # the branching (40 mm) lies in the other part
+    assert (mask & ~out).sum() <= 0.1 * vessel.sum()  # the cut is a thin layer of the tube
+
+
+def test_split_necks_leaves_balls_tubes_and_lobes_whole():
+    """A ball alone, a tube alone, or two overlapping balls whose neck is nearly as wide as they are (a
+    lobulated nodule) stay as they are; a depth of 0 is off."""
+    spacing = (0.7, 0.7, 1.25)
+    nodule, vessel, (x, y, z) = _nodule_on_vessel(spacing)
+    tube = ((y - 14) ** 2 + (z - 18) ** 2 <= 1.5 ** 2) & (x > 10) & (x < 40)
+    lobes = nodule | ((x - 15) ** 2 + (y - 14) ** 2 + (z - 18) ** 2 <= 4.5 ** 2)
+    for m in (nodule, tube, lobes):
+        np.testing.assert_array_equal(split_at_necks(m, spacing, min_depth_mm=1.0), m)
+    np.testing.assert_array_equal(split_at_necks(nodule | vessel, spacing, min_depth_mm=0.0), nodule | vessel)
+
+
+def test_split_necks_step_is_off_by_default_and_splits_when_on():
+    """The ``split_necks`` step of ``postprocess.steps``: off in default.yaml; on, it splits."""
+    from monai_pipeline.arrays import label_components
+    from monai_pipeline.config import load_config
+    from monai_pipeline.postprocess.steps import postprocess_array
+
+    spacing = (0.7, 0.7, 1.25)
+    nodule, vessel, _ = _nodule_on_vessel(spacing)
+    steps = {"lung_filter": {"enabled": False}}
+    default = load_config({"postprocess": {"steps": steps}}).postprocess
+    assert not default.steps["split_necks"]["enabled"]
+    assert label_components(postprocess_array(nodule | vessel, spacing, default) > 0)[1] == 1
+    on = load_config({"postprocess": {"steps": {**steps, "split_necks": {"enabled": True}}}}).postprocess
+    assert label_components(postprocess_array(nodule | vessel, spacing, on) > 0)[1] == 2
