@@ -40,9 +40,9 @@ from monai_pipeline.evaluation.evaluate import read_binary_label, reference_lesi
 from monai_pipeline.inference.predictor import Predictor
 from monai_pipeline.io.geometry import sitk_to_xyz_array
 from monai_pipeline.io.writer import atomic_path
-from monai_pipeline.model_file import read_model_file
+from monai_pipeline.model_file import read_model_file, training_data_card
 from monai_pipeline.postprocess.candidates import FEATURE_COLUMNS, CandidateClassifier, fit_classifier
-from monai_pipeline.training import train
+from monai_pipeline.training import slice_spacings, train
 
 logger = logging.getLogger(__name__)
 
@@ -272,11 +272,13 @@ def cross_fitted_groups(points: dict[int, dict | None], fp_per_scan: float, fp_r
 
 def calibrate_model(model: str | Path, val_files: list[dict], fp_per_scan: float,
                     device: str | torch.device = "cpu", fp_reduction: bool = False,
-                    inference: dict | None = None, postprocess: dict | None = None) -> dict:
+                    inference: dict | None = None, postprocess: dict | None = None,
+                    training_data: dict | None = None) -> dict:
     """Choose the operating point (with ``fp_reduction``, after fitting the second stage) on ``val_files`` and
     write it into ``model`` (see the module docstring); ``inference`` overrides the model's inference settings
     for the choice and is stored with it (e.g. ``{"foreground_threshold": 0.3}``); ``postprocess``, a whole
-    ``postprocess`` section, replaces the model's for the choice and in the file."""
+    ``postprocess`` section, replaces the model's for the choice and in the file; ``training_data`` replaces the
+    file's description of its training data (:func:`~monai_pipeline.model_file.training_data_card`)."""
     model = Path(model)
     point = operating_point(model, val_files, fp_per_scan, device, inference=inference, fp_reduction=fp_reduction,
                             postprocess=postprocess)
@@ -284,6 +286,8 @@ def calibrate_model(model: str | Path, val_files: list[dict], fp_per_scan: float
     blob["config"]["inference"].update(inference or {})
     if postprocess is not None:
         blob["config"]["postprocess"] = postprocess
+    if training_data is not None:
+        blob["training_data"] = training_data
     blob["config"]["inference"]["candidate_classifier"] = point["classifier"]
     if point["threshold"] is not None:
         blob["config"]["inference"]["min_lesion_score"] = point["threshold"]
@@ -320,14 +324,29 @@ def recalibrate(model: str | Path, manifest: str | Path, fold: int | None = None
     ``fp_per_scan`` false positives per scan (default: the model's ``training.operating_fp_per_scan``), after
     fitting the second stage when ``fp_reduction`` (default: the model's ``training.fp_reduction``), with the
     model's inference settings overridden by ``inference`` and its post-processing replaced by ``postprocess``
-    (both stored with the point). For a model trained before a
-    change to inference or evaluation, whose stored point was chosen with the old one. Written into ``model``
-    (atomically); returns the point."""
-    training = config_from_model_dict(read_model_file(model)["config"]).training
-    _, val_files = split_for_fold(manifest, fold)
+    (both stored with the point). For a model trained before a change to inference or evaluation, whose stored
+    point was chosen with the old one; a model file made before slice spacings were recorded gets them too
+    (:func:`completed_training_data`). Written into ``model`` (atomically); returns the point."""
+    blob = read_model_file(model)
+    training = config_from_model_dict(blob["config"]).training
+    train_files, val_files = split_for_fold(manifest, fold)
     return calibrate_model(model, val_files, training.operating_fp_per_scan if fp_per_scan is None else fp_per_scan,
                            device or ("cuda" if torch.cuda.is_available() else "cpu"),
-                           training.fp_reduction if fp_reduction is None else fp_reduction, inference, postprocess)
+                           training.fp_reduction if fp_reduction is None else fp_reduction, inference, postprocess,
+                           completed_training_data(blob, train_files))
+
+
+def completed_training_data(blob: dict, train_files: list[dict]) -> dict | None:
+    """The training-data description a model file made before slice spacings were recorded should have:
+    recomputed from ``train_files`` (the manifest's training cases for the model's fold) when they are exactly
+    the cases the file says it was trained on (``trained_on``), so that ``infer`` can warn about scans unlike
+    them; None when the file records the spacings already, or the cases differ (nothing is guessed)."""
+    if "slice_spacing_mm" in (blob.get("training_data") or {}):
+        return None
+    if sorted(f["case_id"] for f in train_files) != sorted(blob.get("trained_on") or []) or not train_files:
+        return None
+    spacings = slice_spacings(train_files)
+    return training_data_card(train_files, spacings) if spacings else None
 
 
 def train_model(manifest: str | Path, run: str | Path, cfg: PipelineConfig, fold: int | None = None,

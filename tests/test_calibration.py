@@ -14,6 +14,7 @@ from monai_pipeline.calibration import (
     calibrate_model,
     candidates_point,
     choose_threshold,
+    completed_training_data,
     cross_fitted_groups,
     cross_fitted_points,
     fit_second_stage,
@@ -208,3 +209,23 @@ def test_calibrate_verb_chooses_the_point_again(trained_tiny_model, tiny_dataset
     r = run_cli("calibrate", "--model", model, "--manifest", manifest, "--fold", "99", "--device", "cpu")
     assert r.returncode == 2 and "fold must be one of" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert model.read_bytes() == before
+
+
+def test_recalibration_completes_an_older_files_training_data_with_its_slice_spacings(tiny_dataset):
+    """A model file from before slice spacings were recorded gets them when it is recalibrated, from the manifest's
+    training cases, but only when those are the cases it says it was trained on; a file that has them keeps
+    them. The range is checked against nibabel's affines (the voxel axis nearest head-foot)."""
+    import nibabel as nib
+
+    train_files = load_manifest(tiny_dataset / "manifest.json", "training")
+    older = {"trained_on": sorted(e["case_id"] for e in train_files),
+             "training_data": {"n_cases": len(train_files), "sources": {"synthetic": len(train_files)}}}
+    card = completed_training_data(older, train_files)
+    slices = []
+    for e in train_files:
+        affine = nib.load(str(e["image"])).affine[:3, :3]
+        slices.append(float(np.linalg.norm(affine[:, np.argmax(np.abs(affine[2]))])))
+    assert card["slice_spacing_mm"] == pytest.approx([min(slices), max(slices)])
+    assert card["n_cases"] == len(train_files)
+    assert completed_training_data(older, train_files[:-1]) is None  # not the cases it was trained on
+    assert completed_training_data({**older, "training_data": card}, train_files) is None  # recorded already

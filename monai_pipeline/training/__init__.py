@@ -26,6 +26,7 @@ from monai_pipeline.training.checkpoints import (
     BestCheckpoint,
     checkpoint_epoch,
     latest_checkpoint,
+    slice_spacings,
     write_last_checkpoint,
 )
 from monai_pipeline.training.context import RunContext
@@ -53,5 +54,5 @@ __all__ = ["BEST_NAME", "DATA_KEYS", "LAST_PREFIX", "PREEMPTED_MARKER", "BestChe
            "build_loss", "build_optimizer", "build_prepare_batch", "build_scheduler", "build_trainer",
            "bundle_training_files", "check_training_data", "checkpoint_epoch", "compute_intensity_stats",
            "init_distributed", "latest_checkpoint", "make_dataset", "plot_training_curve", "read_log",
-           "resolve_device", "schedule_handlers", "tensorboard_handlers", "train", "training_labels",
+           "resolve_device", "schedule_handlers", "slice_spacings", "tensorboard_handlers", "train", "training_labels",
            "weights_fingerprint", "with_intensity_stats", "write_last_checkpoint"]
