@@ -12,8 +12,9 @@ scores on them each ``--cv NAME=DIR``: a ``cv`` folder, or a ``cv --seeds N`` fo
 then mean and sample standard deviation). A cv folder predicts as an ensemble of its fold models at its pooled
 operating point (``infer --model DIR``), which is how it is used on new cases. Per folder: nodule Dice against the
 consensus (a missed nodule counts 0), lesion sensitivity, false positives per scan, CPM (over every candidate, from
-each case's candidate table), case Dice, from ``monai-pipeline evaluate``. Writes ``OUT/results.json`` and
-``OUT/results.md``; predictions already made are reused (``infer`` skips finished cases).
+each case's candidate table), case Dice, from ``monai-pipeline evaluate``. Adds them to ``OUT/results.json`` and
+``OUT/results.md`` (earlier calls' other names are kept); predictions already made are reused (``infer`` skips
+finished cases, and refuses outputs of another model).
 """
 
 from __future__ import annotations
@@ -110,13 +111,24 @@ def main(argv: list[str] | None = None) -> None:
             f: {"mean": statistics.mean(r[f] for r in per.values()),
                 "sd": statistics.stdev(r[f] for r in per.values()) if len(per) > 1 else None} for f in FIGURES}}
         print(name, {f: round(results[name][f]["mean"], 3) for f in FIGURES}, flush=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    print(write_results(args.out, results))
+
+
+def write_results(out: Path, results: dict) -> str:
+    """Add ``results`` (name -> figures) to ``OUT/results.json``, replacing entries of the same name and keeping
+    the others (earlier calls' settings), and write the table of all of them to ``OUT/results.md``; returns it."""
+    path = out / "results.json"
+    every = {**(json.loads(path.read_text()) if path.is_file() else {}), **results}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(every, indent=1))
+    tmp.replace(path)
     lines = ["| setting | " + " | ".join(FIGURES) + " |", "|---" * (len(FIGURES) + 1) + "|"]
-    for name, r in results.items():
+    for name, r in every.items():
         cells = [f"{r[f]['mean']:.3f}" + (f" +- {r[f]['sd']:.3f}" if r[f]["sd"] is not None else "") for f in FIGURES]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    (args.out / "results.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    table = "\n".join(lines) + "\n"
+    (out / "results.md").write_text(table)
+    return table
 
 
 if __name__ == "__main__":
