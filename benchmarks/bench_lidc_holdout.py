@@ -27,6 +27,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from monai_pipeline.io.writer import atomic_write_text
+
 FIGURES = ("nodule_dice", "sensitivity", "fp_per_scan", "cpm", "case_dice")
 
 
@@ -119,15 +121,13 @@ def write_results(out: Path, results: dict) -> str:
     the others (earlier calls' settings), and write the table of all of them to ``OUT/results.md``; returns it."""
     path = out / "results.json"
     every = {**(json.loads(path.read_text()) if path.is_file() else {}), **results}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(every, indent=1))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(every, indent=1))
     lines = ["| setting | " + " | ".join(FIGURES) + " |", "|---" * (len(FIGURES) + 1) + "|"]
     for name, r in every.items():
         cells = [f"{r[f]['mean']:.3f}" + (f" +- {r[f]['sd']:.3f}" if r[f]["sd"] is not None else "") for f in FIGURES]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     table = "\n".join(lines) + "\n"
-    (out / "results.md").write_text(table)
+    atomic_write_text(out / "results.md", table)
     return table
 
 

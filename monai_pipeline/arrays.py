@@ -34,6 +34,11 @@ def c_order(*arrays: np.ndarray, spacing: Sequence[float] | None = None):
     return arrs, spacing, transposed
 
 
+def connectivity_structure(connectivity: int) -> np.ndarray:
+    """The 3x3x3 neighbourhood of 6, 18 or 26-connectivity (scipy's ``generate_binary_structure``)."""
+    return ndimage.generate_binary_structure(3, {6: 1, 18: 2, 26: 3}[connectivity])
+
+
 def label_components(mask: np.ndarray, connectivity: int = 26) -> tuple[np.ndarray, int]:
     """Connected components of a boolean 3D mask (6, 18 or 26-connectivity); returns (labels, count). Labels are
     the smallest unsigned integer type that holds the count (cc3d; int32 from scipy), in the mask's memory order:
@@ -46,8 +51,7 @@ def label_components(mask: np.ndarray, connectivity: int = 26) -> tuple[np.ndarr
     if cc3d is not None:
         lab, n = cc3d.connected_components(m, connectivity=connectivity, return_N=True)
         return lab, int(n)
-    structure = ndimage.generate_binary_structure(3, {6: 1, 18: 2, 26: 3}[connectivity])
-    lab, n = ndimage.label(m, structure=structure)
+    lab, n = ndimage.label(m, structure=connectivity_structure(connectivity))
     return lab.astype(np.int32, copy=False), int(n)
 
 

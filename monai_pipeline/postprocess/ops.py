@@ -13,7 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from monai_pipeline.arrays import bounding_box, label_components
+from monai_pipeline.arrays import bounding_box, connectivity_structure, label_components
 
 
 def remove_small_components(mask: np.ndarray, spacing: Sequence[float], min_volume_mm3: float,
@@ -69,10 +69,6 @@ def remove_elongated_components(mask: np.ndarray, spacing: Sequence[float], max_
     return out
 
 
-def _structure(connectivity: int) -> np.ndarray:
-    return ndimage.generate_binary_structure(3, {6: 1, 18: 2, 26: 3}[connectivity])
-
-
 def neck_regions(component: np.ndarray, spacing: Sequence[float], min_depth_mm: float,
                  connectivity: int = 26) -> np.ndarray:
     """The parts of one connected component (boolean, (x, y, z)) between its necks: labels 1..n (0 outside it).
@@ -109,7 +105,7 @@ def split_at_necks(mask: np.ndarray, spacing: Sequence[float], min_depth_mm: flo
     if min_depth_mm <= 0 or not m.any():
         return out
     lab, _ = label_components(m, connectivity)
-    structure = _structure(connectivity)
+    structure = connectivity_structure(connectivity)
     for i, sl in enumerate(ndimage.find_objects(lab), start=1):
         if sl is None:
             continue
