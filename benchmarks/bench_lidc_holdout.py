@@ -13,8 +13,9 @@ then mean and sample standard deviation). A cv folder predicts as an ensemble of
 operating point (``infer --model DIR``), which is how it is used on new cases. Per folder: nodule Dice against the
 consensus (a missed nodule counts 0), lesion sensitivity, false positives per scan, CPM (over every candidate, from
 each case's candidate table), case Dice, from ``monai-pipeline evaluate``. Adds them to ``OUT/results.json`` and
-``OUT/results.md`` (earlier calls' other names are kept); predictions already made are reused (``infer`` skips
-finished cases, and refuses outputs of another model).
+``OUT/results.md`` (earlier calls' other names are kept; each entry with the versions and git revision that
+scored it); predictions already made are reused (``infer`` skips finished cases, and refuses outputs of another
+model).
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ import json
 import statistics
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 from monai_pipeline.io.writer import atomic_write_text
+from monai_pipeline.model_file import versions
 
 FIGURES = ("nodule_dice", "sensitivity", "fp_per_scan", "cpm", "case_dice")
 
@@ -118,9 +121,13 @@ def main(argv: list[str] | None = None) -> None:
 
 def write_results(out: Path, results: dict) -> str:
     """Add ``results`` (name -> figures) to ``OUT/results.json``, replacing entries of the same name and keeping
-    the others (earlier calls' settings), and write the table of all of them to ``OUT/results.md``; returns it."""
+    the others (earlier calls' settings), and write the table of all of them to ``OUT/results.md``; returns it.
+    Each new entry records what scored it: the software versions (with the source checkout's git revision) and
+    the time (UTC), since entries of several calls, possibly of several commits, share the file."""
     path = out / "results.json"
-    every = {**(json.loads(path.read_text()) if path.is_file() else {}), **results}
+    made = {"versions": versions(), "scored_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    every = {**(json.loads(path.read_text()) if path.is_file() else {}),
+             **{name: {**r, **made} for name, r in results.items()}}
     atomic_write_text(path, json.dumps(every, indent=1))
     lines = ["| setting | " + " | ".join(FIGURES) + " |", "|---" * (len(FIGURES) + 1) + "|"]
     for name, r in every.items():

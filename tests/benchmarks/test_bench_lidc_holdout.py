@@ -15,7 +15,7 @@ def test_fresh_reads_skip_known_patients_and_repeats():
 
 def test_results_of_later_calls_join_earlier_ones(tmp_path):
     """Each call adds its settings to results.json and results.md; a name scored again is replaced, the others
-    are kept."""
+    are kept; each entry records the versions (git revision) that scored it."""
     import json
 
     mod = load_benchmark("bench_lidc_holdout")
@@ -30,3 +30,6 @@ def test_results_of_later_calls_join_earlier_ones(tmp_path):
     assert set(every) == {"a", "b"} and every["a"]["nodule_dice"]["mean"] == 0.3
     assert "| a | 0.300" in table and "| b | 0.200" in table
     assert (tmp_path / "results.md").read_text() == table
+    from monai_pipeline.model_file import versions
+
+    assert every["b"]["versions"] == versions() and every["a"]["scored_utc"].endswith("+00:00")
